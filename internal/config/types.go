@@ -1,0 +1,281 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Pos is a place in a configuration file.
+type Pos struct {
+	File   string `json:"file"`
+	Line   int    `json:"line"`
+	Column int    `json:"column"`
+}
+
+func (p Pos) String() string { return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Column) }
+
+// Agent is the agent configuration: one HCL file.
+type Agent struct {
+	// File is the path the configuration was read from (absolute).
+	File string `json:"file"`
+	// NodeName names this agent in logs, status and events. Default: the hostname.
+	NodeName string `json:"node_name"`
+	// DataDir holds raft state, snapshots and provider state. Required.
+	DataDir string `json:"data_dir"`
+	// HTTPAddr is the address of the HTTP API and /metrics. Default 127.0.0.1:7979.
+	HTTPAddr string `json:"http_addr"`
+	// FleetsDir is the watched directory of *.hcl fleet files. Required.
+	FleetsDir string `json:"fleets_dir"`
+	// LogLevel is one of debug, info, warn, error. Default info.
+	LogLevel string `json:"log_level"`
+	// AutoDrainRemovedFleets drains a fleet whose definition disappeared
+	// from the fleet files without waiting for `immutd fleet drain`. Default false.
+	AutoDrainRemovedFleets bool `json:"auto_drain_removed_fleets"`
+	// ReconcileInterval is the period of the level-based reconcile pass. Default 1s.
+	ReconcileInterval time.Duration `json:"reconcile_interval"`
+
+	Cluster ClusterConfig `json:"cluster"`
+	Local   LocalProvider `json:"local"`
+	Docker  DockerProvider `json:"docker"`
+}
+
+// ClusterConfig configures raft.
+type ClusterConfig struct {
+	// BindAddr is the raft listen address. Default 127.0.0.1:7980.
+	BindAddr string `json:"bind_addr"`
+	// AdvertiseAddr is the raft address peers dial. Default: BindAddr.
+	AdvertiseAddr string `json:"advertise_addr"`
+}
+
+// LocalProvider configures the local provider (provider "local" { ... }).
+type LocalProvider struct {
+	// Dir is where the local provider keeps its image store and instance
+	// directories. Default: <data_dir>/local.
+	Dir string `json:"dir"`
+	// BindHost is the loopback host instances listen on. Default 127.0.0.1.
+	BindHost string `json:"bind_host"`
+}
+
+// DockerProvider configures the docker provider (provider "docker" { ... }).
+type DockerProvider struct {
+	// Host is the engine endpoint, as DOCKER_HOST. Default: DOCKER_HOST, else the local socket.
+	Host string `json:"host"`
+	// CertPath is a directory with ca.pem, cert.pem and key.pem, as DOCKER_CERT_PATH.
+	CertPath string `json:"cert_path"`
+	// TLSVerify verifies the engine's certificate, as DOCKER_TLS_VERIFY. Default true when CertPath is set.
+	TLSVerify bool `json:"tls_verify"`
+	// PublishHost is the host address container ports are published on. Default 127.0.0.1.
+	PublishHost string `json:"publish_host"`
+}
+
+// FleetSet is the whole desired state read from a fleets directory.
+type FleetSet struct {
+	Dir    string   `json:"dir"`
+	Fleets []*Fleet `json:"fleets"` // sorted by name
+}
+
+// Fleet is one `fleet "name" { ... }` block.
+type Fleet struct {
+	Name string `json:"name"`
+	// Pos is where the fleet block starts.
+	Pos Pos `json:"pos"`
+	// Size is the desired number of instances (>= 0).
+	Size int `json:"size"`
+	// Provider is "local" or "docker".
+	Provider string `json:"provider"`
+	// Image is the golden image: for the local provider the absolute path
+	// of a bundle directory (relative paths are resolved against the fleet
+	// file's directory); for docker an image reference.
+	Image string `json:"image"`
+
+	Launch      Launch      `json:"launch"`
+	Health      Health      `json:"health"`
+	Drift       Drift       `json:"drift"`
+	Remediation Remediation `json:"remediation"`
+	Rollout     Rollout     `json:"rollout"`
+}
+
+// Launch is how an instance is started from the image.
+type Launch struct {
+	// Command replaces the image's entrypoint when set.
+	Command []string `json:"command,omitempty"`
+	// Args are appended to the entrypoint (or Command).
+	Args []string `json:"args,omitempty"`
+	// Env is extra environment for the instance.
+	Env map[string]string `json:"env,omitempty"`
+	// StopGrace is how long terminate waits after SIGTERM before SIGKILL. Default 10s.
+	StopGrace time.Duration `json:"stop_grace"`
+	// Docker holds docker-only launch settings.
+	Docker *DockerLaunch `json:"docker,omitempty"`
+}
+
+// DockerLaunch holds the docker provider's launch settings (launch { docker { ... } }).
+type DockerLaunch struct {
+	// Port is the container port the app listens on; it is published on a
+	// free host port of the provider's publish_host. Default 8080.
+	Port int `json:"port"`
+	// NetworkMode is "bridge" (default) or "host". With "host", PORT is a free host port.
+	NetworkMode string `json:"network_mode"`
+	// ReadOnly mounts the container's root filesystem read-only.
+	ReadOnly bool `json:"read_only"`
+	// MemoryBytes limits memory (from `memory = "256MiB"`). 0 = no limit.
+	MemoryBytes int64 `json:"memory_bytes"`
+	// NanoCPUs limits CPU (from `cpus = 0.5`). 0 = no limit.
+	NanoCPUs int64 `json:"nano_cpus"`
+}
+
+// Health is the set of checks that judge an instance.
+type Health struct {
+	Checks []Check `json:"checks"`
+}
+
+// Check is one `http "name" { ... }` or `tcp "name" { ... }` block.
+type Check struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"` // "http" or "tcp"
+	// Path is the HTTP request path. Default "/". http only.
+	Path string `json:"path,omitempty"`
+	// ExpectStatus lists accepted HTTP status codes. Default [200]. http only.
+	ExpectStatus []int `json:"expect_status,omitempty"`
+	// Interval between probes. Default 2s.
+	Interval time.Duration `json:"interval"`
+	// Timeout of one probe. Default 1s; must be <= Interval.
+	Timeout time.Duration `json:"timeout"`
+	// HealthyThreshold consecutive successes make an instance healthy. Default 1.
+	HealthyThreshold int `json:"healthy_threshold"`
+	// UnhealthyThreshold consecutive failures make a healthy instance unhealthy. Default 3.
+	UnhealthyThreshold int `json:"unhealthy_threshold"`
+	// StartupTimeout is how long a new instance has to pass this check the
+	// first time; after it the instance is never-healthy. Default 60s.
+	StartupTimeout time.Duration `json:"startup_timeout"`
+}
+
+// Orphan policies.
+const (
+	OrphanAdopt     = "adopt"
+	OrphanTerminate = "terminate"
+	OrphanIgnore    = "ignore"
+)
+
+// Drift configures in-place drift detection.
+type Drift struct {
+	// Interval between drift inspections of one instance. Default 10s.
+	Interval time.Duration `json:"interval"`
+	// IgnorePaths are slash-separated glob patterns (relative to the
+	// instance root) whose changes are not drift.
+	IgnorePaths []string `json:"ignore_paths,omitempty"`
+	// Orphans says what to do with an instance that carries the fleet's
+	// identity but that no record explains: "adopt" (default: record it and
+	// judge it like any other), "terminate", or "ignore" (report only).
+	Orphans string `json:"orphans"`
+}
+
+// Remediation bounds health- and drift-driven replacement.
+type Remediation struct {
+	// Enabled turns replacement of unhealthy, exited and drifted
+	// instances on. Default true. When false, immutd only reports.
+	Enabled bool `json:"enabled"`
+	// MaxUnhealthy: when more instances than this are unhealthy at once,
+	// remediation stops (circuit breaker). Count or percent of size;
+	// percent rounds down but is at least 1. Default "50%".
+	MaxUnhealthy Quantity `json:"max_unhealthy"`
+	// MaxParallel bounds terminations in flight for the fleet. Default 1.
+	MaxParallel int `json:"max_parallel"`
+}
+
+// Rollout bounds replacement when the desired image or template changes.
+type Rollout struct {
+	// MaxSurge is how many instances above size may exist. Default 1; percent rounds up.
+	MaxSurge Quantity `json:"max_surge"`
+	// MaxUnavailable is how many healthy instances below size are allowed. Default 0; percent rounds down.
+	MaxUnavailable Quantity `json:"max_unavailable"`
+}
+
+// Quantity is a count ("3", 3) or a percentage of the fleet size ("25%").
+type Quantity struct {
+	Value   int  `json:"value"`
+	Percent bool `json:"percent"`
+}
+
+// Count is a plain count.
+func Count(n int) Quantity { return Quantity{Value: n} }
+
+// Percent is a percentage of the fleet size.
+func Percent(p int) Quantity { return Quantity{Value: p, Percent: true} }
+
+// ParseQuantity parses "3" or "25%".
+func ParseQuantity(s string) (Quantity, error) {
+	s = strings.TrimSpace(s)
+	pct := strings.HasSuffix(s, "%")
+	n, err := strconv.Atoi(strings.TrimSuffix(s, "%"))
+	if err != nil || n < 0 {
+		return Quantity{}, fmt.Errorf("want a non-negative count or a percentage like \"25%%\", got %q", s)
+	}
+	if pct && n > 100 {
+		return Quantity{}, fmt.Errorf("percentage %q is above 100%%", s)
+	}
+	return Quantity{Value: n, Percent: pct}, nil
+}
+
+func (q Quantity) String() string {
+	if q.Percent {
+		return strconv.Itoa(q.Value) + "%"
+	}
+	return strconv.Itoa(q.Value)
+}
+
+// Resolve turns the quantity into a count for a fleet of the given size.
+// Percentages round up when roundUp is set, down otherwise.
+func (q Quantity) Resolve(size int, roundUp bool) int {
+	if !q.Percent {
+		return q.Value
+	}
+	f := float64(size) * float64(q.Value) / 100
+	if roundUp {
+		return int(math.Ceil(f - 1e-9))
+	}
+	return int(math.Floor(f + 1e-9))
+}
+
+// TemplateHash is the hash of everything that shapes a launched instance
+// apart from the image: provider and launch block. An instance whose
+// template hash differs from its fleet's is drifted ("template").
+func (f *Fleet) TemplateHash() string {
+	// encoding/json sorts map keys, so the encoding is canonical.
+	b, err := json.Marshal(struct {
+		Provider string `json:"provider"`
+		Launch   Launch `json:"launch"`
+	}{f.Provider, f.Launch})
+	if err != nil {
+		panic(fmt.Sprintf("config: hash launch template: %v", err))
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// Names returns the fleet names in order.
+func (s *FleetSet) Names() []string {
+	out := make([]string, 0, len(s.Fleets))
+	for _, f := range s.Fleets {
+		out = append(out, f.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Fleet returns the named fleet, or nil.
+func (s *FleetSet) Fleet(name string) *Fleet {
+	for _, f := range s.Fleets {
+		if f.Name == name {
+			return f
+		}
+	}
+	return nil
+}

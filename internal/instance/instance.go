@@ -1,0 +1,64 @@
+// Package instance holds the vocabulary that providers and the reconciler
+// share: what a provider observes about one instance, what it needs to
+// launch one, and what drift inspection finds. It has no behaviour.
+package instance
+
+import (
+	"time"
+
+	"github.com/immutd/immutd/internal/config"
+)
+
+// Phase is the provider's view of an instance's lifecycle.
+type Phase string
+
+const (
+	// Running: the process or container is alive.
+	Running Phase = "running"
+	// Exited: it ended (crashed, was killed, OOM). ExitReason says how.
+	Exited Phase = "exited"
+)
+
+// Observed is one instance as a provider lists it.
+type Observed struct {
+	ID           string    `json:"id"`
+	Fleet        string    `json:"fleet"`
+	ImageDigest  string    `json:"image_digest"`
+	TemplateHash string    `json:"template_hash"`
+	Phase        Phase     `json:"phase"`
+	ExitReason   string    `json:"exit_reason,omitempty"`
+	Address      string    `json:"address,omitempty"` // host:port probes use
+	StartedAt    time.Time `json:"started_at"`
+	// ProviderRef is the provider's own handle (pid, container id).
+	ProviderRef string `json:"provider_ref,omitempty"`
+	// Location tells an operator where to look (instance directory,
+	// container name).
+	Location string `json:"location,omitempty"`
+}
+
+// LaunchRequest is everything a provider needs to launch one instance.
+// Launching the same InstanceID twice must find the first instance
+// rather than create a second one.
+type LaunchRequest struct {
+	InstanceID   string        `json:"instance_id"`
+	Fleet        string        `json:"fleet"`
+	ImageDigest  string        `json:"image_digest"`
+	TemplateHash string        `json:"template_hash"`
+	Launch       config.Launch `json:"launch"`
+}
+
+// Drift kinds.
+const (
+	DriftImage    = "image"    // runs another image than desired
+	DriftTemplate = "template" // launched from another launch template
+	DriftMutated  = "mutated"  // changed in place
+	DriftOrphan   = "orphan"   // no record explains it
+)
+
+// Finding is the result of an in-place drift inspection that found a
+// difference. Evidence lists what differs, one item per path, e.g.
+// "modified etc/app.conf", "added tmp.sh", "mode etc/x 0644->0755".
+type Finding struct {
+	Kind     string   `json:"kind"`
+	Evidence []string `json:"evidence"`
+}
