@@ -41,8 +41,8 @@ type Agent struct {
 	// ReconcileInterval is the period of the level-based reconcile pass. Default 1s.
 	ReconcileInterval time.Duration `json:"reconcile_interval"`
 
-	Cluster ClusterConfig `json:"cluster"`
-	Local   LocalProvider `json:"local"`
+	Cluster ClusterConfig  `json:"cluster"`
+	Local   LocalProvider  `json:"local"`
 	Docker  DockerProvider `json:"docker"`
 }
 

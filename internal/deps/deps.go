@@ -5,6 +5,7 @@ package deps
 
 import (
 	_ "github.com/coreos/go-systemd/v22/daemon"
+	_ "github.com/docker/docker/client"
 	_ "github.com/fsnotify/fsnotify"
 	_ "github.com/hashicorp/go-hclog"
 	_ "github.com/hashicorp/go-metrics/compat"
@@ -23,7 +24,6 @@ import (
 	_ "go.uber.org/zap"
 	_ "go.uber.org/zap/zaptest"
 	_ "go.uber.org/zap/zaptest/observer"
-	_ "pgregory.net/rapid"
-	_ "github.com/docker/docker/client"
 	_ "golang.org/x/sys/unix"
+	_ "pgregory.net/rapid"
 )
