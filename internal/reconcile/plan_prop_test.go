@@ -1,0 +1,327 @@
+package reconcile
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"pgregory.net/rapid"
+
+	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/state"
+)
+
+// genQuantity draws a count or a percentage.
+func genQuantity(t *rapid.T, label string, maxCount int) config.Quantity {
+	if rapid.Bool().Draw(t, label+"_pct") {
+		return config.Percent(rapid.IntRange(0, 100).Draw(t, label+"_p"))
+	}
+	return config.Count(rapid.IntRange(0, maxCount).Draw(t, label+"_n"))
+}
+
+func genDesired(t *rapid.T) *state.DesiredFleet {
+	size := rapid.IntRange(0, 8).Draw(t, "size")
+	d := desired(size)
+	d.Spec.Rollout.MaxSurge = genQuantity(t, "surge", 3)
+	d.Spec.Rollout.MaxUnavailable = genQuantity(t, "unavail", 3)
+	if size > 0 && d.Spec.Rollout.MaxSurge.Resolve(size, true) == 0 && d.Spec.Rollout.MaxUnavailable.Resolve(size, false) == 0 {
+		d.Spec.Rollout.MaxSurge = config.Count(1) // config validation forbids both 0
+	}
+	d.Spec.Remediation.MaxUnhealthy = genQuantity(t, "maxunhealthy", 8)
+	d.Spec.Remediation.MaxParallel = rapid.IntRange(1, 3).Draw(t, "maxparallel")
+	d.Spec.Remediation.Enabled = rapid.Float64Range(0, 1).Draw(t, "enabled") < 0.85
+	d.Spec.Drift.Orphans = rapid.SampledFrom([]string{config.OrphanAdopt, config.OrphanTerminate, config.OrphanIgnore}).Draw(t, "orphans")
+	switch rapid.IntRange(0, 9).Draw(t, "lifecycle") {
+	case 0:
+		d.Unconfigured = true
+	case 1:
+		d.Unconfigured, d.Draining = true, true
+	}
+	return d
+}
+
+func genInst(t *rapid.T, i int) Inst {
+	id := fmt.Sprintf("i%02d", i)
+	in := inst(id, age(time.Duration(rapid.IntRange(1, 1000).Draw(t, "age"))*time.Minute))
+	in.Health = rapid.SampledFrom([]Health{Unknown, Starting, Healthy, Healthy, Healthy, Unhealthy, NeverHealthy}).Draw(t, "health")
+	if rapid.Float64Range(0, 1).Draw(t, "old") < 0.3 {
+		oldImage(&in)
+	}
+	if rapid.Float64Range(0, 1).Draw(t, "tmpl") < 0.1 {
+		in.Observed.TemplateHash = "tmpl-old"
+	}
+	if rapid.Float64Range(0, 1).Draw(t, "mut") < 0.1 {
+		mutated(&in)
+	}
+	switch rapid.IntRange(0, 19).Draw(t, "shape") {
+	case 0:
+		exited(&in)
+	case 1:
+		gone(&in)
+	case 2:
+		orphan(&in)
+	case 3:
+		opening(state.Terminate)(&in)
+	case 4:
+		in = launching(id)
+	}
+	return in
+}
+
+func genFleet(t *rapid.T) FleetInput {
+	fi := FleetInput{Desired: genDesired(t)}
+	n := rapid.IntRange(0, 12).Draw(t, "instances")
+	for i := 0; i < n; i++ {
+		fi.Instances = append(fi.Instances, genInst(t, i))
+	}
+	if rapid.Float64Range(0, 1).Draw(t, "obserr") < 0.05 {
+		fi.ObserveError = "list failed"
+	}
+	if rapid.Float64Range(0, 1).Draw(t, "failures") < 0.2 {
+		fi.Stats = state.FleetStats{LaunchFailures: rapid.IntRange(1, 6).Draw(t, "nfail"), LastFailureAt: t0.Add(-time.Duration(rapid.IntRange(0, 120).Draw(t, "lastfail")) * time.Second)}
+	}
+	return fi
+}
+
+// Independent definitions of the quantities the invariants talk about.
+func ignored(fi *FleetInput, in *Inst) bool {
+	return in.Record == nil && in.Open == nil && fi.Desired.Spec.Drift.Orphans == config.OrphanIgnore
+}
+
+func isLive(in *Inst) bool {
+	return (in.Open != nil && in.Open.Kind == state.Launch) || (in.Observed != nil && in.Observed.Phase == instance.Running)
+}
+
+func isAvailable(in *Inst) bool {
+	return in.Open == nil && in.Observed != nil && in.Observed.Phase == instance.Running && in.Health == Healthy
+}
+
+func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
+	d := fi.Desired
+	size := d.Spec.Size
+	if d.Draining {
+		size = 0
+	}
+	surge := d.Spec.Rollout.MaxSurge.Resolve(d.Spec.Size, true)
+	unavail := d.Spec.Rollout.MaxUnavailable.Resolve(d.Spec.Size, false)
+	byID := map[string]*Inst{}
+	live, available, inflight := 0, 0, 0
+	for i := range fi.Instances {
+		in := &fi.Instances[i]
+		byID[in.ID] = in
+		if ignored(fi, in) {
+			continue
+		}
+		if isLive(in) {
+			live++
+		}
+		if isAvailable(in) {
+			available++
+		}
+		if in.Open != nil && in.Open.Kind == state.Terminate {
+			inflight++
+		}
+	}
+	launches, kills, availKills := 0, 0, 0
+	seen := map[string]bool{}
+	for _, a := range res.Actions {
+		if a.Fleet != d.Spec.Name || a.Reason == "" {
+			t.Fatalf("bad action %+v", a)
+		}
+		if a.Kind == ActLaunch {
+			launches++
+			continue
+		}
+		in := byID[a.InstanceID]
+		if in == nil {
+			t.Fatalf("action on unknown instance %+v", a)
+		}
+		if seen[a.InstanceID] {
+			t.Fatalf("two actions on %s", a.InstanceID)
+		}
+		seen[a.InstanceID] = true
+		if in.Open != nil {
+			t.Fatalf("action on %s which has an open intent", a.InstanceID)
+		}
+		if ignored(fi, in) {
+			t.Fatalf("action on an orphan the policy ignores: %+v", a)
+		}
+		if a.Kind != ActTerminate {
+			continue
+		}
+		running := in.Observed != nil && in.Observed.Phase == instance.Running
+		if running != a.Running {
+			t.Fatalf("Running flag %v on %+v", a.Running, a)
+		}
+		if running {
+			kills++
+			if in.Health != Healthy && in.Health != Unhealthy && in.Health != NeverHealthy {
+				t.Fatalf("killed %s whose verdict is %q", a.InstanceID, in.Health)
+			}
+			if isAvailable(in) {
+				availKills++
+			}
+		}
+	}
+	st := res.Fleets[0]
+	blocked := map[string]bool{}
+	for _, b := range st.Blocked {
+		blocked[b.Cause] = true
+	}
+	// Never more than max_surge extra instances.
+	if launches > 0 && live+launches > size+surge {
+		t.Fatalf("surge: %d live + %d launches > size %d + max_surge %d", live, launches, size, surge)
+	}
+	// On rollout, healthy instances never drop below size - max_unavailable
+	// because of our kills.
+	if floor := size - unavail; availKills > 0 && available-availKills < floor {
+		t.Fatalf("availability: %d available, %d healthy killed, floor %d", available, availKills, floor)
+	}
+	// Nothing killed while blocked.
+	if (blocked[CauseTooManyUnhealthy] || blocked[CauseProviderUnreachable] || blocked[CauseUnconfigured]) && kills > 0 {
+		t.Fatalf("killed %d instances while blocked %v", kills, st.Blocked)
+	}
+	if blocked[CauseProviderUnreachable] || blocked[CauseUnconfigured] {
+		if len(res.Actions) > 0 {
+			t.Fatalf("actions while %v: %v", st.Blocked, brief(res.Actions))
+		}
+	}
+	// Kills in flight never exceed max_parallel.
+	if kills > 0 && inflight+kills > d.Spec.Remediation.MaxParallel {
+		t.Fatalf("max_parallel %d: %d in flight + %d new kills", d.Spec.Remediation.MaxParallel, inflight, kills)
+	}
+}
+
+// applyAsIntents is what committing the plan does to the planner's input:
+// every action becomes an open intent (or, for adopt, a record).
+func applyAsIntents(fi FleetInput, res Result) FleetInput {
+	out := fi
+	out.Instances = append([]Inst(nil), fi.Instances...)
+	next := 0
+	for _, a := range res.Actions {
+		switch a.Kind {
+		case ActLaunch:
+			id := fmt.Sprintf("new%02d", next)
+			next++
+			out.Instances = append(out.Instances, launching(id))
+		default:
+			for i := range out.Instances {
+				in := &out.Instances[i]
+				if in.ID != a.InstanceID {
+					continue
+				}
+				if a.Kind == ActAdopt {
+					rec := state.Instance{ID: in.ID, Fleet: a.Fleet, ImageDigest: in.Observed.ImageDigest, TemplateHash: in.Observed.TemplateHash, CreatedAt: in.Observed.StartedAt, Adopted: true}
+					in.Record = &rec
+				} else {
+					in.Open = &state.Intent{OpID: "op-" + in.ID, Kind: state.Terminate, Fleet: a.Fleet, InstanceID: in.ID}
+				}
+			}
+		}
+	}
+	return out
+}
+
+func TestPlanSafetyInvariants(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		fi := genFleet(t)
+		res := Plan(Input{Now: t0, Fleets: []FleetInput{fi}})
+		checkInvariants(t, &fi, res)
+	})
+}
+
+func TestPlanIsEmptyAfterItIsApplied(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		fi := genFleet(t)
+		res := Plan(Input{Now: t0, Fleets: []FleetInput{fi}})
+		after := applyAsIntents(fi, res)
+		again := Plan(Input{Now: t0, Fleets: []FleetInput{after}})
+		if len(again.Actions) > 0 {
+			t.Fatalf("first plan %v, plan after applying it %v", brief(res.Actions), brief(again.Actions))
+		}
+	})
+}
+
+// TestPlanConverges simulates a world where intents complete and new
+// instances turn healthy: the fleet must reach size up-to-date healthy
+// instances and an empty plan, without breaking the invariants on the way.
+func TestPlanConverges(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		fi := genFleet(t)
+		fi.ObserveError = ""
+		fi.Stats = state.FleetStats{}
+		fi.Desired.Unconfigured, fi.Desired.Draining = false, false
+		fi.Desired.Spec.Remediation.Enabled = true
+		fi.Desired.Spec.Remediation.MaxUnhealthy = config.Percent(100)
+		// Instances that exist now settle on a verdict: unknown ones are judged.
+		for i := range fi.Instances {
+			if fi.Instances[i].Health == Unknown || fi.Instances[i].Health == Starting {
+				fi.Instances[i].Health = rapid.SampledFrom([]Health{Healthy, Unhealthy}).Draw(t, "settle")
+			}
+		}
+		now := t0
+		seq := 0
+		size := fi.Desired.Spec.Size
+		maxLive := size + fi.Desired.Spec.Rollout.MaxSurge.Resolve(size, true)
+		prevLive := 0
+		for i := range fi.Instances {
+			if !ignored(&fi, &fi.Instances[i]) && isLive(&fi.Instances[i]) {
+				prevLive++
+			}
+		}
+		for round := 0; round < 6*size+20; round++ {
+			res := Plan(Input{Now: now, Fleets: []FleetInput{fi}})
+			checkInvariants(t, &fi, res)
+			starting := false
+			for _, in := range fi.Instances {
+				starting = starting || in.Health == Starting || in.Open != nil
+			}
+			if len(res.Actions) == 0 && !starting {
+				break
+			}
+			// Commit, then complete every intent.
+			fi = applyAsIntents(fi, res)
+			var next []Inst
+			for _, in := range fi.Instances {
+				switch {
+				case in.Open != nil && in.Open.Kind == state.Terminate:
+					continue // terminated and forgotten
+				case in.Open != nil && in.Open.Kind == state.Launch:
+					seq++
+					n := inst(fmt.Sprintf("n%03d", seq), health(Starting), age(-time.Duration(round)*time.Minute))
+					next = append(next, n)
+				case in.Observed == nil || in.Observed.Phase != instance.Running:
+					next = append(next, in) // cleaned up by a terminate next round
+				default:
+					if in.Health == Starting {
+						in.Health = Healthy
+					}
+					next = append(next, in)
+				}
+			}
+			fi.Instances = next
+			live := 0
+			for i := range fi.Instances {
+				if !ignored(&fi, &fi.Instances[i]) && isLive(&fi.Instances[i]) {
+					live++
+				}
+			}
+			// Starting above size+surge is possible (e.g. after a scale
+			// down); growing while above it is not.
+			if live > maxLive && live > prevLive {
+				t.Fatalf("round %d: %d live instances > size+surge %d and more than before (%d)", round, live, maxLive, prevLive)
+			}
+			prevLive = live
+			now = now.Add(time.Second)
+		}
+		res := Plan(Input{Now: now, Fleets: []FleetInput{fi}})
+		if len(res.Actions) > 0 {
+			t.Fatalf("did not converge: still planning %v", brief(res.Actions))
+		}
+		st := res.Fleets[0]
+		if st.UpToDate != size || st.States["healthy"] < size {
+			t.Fatalf("converged to %d up to date, states %v, want size %d", st.UpToDate, st.States, size)
+		}
+	})
+}

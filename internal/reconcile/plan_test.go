@@ -1,0 +1,255 @@
+package reconcile
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/state"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+const (
+	imgNew  = "sha256:new"
+	imgOld  = "sha256:old"
+	tmplCur = "tmpl-cur"
+)
+
+func desired(size int, mut ...func(*state.DesiredFleet)) *state.DesiredFleet {
+	d := &state.DesiredFleet{
+		Spec: config.Fleet{
+			Name: "web", Size: size, Provider: "local", Image: "/img",
+			Drift:       config.Drift{Interval: 10 * time.Second, Orphans: config.OrphanAdopt},
+			Remediation: config.Remediation{Enabled: true, MaxUnhealthy: config.Percent(50), MaxParallel: 1},
+			Rollout:     config.Rollout{MaxSurge: config.Count(1), MaxUnavailable: config.Count(0)},
+		},
+		ImageDigest: imgNew, TemplateHash: tmplCur, Generation: 1,
+	}
+	for _, m := range mut {
+		m(d)
+	}
+	return d
+}
+
+// inst builds an instance: recorded and running current image, healthy.
+func inst(id string, mut ...func(*Inst)) Inst {
+	in := Inst{
+		ID:       id,
+		Record:   &state.Instance{ID: id, Fleet: "web", ImageDigest: imgNew, TemplateHash: tmplCur, CreatedAt: t0.Add(-time.Hour)},
+		Observed: &instance.Observed{ID: id, Fleet: "web", ImageDigest: imgNew, TemplateHash: tmplCur, Phase: instance.Running, StartedAt: t0.Add(-time.Hour)},
+		Health:   Healthy,
+	}
+	for _, m := range mut {
+		m(&in)
+	}
+	return in
+}
+
+func health(h Health) func(*Inst) { return func(i *Inst) { i.Health = h } }
+func oldImage(i *Inst)              { i.Observed.ImageDigest = imgOld; i.Record.ImageDigest = imgOld }
+func exited(i *Inst)                { i.Observed.Phase = instance.Exited; i.Observed.ExitReason = "signal: killed" }
+func gone(i *Inst)                  { i.Observed = nil }
+func orphan(i *Inst)                { i.Record = nil }
+func age(d time.Duration) func(*Inst) {
+	return func(i *Inst) { i.Record.CreatedAt = t0.Add(-d); i.Observed.StartedAt = t0.Add(-d) }
+}
+func mutated(i *Inst) {
+	i.Drift = &instance.Finding{Kind: instance.DriftMutated, Evidence: []string{"modified config/app.conf"}}
+}
+func opening(kind state.IntentKind) func(*Inst) {
+	return func(i *Inst) { i.Open = &state.Intent{OpID: "op-" + i.ID, Kind: kind, Fleet: "web", InstanceID: i.ID} }
+}
+
+func launching(id string) Inst {
+	return Inst{ID: id, Open: &state.Intent{OpID: "op-" + id, Kind: state.Launch, Fleet: "web", InstanceID: id, ImageDigest: imgNew}}
+}
+
+// brief renders actions as "launch:reason" / "terminate:id:reason".
+func brief(acts []Action) []string {
+	var out []string
+	for _, a := range acts {
+		if a.Kind == ActLaunch {
+			out = append(out, "launch:"+a.Reason)
+		} else {
+			out = append(out, fmt.Sprintf("%s:%s:%s", a.Kind, a.InstanceID, a.Reason))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func causes(st FleetStatus) []string {
+	var out []string
+	for _, b := range st.Blocked {
+		out = append(out, b.Cause)
+	}
+	return out
+}
+
+func TestPlanTable(t *testing.T) {
+	tests := []struct {
+		name    string
+		desired *state.DesiredFleet
+		stats   state.FleetStats
+		obsErr  string
+		insts   []Inst
+		want    []string
+		blocked []string
+	}{
+		{name: "empty fleet launches size", desired: desired(3),
+			want: []string{"launch:scale_up", "launch:scale_up", "launch:scale_up"}},
+		{name: "steady state does nothing", desired: desired(2),
+			insts: []Inst{inst("a"), inst("b")}},
+		{name: "below size launches the missing one", desired: desired(3),
+			insts: []Inst{inst("a"), inst("b")}, want: []string{"launch:scale_up"}},
+		{name: "launches in flight count toward size", desired: desired(3),
+			insts: []Inst{inst("a"), inst("b"), launching("c")}},
+		{name: "exited instance is cleaned up and replaced", desired: desired(3),
+			insts: []Inst{inst("a"), inst("b"), inst("c", exited)},
+			want:  []string{"launch:replacement", "terminate:c:exited"}},
+		{name: "vanished instance is forgotten and replaced", desired: desired(2),
+			insts: []Inst{inst("a"), inst("b", gone)},
+			want:  []string{"launch:replacement", "terminate:b:gone"}},
+		{name: "unhealthy is replaced surge-first in one pass", desired: desired(3),
+			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy))},
+			want:  []string{"launch:replacement", "terminate:c:unhealthy"}},
+		{name: "never healthy is replaced", desired: desired(1),
+			insts: []Inst{inst("a", health(NeverHealthy))},
+			want:  []string{"launch:replacement", "terminate:a:never_healthy"}},
+		{name: "too many unhealthy blocks every kill", desired: desired(3),
+			insts:   []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c", health(Unhealthy))},
+			want:    []string{"launch:replacement"},
+			blocked: []string{CauseTooManyUnhealthy}},
+		{name: "max_unhealthy as a count", desired: desired(4, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxUnhealthy = config.Count(2); d.Spec.Remediation.MaxParallel = 2 }),
+			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy)), inst("d", health(Unhealthy))},
+			want:  []string{"launch:replacement", "terminate:c:unhealthy", "terminate:d:unhealthy"}},
+		{name: "percent max_unhealthy lets a single instance heal", desired: desired(1),
+			insts: []Inst{inst("a", health(Unhealthy))},
+			want:  []string{"launch:replacement", "terminate:a:unhealthy"}},
+		{name: "max_parallel bounds kills in flight", desired: desired(4, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxUnhealthy = config.Count(4) }),
+			insts: []Inst{inst("a"), inst("b", health(Unhealthy), opening(state.Terminate)), inst("c", health(Unhealthy)), inst("d")},
+			want:  []string{"launch:replacement"}},
+		{name: "provider list failure blocks everything", desired: desired(3), obsErr: "dial unix /run/docker.sock: connection refused",
+			insts:   []Inst{inst("a", health(Unhealthy))},
+			blocked: []string{CauseProviderUnreachable}},
+		{name: "rollout starts surge-first", desired: desired(3),
+			insts: []Inst{inst("a", oldImage), inst("b", oldImage), inst("c", oldImage)},
+			want:  []string{"launch:rollout"}},
+		{name: "rollout waits for the new instance to be healthy", desired: desired(3),
+			insts: []Inst{inst("a", oldImage), inst("b", oldImage), inst("c", oldImage), inst("n1", health(Starting))}},
+		{name: "rollout kills the oldest outdated once the new one is healthy", desired: desired(3),
+			insts: []Inst{inst("a", oldImage, age(2*time.Hour)), inst("b", oldImage, age(3*time.Hour)), inst("c", oldImage), inst("n1")},
+			want:  []string{"terminate:b:drift_image"}},
+		{name: "rollout with max_unavailable 1 and no surge kills first", desired: desired(3, func(d *state.DesiredFleet) {
+			d.Spec.Rollout.MaxSurge = config.Count(0)
+			d.Spec.Rollout.MaxUnavailable = config.Count(1)
+		}),
+			insts: []Inst{inst("a", oldImage, age(3*time.Hour)), inst("b", oldImage), inst("c", oldImage)},
+			want:  []string{"terminate:a:drift_image"}},
+		{name: "a never-healthy new image keeps the old instances", desired: desired(3),
+			stats: state.FleetStats{LaunchFailures: 1, LastFailureAt: t0},
+			insts: []Inst{inst("a", oldImage), inst("b", oldImage), inst("c", oldImage), inst("n1", health(NeverHealthy))},
+			want:  []string{"terminate:n1:never_healthy"}},
+		{name: "launch backoff after repeated failures", desired: desired(3),
+			stats:   state.FleetStats{LaunchFailures: 3, LastFailureAt: t0.Add(-time.Second), LastFailureReason: "never_healthy"},
+			insts:   []Inst{inst("a"), inst("b")},
+			blocked: []string{CauseLaunchBackoff}},
+		{name: "backoff expired launches again", desired: desired(3),
+			stats: state.FleetStats{LaunchFailures: 3, LastFailureAt: t0.Add(-time.Minute)},
+			insts: []Inst{inst("a"), inst("b")},
+			want:  []string{"launch:scale_up"}},
+		{name: "mutated instance is replaced surge-first", desired: desired(2),
+			insts: []Inst{inst("a"), inst("b", mutated)},
+			want:  []string{"launch:replacement"}},
+		{name: "mutated instance goes once its replacement is healthy", desired: desired(2),
+			insts: []Inst{inst("a"), inst("b", mutated), inst("c")},
+			want:  []string{"terminate:b:drift_mutated"}},
+		{name: "template drift rolls", desired: desired(1),
+			insts: []Inst{inst("a", func(i *Inst) { i.Observed.TemplateHash = "tmpl-old" }), inst("b")},
+			want:  []string{"terminate:a:drift_template"}},
+		{name: "excess: least healthy then oldest goes", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxParallel = 2 }),
+			insts: []Inst{inst("a", age(3*time.Hour)), inst("b", age(time.Hour)), inst("c", age(2*time.Hour)), inst("d", age(4*time.Hour))},
+			want:  []string{"terminate:a:excess", "terminate:d:excess"}},
+		{name: "instances without a verdict are not killed", desired: desired(1),
+			insts: []Inst{inst("a", oldImage, health(Unknown)), inst("b", health(Unknown))}},
+		{name: "orphan is adopted by default", desired: desired(1),
+			insts: []Inst{inst("a", orphan)},
+			want:  []string{"adopt:a:orphan"}},
+		{name: "orphan terminated under terminate policy", desired: desired(1, func(d *state.DesiredFleet) { d.Spec.Drift.Orphans = config.OrphanTerminate }),
+			insts: []Inst{inst("a"), inst("x", orphan)},
+			want:  []string{"terminate:x:orphan"}},
+		{name: "orphan ignored is left alone", desired: desired(1, func(d *state.DesiredFleet) { d.Spec.Drift.Orphans = config.OrphanIgnore }),
+			insts: []Inst{inst("a"), inst("x", orphan)}},
+		{name: "remediation disabled only reports", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
+			insts:   []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c")},
+			blocked: []string{CauseDisabled}},
+		{name: "unconfigured fleet is frozen", desired: desired(3, func(d *state.DesiredFleet) { d.Unconfigured = true }),
+			insts:   []Inst{inst("a", health(Unhealthy))},
+			blocked: []string{CauseUnconfigured}},
+		{name: "draining terminates everything, one at a time", desired: desired(3, func(d *state.DesiredFleet) { d.Unconfigured, d.Draining = true, true }),
+			insts: []Inst{inst("a", age(time.Hour)), inst("b", age(2*time.Hour))},
+			want:  []string{"terminate:b:drain"}},
+		{name: "unresolved image launches nothing", desired: desired(2, func(d *state.DesiredFleet) { d.ImageDigest = ""; d.ResolveError = "no such image" }),
+			blocked: []string{CauseNoImage}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: tc.desired, Stats: tc.stats, ObserveError: tc.obsErr, Instances: tc.insts}}})
+			got := brief(res.Actions)
+			if len(got) == 0 && len(tc.want) == 0 {
+				got, tc.want = nil, nil
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("actions:\n got %v\nwant %v", got, tc.want)
+			}
+			if gb := causes(res.Fleets[0]); !reflect.DeepEqual(gb, tc.blocked) {
+				t.Errorf("blocked: got %v, want %v (%+v)", gb, tc.blocked, res.Fleets[0].Blocked)
+			}
+			for _, a := range res.Actions {
+				if a.Reason == "" {
+					t.Errorf("action without reason: %+v", a)
+				}
+				if a.Kind == ActTerminate && len(a.Evidence) == 0 {
+					t.Errorf("termination without evidence: %+v", a)
+				}
+			}
+		})
+	}
+}
+
+func TestPlanStatusCounts(t *testing.T) {
+	res := Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: desired(5), Instances: []Inst{
+		inst("a"), inst("b", health(Unhealthy)), inst("c", exited), inst("d", oldImage), inst("e", mutated, health(Starting)),
+		launching("f"), inst("g", opening(state.Terminate)), inst("h", orphan),
+	}}}})
+	st := res.Fleets[0]
+	want := map[string]int{"healthy": 3, "starting": 1, "unhealthy": 1, "never_healthy": 0, "exited": 1, "launching": 1, "terminating": 1}
+	if !reflect.DeepEqual(st.States, want) {
+		t.Errorf("states: got %v want %v", st.States, want)
+	}
+	wantDrift := map[string]int{"image": 1, "template": 0, "mutated": 1, "orphan": 1}
+	if !reflect.DeepEqual(st.Drifted, wantDrift) {
+		t.Errorf("drifted: got %v want %v", st.Drifted, wantDrift)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	for n, want := range map[int]time.Duration{0: 0, 1: 0, 2: time.Second, 3: 2 * time.Second, 4: 4 * time.Second, 12: BackoffMax, 1000: BackoffMax} {
+		if got := Backoff(n); got != want {
+			t.Errorf("Backoff(%d) = %v, want %v", n, got, want)
+		}
+	}
+}
+
+func TestPlanEvidenceNamesDriftPath(t *testing.T) {
+	res := Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: desired(1), Instances: []Inst{inst("a", mutated), inst("b")}}}})
+	if len(res.Actions) != 1 || !strings.Contains(strings.Join(res.Actions[0].Evidence, " "), "config/app.conf") {
+		t.Fatalf("want one drift termination naming the changed path, got %+v", res.Actions)
+	}
+}

@@ -1,0 +1,337 @@
+package state
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"time"
+)
+
+// Result is what applying a command returns to its proposer. Domain
+// rejections are results, not panics: the entry is committed either way.
+type Result struct {
+	// Err is set when the command as a whole was rejected.
+	Err string `json:"err,omitempty"`
+	// Generation is the desired generation after the command.
+	Generation uint64 `json:"generation"`
+	// Accepted lists accepted op ids (CommitIntents, ClaimIntents).
+	Accepted []string `json:"accepted,omitempty"`
+	// Rejected maps op id to the reason it was rejected.
+	Rejected map[string]string `json:"rejected,omitempty"`
+	// Changed lists fleets whose desired state changed (SetDesired).
+	Changed []string `json:"changed,omitempty"`
+}
+
+// Error returns the rejection as an error, or nil.
+func (r Result) Error() error {
+	if r.Err == "" {
+		return nil
+	}
+	return fmt.Errorf("%s", r.Err)
+}
+
+// Apply applies one decoded command. It is deterministic.
+func (s *State) Apply(c Command) Result {
+	switch c := c.(type) {
+	case *SetDesired:
+		return s.setDesired(c)
+	case *CommitIntents:
+		return s.commitIntents(c)
+	case *CompleteIntent:
+		return s.completeIntent(c)
+	case *ClaimIntents:
+		return s.claimIntents(c)
+	case *Adopt:
+		return s.adopt(c)
+	case *MarkHealthy:
+		return s.markHealthy(c)
+	case *DrainFleet:
+		return s.drainFleet(c)
+	case *RecordEvents:
+		for _, e := range c.Events {
+			s.addEvent(e)
+		}
+		return Result{Generation: s.Generation}
+	default:
+		panic(fmt.Sprintf("state: apply: unhandled command %T", c))
+	}
+}
+
+func (s *State) setDesired(c *SetDesired) Result {
+	if c.BaseGeneration != s.Generation {
+		return Result{Err: fmt.Sprintf("desired state moved: base generation %d, current %d", c.BaseGeneration, s.Generation), Generation: s.Generation}
+	}
+	next := s.Generation + 1
+	var changed []string
+	seen := map[string]bool{}
+	for _, f := range c.Fleets {
+		name := f.Spec.Name
+		seen[name] = true
+		old := s.Fleets[name]
+		if old != nil && !old.Unconfigured && !old.Draining &&
+			old.ImageDigest == f.ImageDigest && old.TemplateHash == f.TemplateHash &&
+			old.ResolveError == f.ResolveError && reflect.DeepEqual(old.Spec, f.Spec) {
+			continue
+		}
+		nf := *f
+		nf.Generation = next
+		nf.UpdatedAt = c.At
+		nf.Unconfigured, nf.Draining = false, false
+		nf.UnconfiguredSince = time.Time{}
+		s.Fleets[name] = &nf
+		changed = append(changed, name)
+		ev := Event{Time: c.At, Fleet: name, Action: "desired_changed", Node: c.Node,
+			Evidence: []string{fmt.Sprintf("generation %d", next), "image " + f.Spec.Image, "digest " + f.ImageDigest, "size " + fmt.Sprint(f.Spec.Size)}}
+		if old == nil {
+			ev.Reason = "fleet_added"
+		} else if old.Unconfigured {
+			ev.Reason = "fleet_configured_again"
+		} else if old.ImageDigest != f.ImageDigest {
+			ev.Reason = "image_changed"
+			ev.Evidence = append(ev.Evidence, "previous digest "+old.ImageDigest)
+		} else {
+			ev.Reason = "spec_changed"
+		}
+		if f.ResolveError != "" {
+			ev.Evidence = append(ev.Evidence, "image not resolved: "+f.ResolveError)
+		}
+		s.addEvent(ev)
+	}
+	for _, name := range s.FleetNames() {
+		f := s.Fleets[name]
+		if seen[name] || f.Unconfigured {
+			continue
+		}
+		nf := *f
+		nf.Unconfigured = true
+		nf.UnconfiguredSince = c.At
+		nf.Generation = next
+		reason := "removed_from_files_kept_running"
+		if c.AutoDrain {
+			nf.Draining = true
+			reason = "removed_from_files_auto_drain"
+		}
+		s.Fleets[name] = &nf
+		changed = append(changed, name)
+		s.addEvent(Event{Time: c.At, Fleet: name, Action: "fleet_unconfigured", Reason: reason, Node: c.Node})
+	}
+	s.SourceHash = c.SourceHash
+	if len(changed) == 0 {
+		return Result{Generation: s.Generation}
+	}
+	s.Generation = next
+	s.DesiredAt = c.At
+	sort.Strings(changed)
+	s.forgetDrained(c.At)
+	return Result{Generation: s.Generation, Changed: changed}
+}
+
+func (s *State) commitIntents(c *CommitIntents) Result {
+	if c.Generation != s.Generation {
+		return Result{Err: fmt.Sprintf("stale plan: made at generation %d, current %d", c.Generation, s.Generation), Generation: s.Generation}
+	}
+	res := Result{Generation: s.Generation, Rejected: map[string]string{}}
+	for _, it := range c.Intents {
+		if reason := s.checkIntent(it); reason != "" {
+			res.Rejected[it.OpID] = reason
+			continue
+		}
+		cp := *it
+		cp.CreatedAt = c.At
+		s.Intents[it.OpID] = &cp
+		res.Accepted = append(res.Accepted, it.OpID)
+		if it.Kind == Terminate {
+			if rec := s.Instances[it.InstanceID]; rec != nil && !rec.EverHealthy && countsAsLaunchFailure(it.Reason) {
+				s.noteFailure(it.Fleet, it.Reason, c.At)
+			}
+		}
+		s.addEvent(Event{Time: c.At, Fleet: it.Fleet, InstanceID: it.InstanceID, Action: string(it.Kind) + "_planned",
+			Reason: it.Reason, Evidence: it.Evidence, Node: it.Node, OpID: it.OpID})
+	}
+	if len(res.Rejected) == 0 {
+		res.Rejected = nil
+	}
+	return res
+}
+
+// countsAsLaunchFailure says whether terminating an instance that was never
+// healthy for this reason means its launch failed.
+func countsAsLaunchFailure(reason string) bool {
+	return reason == "never_healthy" || reason == "exited"
+}
+
+func (s *State) checkIntent(it *Intent) string {
+	switch {
+	case it.OpID == "" || it.InstanceID == "" || it.Fleet == "":
+		return "intent lacks op id, instance id or fleet"
+	case s.Intents[it.OpID] != nil:
+		return "op id already open"
+	case s.OpenIntentFor(it.InstanceID) != nil:
+		return "instance already has an open intent"
+	case s.Fleets[it.Fleet] == nil:
+		return "unknown fleet"
+	}
+	switch it.Kind {
+	case Launch:
+		if s.Instances[it.InstanceID] != nil {
+			return "instance id already recorded"
+		}
+		if it.ImageDigest == "" {
+			return "launch without image digest"
+		}
+	case Terminate:
+	default:
+		return fmt.Sprintf("unknown intent kind %q", it.Kind)
+	}
+	return ""
+}
+
+func (s *State) completeIntent(c *CompleteIntent) Result {
+	it := s.Intents[c.OpID]
+	if it == nil {
+		return Result{Err: "intent " + c.OpID + " is not open", Generation: s.Generation}
+	}
+	if c.Term < it.Term {
+		return Result{Err: fmt.Sprintf("intent %s is owned by term %d, completion from term %d", c.OpID, it.Term, c.Term), Generation: s.Generation}
+	}
+	delete(s.Intents, c.OpID)
+	s.Finished[string(c.Outcome)]++
+	ev := Event{Time: c.At, Fleet: it.Fleet, InstanceID: it.InstanceID, Reason: it.Reason, Node: c.Node, OpID: it.OpID}
+	switch {
+	case it.Kind == Launch && c.Outcome == Done:
+		rec := &Instance{ID: it.InstanceID, Fleet: it.Fleet, ImageDigest: it.ImageDigest, TemplateHash: it.TemplateHash,
+			Generation: it.Generation, CreatedAt: c.At, LaunchOp: it.OpID}
+		if o := c.Observed; o != nil {
+			rec.Address, rec.Location, rec.ProviderRef = o.Address, o.Location, o.ProviderRef
+			if !o.StartedAt.IsZero() {
+				rec.CreatedAt = o.StartedAt
+			}
+		}
+		s.Instances[rec.ID] = rec
+		ev.Action = "launched"
+		ev.Evidence = []string{"image " + it.ImageDigest}
+		if rec.Address != "" {
+			ev.Evidence = append(ev.Evidence, "address "+rec.Address)
+		}
+	case it.Kind == Launch:
+		ev.Action = "launch_" + string(c.Outcome)
+		if c.Error != "" {
+			ev.Evidence = []string{c.Error}
+		}
+		if c.Outcome == Failed {
+			s.noteFailure(it.Fleet, "launch_failed", c.At)
+		}
+	case it.Kind == Terminate && c.Outcome == Done:
+		delete(s.Instances, it.InstanceID)
+		ev.Action = "terminated"
+		ev.Evidence = it.Evidence
+	default:
+		ev.Action = "terminate_" + string(c.Outcome)
+		if c.Error != "" {
+			ev.Evidence = []string{c.Error}
+		}
+	}
+	s.addEvent(ev)
+	s.forgetDrained(c.At)
+	return Result{Generation: s.Generation, Accepted: []string{c.OpID}}
+}
+
+func (s *State) claimIntents(c *ClaimIntents) Result {
+	res := Result{Generation: s.Generation}
+	for _, id := range c.OpIDs {
+		it := s.Intents[id]
+		if it == nil || it.Term > c.Term {
+			continue
+		}
+		it.Term = c.Term
+		it.Attempts++
+		res.Accepted = append(res.Accepted, id)
+	}
+	return res
+}
+
+func (s *State) adopt(c *Adopt) Result {
+	res := Result{Generation: s.Generation}
+	for _, in := range c.Instances {
+		if s.Instances[in.ID] != nil || s.Fleets[in.Fleet] == nil || s.OpenIntentFor(in.ID) != nil {
+			continue
+		}
+		cp := *in
+		cp.Adopted = true
+		s.Instances[in.ID] = &cp
+		res.Accepted = append(res.Accepted, in.ID)
+		s.addEvent(Event{Time: c.At, Fleet: in.Fleet, InstanceID: in.ID, Action: "adopted", Reason: "orphan",
+			Evidence: []string{"no record explained a running instance", "image " + in.ImageDigest}, Node: c.Node})
+	}
+	return res
+}
+
+func (s *State) markHealthy(c *MarkHealthy) Result {
+	for _, id := range c.InstanceIDs {
+		rec := s.Instances[id]
+		if rec == nil || rec.EverHealthy {
+			continue
+		}
+		rec.EverHealthy = true
+		if f := s.Fleets[rec.Fleet]; f != nil && rec.ImageDigest == f.ImageDigest && rec.TemplateHash == f.TemplateHash {
+			if st := s.Stats[rec.Fleet]; st != nil && st.LaunchFailures > 0 {
+				st.LaunchFailures = 0
+			}
+		}
+	}
+	return Result{Generation: s.Generation}
+}
+
+func (s *State) drainFleet(c *DrainFleet) Result {
+	f := s.Fleets[c.Fleet]
+	switch {
+	case f == nil:
+		return Result{Err: fmt.Sprintf("fleet %q is not known", c.Fleet), Generation: s.Generation}
+	case !f.Unconfigured:
+		return Result{Err: fmt.Sprintf("fleet %q is still configured in the fleet files: set size = 0 there, or remove it from the files first", c.Fleet), Generation: s.Generation}
+	case f.Draining:
+		return Result{Generation: s.Generation}
+	}
+	nf := *f
+	nf.Draining = true
+	s.Fleets[c.Fleet] = &nf
+	s.addEvent(Event{Time: c.At, Fleet: c.Fleet, Action: "drain_started", Reason: "operator", Node: c.Node})
+	s.forgetDrained(c.At)
+	return Result{Generation: s.Generation}
+}
+
+// forgetDrained removes draining fleets that have no instances and no open
+// intents left.
+func (s *State) forgetDrained(at time.Time) {
+	for _, name := range s.FleetNames() {
+		f := s.Fleets[name]
+		if !f.Draining {
+			continue
+		}
+		busy := false
+		for _, in := range s.Instances {
+			if in.Fleet == name {
+				busy = true
+				break
+			}
+		}
+		for _, it := range s.Intents {
+			if it.Fleet == name {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			delete(s.Fleets, name)
+			delete(s.Stats, name)
+			s.addEvent(Event{Time: at, Fleet: name, Action: "fleet_forgotten", Reason: "drained"})
+		}
+	}
+}
+
+func (s *State) noteFailure(fleet, reason string, at time.Time) {
+	st := s.stats(fleet)
+	st.LaunchFailures++
+	st.LastFailureAt = at
+	st.LastFailureReason = reason
+}

@@ -1,0 +1,184 @@
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/immutd/immutd/internal/instance"
+)
+
+// CommandType identifies a log entry. Types with the Ignorable bit set may
+// be skipped by an older release that does not know them; any other
+// unknown type stops the node rather than let its state diverge.
+type CommandType uint8
+
+// Ignorable marks a command type an older release may safely skip.
+const Ignorable CommandType = 0x80
+
+const (
+	TypeSetDesired     CommandType = 1
+	TypeCommitIntents  CommandType = 2
+	TypeCompleteIntent CommandType = 3
+	TypeClaimIntents   CommandType = 4
+	TypeAdopt          CommandType = 5
+	TypeMarkHealthy    CommandType = 6
+	TypeDrainFleet     CommandType = 7
+	// Events are informational: an older node may skip them.
+	TypeRecordEvents = Ignorable | 8
+)
+
+// Command is a typed, versioned change to the state.
+type Command interface {
+	Type() CommandType
+	// Version of the command's encoding. Decoders accept every version up
+	// to the one they know.
+	Version() uint8
+}
+
+// Encode serialises a command as [type][version][json body].
+func Encode(c Command) ([]byte, error) {
+	body, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("state: encode %T: %w", c, err)
+	}
+	return append([]byte{byte(c.Type()), c.Version()}, body...), nil
+}
+
+// ErrUnknownIgnorable is returned by Decode for an unknown command type that
+// carries the Ignorable flag.
+var ErrUnknownIgnorable = errors.New("state: unknown ignorable command")
+
+var registry = map[CommandType]Command{
+	TypeSetDesired:     &SetDesired{},
+	TypeCommitIntents:  &CommitIntents{},
+	TypeCompleteIntent: &CompleteIntent{},
+	TypeClaimIntents:   &ClaimIntents{},
+	TypeAdopt:          &Adopt{},
+	TypeMarkHealthy:    &MarkHealthy{},
+	TypeDrainFleet:     &DrainFleet{},
+	TypeRecordEvents:   &RecordEvents{},
+}
+
+// Decode parses an encoded command.
+func Decode(b []byte) (Command, error) {
+	if len(b) < 2 {
+		return nil, fmt.Errorf("state: decode: entry of %d bytes is too short", len(b))
+	}
+	t, v := CommandType(b[0]), b[1]
+	proto, ok := registry[t]
+	if !ok {
+		if t&Ignorable != 0 {
+			return nil, ErrUnknownIgnorable
+		}
+		return nil, fmt.Errorf("state: decode: unknown command type %d (upgrade this node)", t)
+	}
+	c := reflect.New(reflect.TypeOf(proto).Elem()).Interface().(Command)
+	if v > c.Version() {
+		return nil, fmt.Errorf("state: decode: command type %d version %d is newer than %d (upgrade this node)", t, v, c.Version())
+	}
+	if err := json.Unmarshal(b[2:], c); err != nil {
+		return nil, fmt.Errorf("state: decode command type %d: %w", t, err)
+	}
+	return c, nil
+}
+
+// SetDesired commits a new desired generation: the complete set of
+// configured fleets. Fleets in the state but not in Fleets become
+// unconfigured (never torn down silently).
+type SetDesired struct {
+	// BaseGeneration must equal the current generation; otherwise the
+	// command is rejected and the proposer re-reads and retries.
+	BaseGeneration uint64          `json:"base_generation"`
+	SourceHash     string          `json:"source_hash"`
+	Fleets         []*DesiredFleet `json:"fleets"`
+	// AutoDrain drains fleets that became unconfigured.
+	AutoDrain bool      `json:"auto_drain"`
+	At        time.Time `json:"at"`
+	Node      string    `json:"node"`
+}
+
+// CommitIntents journals the intents of one plan. The whole batch is
+// rejected when the desired generation moved since the plan was made;
+// single intents are rejected when they conflict with open intents or
+// records.
+type CommitIntents struct {
+	Generation uint64    `json:"generation"`
+	Intents    []*Intent `json:"intents"`
+	At         time.Time `json:"at"`
+}
+
+// Outcome of a finished intent.
+type Outcome string
+
+const (
+	Done      Outcome = "done"
+	Failed    Outcome = "failed"
+	Abandoned Outcome = "abandoned"
+)
+
+// CompleteIntent closes an intent with the provider's answer.
+type CompleteIntent struct {
+	OpID    string  `json:"op_id"`
+	Term    uint64  `json:"term"`
+	Outcome Outcome `json:"outcome"`
+	Error   string  `json:"error,omitempty"`
+	// Observed is the launched instance (launch, Done).
+	Observed *instance.Observed `json:"observed,omitempty"`
+	At       time.Time          `json:"at"`
+	Node     string             `json:"node"`
+}
+
+// ClaimIntents moves open intents to a new leader's term before it
+// re-drives them, so a deposed leader cannot complete them any more.
+type ClaimIntents struct {
+	OpIDs []string  `json:"op_ids"`
+	Term  uint64    `json:"term"`
+	At    time.Time `json:"at"`
+	Node  string    `json:"node"`
+}
+
+// Adopt records running instances that no record explained.
+type Adopt struct {
+	Instances []*Instance `json:"instances"`
+	At        time.Time   `json:"at"`
+	Node      string      `json:"node"`
+}
+
+// MarkHealthy records that instances were judged healthy once.
+type MarkHealthy struct {
+	InstanceIDs []string  `json:"instance_ids"`
+	At          time.Time `json:"at"`
+}
+
+// DrainFleet starts draining an unconfigured fleet (operator confirmed).
+type DrainFleet struct {
+	Fleet string    `json:"fleet"`
+	At    time.Time `json:"at"`
+	Node  string    `json:"node"`
+}
+
+// RecordEvents appends informational events.
+type RecordEvents struct {
+	Events []Event `json:"events"`
+}
+
+func (*SetDesired) Type() CommandType     { return TypeSetDesired }
+func (*CommitIntents) Type() CommandType  { return TypeCommitIntents }
+func (*CompleteIntent) Type() CommandType { return TypeCompleteIntent }
+func (*ClaimIntents) Type() CommandType   { return TypeClaimIntents }
+func (*Adopt) Type() CommandType          { return TypeAdopt }
+func (*MarkHealthy) Type() CommandType    { return TypeMarkHealthy }
+func (*DrainFleet) Type() CommandType     { return TypeDrainFleet }
+func (*RecordEvents) Type() CommandType   { return TypeRecordEvents }
+
+func (*SetDesired) Version() uint8     { return 1 }
+func (*CommitIntents) Version() uint8  { return 1 }
+func (*CompleteIntent) Version() uint8 { return 1 }
+func (*ClaimIntents) Version() uint8   { return 1 }
+func (*Adopt) Version() uint8          { return 1 }
+func (*MarkHealthy) Version() uint8    { return 1 }
+func (*DrainFleet) Version() uint8     { return 1 }
+func (*RecordEvents) Version() uint8   { return 1 }

@@ -1,0 +1,220 @@
+// Package state is immutd's replicated data model: desired fleets by
+// generation, instance records, open intents, per-fleet launch-failure
+// counters and a bounded event log. Every change is a typed, versioned
+// command applied deterministically (no clock reads, no randomness, no
+// I/O): the leader puts times and ids into the commands. The cluster
+// package replicates commands through raft and applies them here.
+package state
+
+import (
+	"sort"
+	"time"
+
+	"github.com/immutd/immutd/internal/config"
+)
+
+// MaxEvents bounds the replicated event log.
+const MaxEvents = 2000
+
+// DesiredFleet is one fleet's desired state as committed.
+type DesiredFleet struct {
+	Spec config.Fleet `json:"spec"`
+	// ImageDigest pins the golden image: the local store digest or the
+	// docker image id. Instances are judged against it, never against
+	// Spec.Image, so a moved tag or an edited bundle cannot leak in.
+	ImageDigest  string `json:"image_digest"`
+	TemplateHash string `json:"template_hash"`
+	// Generation is the desired generation at which this fleet last changed.
+	Generation uint64 `json:"generation"`
+	// Unconfigured is set when the fleet disappeared from the fleet files.
+	// Its instances keep running until it is drained.
+	Unconfigured      bool      `json:"unconfigured,omitempty"`
+	UnconfiguredSince time.Time `json:"unconfigured_since,omitempty"`
+	// Draining scales the fleet to zero; the fleet is forgotten once no
+	// instance or intent of it is left.
+	Draining bool `json:"draining,omitempty"`
+	// ResolveError is set when the image in the fleet file could not be
+	// resolved; the fleet stays on ImageDigest (empty for a new fleet).
+	ResolveError string `json:"resolve_error,omitempty"`
+	// UpdatedAt is when the spec was last committed.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Instance is the record of an instance immutd launched or adopted.
+type Instance struct {
+	ID           string    `json:"id"`
+	Fleet        string    `json:"fleet"`
+	ImageDigest  string    `json:"image_digest"`
+	TemplateHash string    `json:"template_hash"`
+	Generation   uint64    `json:"generation"`
+	Address      string    `json:"address,omitempty"`
+	Location     string    `json:"location,omitempty"`
+	ProviderRef  string    `json:"provider_ref,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
+	// LaunchOp is the intent that launched it; empty when adopted.
+	LaunchOp string `json:"launch_op,omitempty"`
+	// EverHealthy is set once probes judged it healthy.
+	EverHealthy bool `json:"ever_healthy,omitempty"`
+	Adopted     bool `json:"adopted,omitempty"`
+}
+
+// IntentKind is the provider verb an intent journals.
+type IntentKind string
+
+const (
+	Launch    IntentKind = "launch"
+	Terminate IntentKind = "terminate"
+)
+
+// Intent is a journaled provider action that is not yet confirmed.
+type Intent struct {
+	OpID       string     `json:"op_id"`
+	Kind       IntentKind `json:"kind"`
+	Fleet      string     `json:"fleet"`
+	InstanceID string     `json:"instance_id"`
+	Reason     string     `json:"reason"`
+	Evidence   []string   `json:"evidence,omitempty"`
+	// Term is the raft term of the leader that owns the intent; a newer
+	// leader claims open intents before re-driving them.
+	Term       uint64    `json:"term"`
+	Generation uint64    `json:"generation"`
+	CreatedAt  time.Time `json:"created_at"`
+	Node       string    `json:"node"`
+	// Launch parameters, fixed when the intent is committed so a re-driven
+	// launch makes exactly the instance that was decided.
+	ImageDigest  string `json:"image_digest,omitempty"`
+	TemplateHash string `json:"template_hash,omitempty"`
+	// Grace is the stop grace of a terminate.
+	Grace time.Duration `json:"grace,omitempty"`
+	// Attempts counts how often a leader started driving it.
+	Attempts int `json:"attempts"`
+}
+
+// Event is one entry of the replicated event log: every launch, kill and
+// decision with its reason and evidence.
+type Event struct {
+	Seq        uint64    `json:"seq"`
+	Time       time.Time `json:"time"`
+	Fleet      string    `json:"fleet,omitempty"`
+	InstanceID string    `json:"instance,omitempty"`
+	Action     string    `json:"action"`
+	Reason     string    `json:"reason,omitempty"`
+	Evidence   []string  `json:"evidence,omitempty"`
+	Node       string    `json:"node,omitempty"`
+	OpID       string    `json:"op_id,omitempty"`
+}
+
+// FleetStats are per-fleet counters kept in the replicated state.
+type FleetStats struct {
+	// LaunchFailures counts consecutive instances of the fleet that failed
+	// before ever becoming healthy (launch error, exit, never healthy).
+	// It drives the launch backoff and resets when an instance of the
+	// current generation becomes healthy.
+	LaunchFailures    int       `json:"launch_failures"`
+	LastFailureAt     time.Time `json:"last_failure_at,omitempty"`
+	LastFailureReason string    `json:"last_failure_reason,omitempty"`
+}
+
+// State is the whole replicated state. It is not safe for concurrent use;
+// the cluster package guards it.
+type State struct {
+	Generation  uint64                   `json:"generation"`
+	SourceHash  string                   `json:"source_hash"`
+	DesiredAt   time.Time                `json:"desired_at"`
+	Fleets      map[string]*DesiredFleet `json:"fleets"`
+	Instances   map[string]*Instance     `json:"instances"`
+	Intents     map[string]*Intent       `json:"intents"`
+	Stats       map[string]*FleetStats   `json:"stats"`
+	Events      []Event                  `json:"events"`
+	NextEventID uint64                   `json:"next_event_id"`
+	// Finished counts intents finished by outcome, for audits.
+	Finished map[string]uint64 `json:"finished"`
+}
+
+// New returns an empty state.
+func New() *State {
+	return &State{
+		Fleets:      map[string]*DesiredFleet{},
+		Instances:   map[string]*Instance{},
+		Intents:     map[string]*Intent{},
+		Stats:       map[string]*FleetStats{},
+		Finished:    map[string]uint64{},
+		NextEventID: 1,
+	}
+}
+
+// FleetNames returns the names of all fleets in the desired state, sorted.
+func (s *State) FleetNames() []string {
+	out := make([]string, 0, len(s.Fleets))
+	for n := range s.Fleets {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// InstancesOf returns the records of a fleet sorted by id.
+func (s *State) InstancesOf(fleet string) []*Instance {
+	var out []*Instance
+	for _, in := range s.Instances {
+		if in.Fleet == fleet {
+			out = append(out, in)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// OpenIntentFor returns the open intent on an instance, if any.
+func (s *State) OpenIntentFor(instanceID string) *Intent {
+	for _, it := range s.Intents {
+		if it.InstanceID == instanceID {
+			return it
+		}
+	}
+	return nil
+}
+
+// SortedIntents returns the open intents ordered by creation.
+func (s *State) SortedIntents() []*Intent {
+	out := make([]*Intent, 0, len(s.Intents))
+	for _, it := range s.Intents {
+		out = append(out, it)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].OpID < out[j].OpID
+	})
+	return out
+}
+
+// EventsSince returns events with Seq > after, oldest first, at most limit
+// (0 = all).
+func (s *State) EventsSince(after uint64, limit int) []Event {
+	i := sort.Search(len(s.Events), func(i int) bool { return s.Events[i].Seq > after })
+	out := s.Events[i:]
+	if limit > 0 && len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return append([]Event(nil), out...)
+}
+
+func (s *State) addEvent(e Event) {
+	e.Seq = s.NextEventID
+	s.NextEventID++
+	s.Events = append(s.Events, e)
+	if over := len(s.Events) - MaxEvents; over > 0 {
+		s.Events = append(s.Events[:0:0], s.Events[over:]...)
+	}
+}
+
+func (s *State) stats(fleet string) *FleetStats {
+	st := s.Stats[fleet]
+	if st == nil {
+		st = &FleetStats{}
+		s.Stats[fleet] = st
+	}
+	return st
+}
