@@ -1,0 +1,173 @@
+// Command sampleapp is the tiny HTTP service immutd's examples launch as
+// a golden image. It serves its version, its instance identity and its
+// configuration file, and a health endpoint that can be made to fail on
+// demand:
+//
+//	GET  /         version, $IMMUTD_INSTANCE_ID, $IMMUTD_FLEET, config/app.conf
+//	GET  /healthz  200 "ok", or 500 "failing" once failing
+//	POST /fail     make /healthz fail from now on
+//	POST /recover  make /healthz pass again
+//
+// It listens on 127.0.0.1:$PORT, or on -addr when PORT is not set, and
+// shuts down gracefully on SIGTERM or SIGINT. The version is set at build
+// time with -ldflags "-X main.version=1.0.0".
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// version is set with -ldflags "-X main.version=...".
+var version = "dev"
+
+// configFile is read from the working directory on every GET /.
+const configFile = "config/app.conf"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stderr))
+}
+
+func run(args []string, getenv func(string) string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sampleapp", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:8080", "listen address when $PORT is not set")
+	failAfter := fs.Duration("fail-after", 0, "start failing /healthz after this long (0: never)")
+	ignoreTerm := fs.Bool("ignore-sigterm", false, "log and ignore SIGTERM (stop only on SIGINT or SIGKILL)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	logger := log.New(stderr, "sampleapp: ", log.LstdFlags)
+	if *showVersion {
+		fmt.Fprintln(stderr, version)
+		return 0
+	}
+	listenAddr := *addr
+	if port := getenv("PORT"); port != "" {
+		listenAddr = net.JoinHostPort("127.0.0.1", port)
+	}
+
+	app := &app{
+		version:  version,
+		instance: getenv("IMMUTD_INSTANCE_ID"),
+		fleet:    getenv("IMMUTD_FLEET"),
+		image:    getenv("IMMUTD_IMAGE_DIGEST"),
+	}
+	if *failAfter > 0 {
+		t := time.AfterFunc(*failAfter, func() {
+			app.failing.Store(true)
+			logger.Printf("failing now (-fail-after %s)", *failAfter)
+		})
+		defer t.Stop()
+	}
+
+	ln, err := net.Listen("tcp", listenAddr)
+	if err != nil {
+		logger.Printf("listen: %v", err)
+		return 1
+	}
+	srv := &http.Server{Handler: app.handler(), ReadHeaderTimeout: 5 * time.Second}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	logger.Printf("version %s listening on %s", version, ln.Addr())
+
+	for {
+		select {
+		case err := <-serveErr:
+			logger.Printf("serve: %v", err)
+			return 1
+		case sig := <-sigs:
+			if sig == syscall.SIGTERM && *ignoreTerm {
+				logger.Printf("ignoring SIGTERM")
+				continue
+			}
+			logger.Printf("received %s, shutting down", sig)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := srv.Shutdown(ctx)
+			cancel()
+			if err != nil {
+				logger.Printf("shutdown: %v", err)
+				return 1
+			}
+			if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Printf("serve: %v", err)
+				return 1
+			}
+			logger.Printf("stopped")
+			return 0
+		}
+	}
+}
+
+// app holds the service's state.
+type app struct {
+	version  string
+	instance string
+	fleet    string
+	image    string
+	failing  atomic.Bool
+}
+
+func (a *app) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", a.index)
+	mux.HandleFunc("GET /healthz", a.healthz)
+	mux.HandleFunc("POST /fail", func(w http.ResponseWriter, r *http.Request) {
+		a.failing.Store(true)
+		fmt.Fprintln(w, "failing")
+	})
+	mux.HandleFunc("POST /recover", func(w http.ResponseWriter, r *http.Request) {
+		a.failing.Store(false)
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+func (a *app) index(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	var b strings.Builder
+	fmt.Fprintf(&b, "sampleapp %s\n", a.version)
+	fmt.Fprintf(&b, "instance: %s\n", a.instance)
+	fmt.Fprintf(&b, "fleet: %s\n", a.fleet)
+	fmt.Fprintf(&b, "image: %s\n", a.image)
+	conf, err := os.ReadFile(configFile)
+	switch {
+	case err == nil:
+		fmt.Fprintf(&b, "%s:\n%s", configFile, conf)
+		if len(conf) > 0 && conf[len(conf)-1] != '\n' {
+			b.WriteByte('\n')
+		}
+	case errors.Is(err, os.ErrNotExist):
+		fmt.Fprintf(&b, "%s: (none)\n", configFile)
+	default:
+		fmt.Fprintf(&b, "%s: unreadable: %v\n", configFile, err)
+	}
+	io.WriteString(w, b.String())
+}
+
+func (a *app) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if a.failing.Load() {
+		w.WriteHeader(http.StatusInternalServerError)
+		fmt.Fprintln(w, "failing")
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}

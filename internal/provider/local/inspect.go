@@ -1,0 +1,204 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+
+	"github.com/immutd/immutd/internal/instance"
+)
+
+// maxEvidence caps the evidence items of a finding; the rest are counted.
+const maxEvidence = 20
+
+// Inspect compares the instance root with the per-entry manifest of its
+// image and returns nil when they match, or a finding of kind
+// instance.DriftMutated whose evidence lists, in path order, items like
+// "added evil.sh", "removed bin/x", "modified config/app.conf",
+// "mode config/app.conf 0644->0755" and "type data file->symlink".
+//
+// ignore holds slash-separated glob patterns relative to the root: '*',
+// '?' and '[...]' match within one path segment (as path.Match), a "**"
+// segment matches any number of segments, and a pattern that matches a
+// directory ignores everything below it.
+//
+// Every file is hashed on every call; there is no size/mtime cache, so
+// an edit that keeps a file's size and mtime is still found. That is
+// cheap for the small trees instances are, and it is the safe choice.
+func (p *Provider) Inspect(ctx context.Context, obs instance.Observed, ignore []string) (*instance.Finding, error) {
+	f, err := p.inspect(ctx, obs, ignore)
+	if err != nil {
+		return nil, fmt.Errorf("local: inspect %s: %w", obs.ID, err)
+	}
+	return f, nil
+}
+
+func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []string) (*instance.Finding, error) {
+	id := obs.ID
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	ign, err := compileIgnore(ignore)
+	if err != nil {
+		return nil, err
+	}
+	digest := obs.ImageDigest
+	m, err := p.readMeta(id)
+	switch {
+	case err == nil:
+		digest = m.ImageDigest
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, ErrNotFound
+	}
+	rec, err := p.record(ctx, digest)
+	if err != nil {
+		return nil, err
+	}
+	got, err := walkTree(ctx, p.instanceRoot(id), walkOptions{skip: ign.match})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.readMeta(id); errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotFound // terminated while we looked
+	}
+	var want []entry
+	for _, e := range rec.Entries {
+		if !ign.match(e.Path) {
+			want = append(want, e)
+		}
+	}
+	evidence := diffEntries(want, got)
+	if len(evidence) == 0 {
+		return nil, nil
+	}
+	if n := len(evidence); n > maxEvidence {
+		evidence = append(evidence[:maxEvidence:maxEvidence], fmt.Sprintf("... and %d more", n-maxEvidence))
+	}
+	return &instance.Finding{Kind: instance.DriftMutated, Evidence: evidence}, nil
+}
+
+// diffEntries lists the differences between two path-sorted entry lists,
+// one item per path.
+func diffEntries(want, got []entry) []string {
+	var out []string
+	i, j := 0, 0
+	for i < len(want) || j < len(got) {
+		switch {
+		case j == len(got) || (i < len(want) && want[i].Path < got[j].Path):
+			out = append(out, "removed "+want[i].Path)
+			i++
+		case i == len(want) || got[j].Path < want[i].Path:
+			out = append(out, "added "+got[j].Path)
+			j++
+		default:
+			if d := diffEntry(want[i], got[j]); d != "" {
+				out = append(out, d)
+			}
+			i++
+			j++
+		}
+	}
+	return out
+}
+
+func diffEntry(w, g entry) string {
+	if w.Type != g.Type {
+		return fmt.Sprintf("type %s %s->%s", w.Path, w.Type, g.Type)
+	}
+	changed := (w.Type == typeFile && w.SHA256 != g.SHA256) ||
+		(w.Type == typeSymlink && w.Target != g.Target)
+	modeChanged := w.Mode != g.Mode
+	switch {
+	case changed && modeChanged:
+		return fmt.Sprintf("modified %s (mode %04o->%04o)", w.Path, w.Mode, g.Mode)
+	case changed:
+		return "modified " + w.Path
+	case modeChanged:
+		return fmt.Sprintf("mode %s %04o->%04o", w.Path, w.Mode, g.Mode)
+	}
+	return ""
+}
+
+// ignoreSet is a compiled list of ignore patterns.
+type ignoreSet struct {
+	patterns [][]string
+}
+
+// compileIgnore checks and splits ignore patterns. A leading "/" or "./"
+// is allowed and means the instance root.
+func compileIgnore(patterns []string) (*ignoreSet, error) {
+	s := &ignoreSet{}
+	for _, raw := range patterns {
+		pat := strings.TrimPrefix(strings.TrimPrefix(raw, "./"), "/")
+		pat = strings.TrimSuffix(pat, "/")
+		if pat == "" || pat == "." {
+			return nil, fmt.Errorf("ignore pattern %q matches nothing; use \"**\" to ignore everything", raw)
+		}
+		segs := strings.Split(pat, "/")
+		for _, seg := range segs {
+			if seg == "" || seg == "." || seg == ".." {
+				return nil, fmt.Errorf("ignore pattern %q: empty, \".\" and \"..\" segments are not allowed", raw)
+			}
+			if seg == "**" {
+				continue
+			}
+			if _, err := path.Match(seg, ""); err != nil {
+				return nil, fmt.Errorf("ignore pattern %q: %w", raw, err)
+			}
+		}
+		s.patterns = append(s.patterns, segs)
+	}
+	return s, nil
+}
+
+// match reports whether rel (a slash path) or one of its parent
+// directories matches a pattern.
+func (s *ignoreSet) match(rel string) bool {
+	if len(s.patterns) == 0 {
+		return false
+	}
+	segs := strings.Split(rel, "/")
+	for n := 1; n <= len(segs); n++ {
+		for _, pat := range s.patterns {
+			if matchSegments(pat, segs[:n]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// matchSegments matches path segments against pattern segments, where
+// "**" stands for any number of segments. It backtracks only to the last
+// "**", which is enough because "**" matches any sequence.
+func matchSegments(pat, name []string) bool {
+	pi, ni := 0, 0
+	star, starName := -1, 0
+	for ni < len(name) {
+		switch {
+		case pi < len(pat) && pat[pi] == "**":
+			star, starName = pi, ni
+			pi++
+		case pi < len(pat) && segmentMatch(pat[pi], name[ni]):
+			pi++
+			ni++
+		case star >= 0:
+			starName++
+			pi, ni = star+1, starName
+		default:
+			return false
+		}
+	}
+	for pi < len(pat) && pat[pi] == "**" {
+		pi++
+	}
+	return pi == len(pat)
+}
+
+func segmentMatch(pat, name string) bool {
+	ok, err := path.Match(pat, name)
+	return err == nil && ok
+}

@@ -1,0 +1,335 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/immutd/immutd/internal/instance"
+)
+
+// basePATH is the PATH an instance gets unless its launch env sets one.
+const basePATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Environment variables the provider sets for every instance; they win
+// over the fleet's launch env.
+const (
+	EnvInstanceID  = "IMMUTD_INSTANCE_ID"
+	EnvFleet       = "IMMUTD_FLEET"
+	EnvImageDigest = "IMMUTD_IMAGE_DIGEST"
+	EnvPort        = "PORT"
+)
+
+func zapID(id string) zap.Field  { return zap.String("instance_id", id) }
+func zapPID(pid int) zap.Field   { return zap.Int("pid", pid) }
+func zapErr(err error) zap.Field { return zap.Error(err) }
+
+// Launch starts the instance req.InstanceID from the stored image
+// req.ImageDigest. If the provider already has that instance (running or
+// not), Launch returns it as it is and starts nothing.
+//
+// The instance root is a fresh copy of the image, checked against the
+// digest. The process runs in its own session with the root as working
+// directory, stdin from /dev/null and stdout and stderr appended to the
+// instance log. Its environment is PATH, HOME (the root), TMPDIR (a
+// directory outside the root), the fleet's launch env, and
+// IMMUTD_INSTANCE_ID, IMMUTD_FLEET, IMMUTD_IMAGE_DIGEST and PORT (a free
+// TCP port on the bind host).
+//
+// The command is the image's entrypoint, or req.Launch.Command when set,
+// followed by req.Launch.Args. A command with a slash that is not
+// absolute is relative to the instance root; a bare name is taken from
+// the instance root if it is a file there, else looked up in PATH.
+func (p *Provider) Launch(ctx context.Context, req instance.LaunchRequest) (instance.Observed, error) {
+	obs, err := p.launch(ctx, req)
+	if err != nil {
+		return instance.Observed{}, fmt.Errorf("local: launch %s: %w", req.InstanceID, err)
+	}
+	return obs, nil
+}
+
+func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (instance.Observed, error) {
+	id := req.InstanceID
+	if err := checkID(id); err != nil {
+		return instance.Observed{}, err
+	}
+	if _, err := parseDigest(req.ImageDigest); err != nil {
+		return instance.Observed{}, err
+	}
+	if err := checkEnv(req.Launch.Env); err != nil {
+		return instance.Observed{}, err
+	}
+	unlock, err := p.locks.lock(ctx, id)
+	if err != nil {
+		return instance.Observed{}, err
+	}
+	defer unlock()
+
+	// Idempotence: an id with metadata is an existing instance.
+	m, err := p.readMeta(id)
+	switch {
+	case err == nil:
+		p.recoverPID(m)
+		return p.observe(m)
+	case !errors.Is(err, fs.ErrNotExist):
+		p.log.Warn("unreadable instance metadata", zapID(id), zapErr(err))
+		return p.unreadableObserved(id, err), nil
+	}
+	if err := ctx.Err(); err != nil {
+		return instance.Observed{}, err
+	}
+	rec, err := p.record(ctx, req.ImageDigest)
+	if err != nil {
+		return instance.Observed{}, err
+	}
+	port, err := p.freePort()
+	if err != nil {
+		return instance.Observed{}, fmt.Errorf("pick port: %w", err)
+	}
+	root, tmp, logPath := p.instanceRoot(id), p.instanceTmp(id), p.logPath(id)
+	// Without metadata these are leftovers of an interrupted launch, not
+	// an instance: start from scratch.
+	for _, d := range []string{root, tmp} {
+		if err := removeTree(d); err != nil {
+			return instance.Observed{}, fmt.Errorf("remove leftover %s: %w", d, err)
+		}
+	}
+	m = &meta{
+		ID:           id,
+		Fleet:        req.Fleet,
+		ImageDigest:  req.ImageDigest,
+		TemplateHash: req.TemplateHash,
+		Port:         port,
+		Address:      net.JoinHostPort(p.bindHost, strconv.Itoa(port)),
+		CreatedAt:    p.now().UTC(),
+	}
+	// Metadata first: whatever a crash leaves behind from here on is
+	// found by List and cleaned up by Terminate.
+	if err := p.writeMeta(m); err != nil {
+		return instance.Observed{}, fmt.Errorf("write metadata: %w", err)
+	}
+	started := false
+	defer func() {
+		if !started {
+			p.removeInstanceFiles(id)
+		}
+	}()
+
+	entries, err := copyTree(ctx, p.imageDir(req.ImageDigest), root, walkOptions{})
+	if err != nil {
+		return instance.Observed{}, fmt.Errorf("copy image: %w", err)
+	}
+	if got := treeDigest(entries); got != req.ImageDigest {
+		return instance.Observed{}, fmt.Errorf("stored image %s is corrupted (the copy has digest %s); import the bundle again", req.ImageDigest, got)
+	}
+	argv := append([]string(nil), rec.Manifest.Entrypoint...)
+	if len(req.Launch.Command) > 0 {
+		argv = append([]string(nil), req.Launch.Command...)
+	}
+	argv = append(argv, req.Launch.Args...)
+	if argv[0] == "" {
+		return instance.Observed{}, errors.New("empty command")
+	}
+	env := buildEnv(req, root, tmp, port)
+	exe, err := resolveCommand(root, argv[0], envValue(env, "PATH"))
+	if err != nil {
+		return instance.Observed{}, err
+	}
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return instance.Observed{}, err
+	}
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return instance.Observed{}, fmt.Errorf("open log: %w", err)
+	}
+	cmd := &exec.Cmd{
+		Path:        exe,
+		Args:        argv,
+		Dir:         root,
+		Env:         env,
+		Stdout:      logf,
+		Stderr:      logf,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	err = cmd.Start()
+	logf.Close()
+	if err != nil {
+		return instance.Observed{}, fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	pid := cmd.Process.Pid
+	// Not reaped before the goroutine below runs, so /proc still has it.
+	st, err := readProcStat(p.procRoot, pid)
+	if err == nil {
+		m.PID, m.StartTicks = pid, st.StartTicks
+		m.StartedAt = p.now().UTC()
+		m.Command, m.Executable = argv, exe
+		err = p.writeMeta(m)
+	}
+	if err != nil {
+		// A process we cannot record must not keep running untracked.
+		_ = unix.Kill(-pid, unix.SIGKILL)
+		_ = cmd.Wait()
+		return instance.Observed{}, fmt.Errorf("record process %d: %w", pid, err)
+	}
+	started = true
+	c := &child{pid: pid, done: make(chan struct{})}
+	p.mu.Lock()
+	p.children[id] = c
+	p.mu.Unlock()
+	go p.reap(id, cmd, c, st.StartTicks)
+
+	p.log.Info("instance launched", zapID(id), zap.String("fleet", req.Fleet),
+		zap.String("image", req.ImageDigest), zapPID(pid), zap.String("address", m.Address))
+	return p.observe(m)
+}
+
+// reap waits for a process this provider started, so it never lingers
+// as a zombie, and records how it ended.
+func (p *Provider) reap(id string, cmd *exec.Cmd, c *child, ticks uint64) {
+	werr := cmd.Wait()
+	reason := ""
+	if cmd.ProcessState != nil {
+		reason = cmd.ProcessState.String()
+	} else if werr != nil {
+		reason = werr.Error()
+	}
+	close(c.done)
+	p.mu.Lock()
+	if p.children[id] == c {
+		delete(p.children, id)
+	}
+	p.mu.Unlock()
+
+	unlock, err := p.locks.lock(context.Background(), id)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	m, err := p.readMeta(id)
+	if err != nil || m.PID != c.pid || m.StartTicks != ticks {
+		return // terminated and removed, or another instance by now
+	}
+	m.ExitReason = reason
+	m.ExitedAt = p.now().UTC()
+	if err := p.writeMeta(m); err != nil {
+		p.log.Warn("record exit failed", zapID(id), zapErr(err))
+	}
+	p.log.Info("instance exited", zapID(id), zap.String("fleet", m.Fleet), zapPID(c.pid), zap.String("reason", reason))
+}
+
+// freePort asks the kernel for a free TCP port on the bind host.
+func (p *Provider) freePort() (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(p.bindHost, "0"))
+	if err != nil {
+		return 0, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		return 0, err
+	}
+	return port, nil
+}
+
+func checkEnv(env map[string]string) error {
+	for k, v := range env {
+		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
+			return fmt.Errorf("launch env %q: names must be non-empty without '=' or NUL, values without NUL", k)
+		}
+	}
+	return nil
+}
+
+// buildEnv returns the instance's environment, sorted.
+func buildEnv(req instance.LaunchRequest, root, tmp string, port int) []string {
+	vars := map[string]string{
+		"PATH":   basePATH,
+		"HOME":   root,
+		"TMPDIR": tmp,
+	}
+	for k, v := range req.Launch.Env {
+		vars[k] = v
+	}
+	vars[EnvInstanceID] = req.InstanceID
+	vars[EnvFleet] = req.Fleet
+	vars[EnvImageDigest] = req.ImageDigest
+	vars[EnvPort] = strconv.Itoa(port)
+	out := make([]string, 0, len(vars))
+	for k, v := range vars {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func envValue(env []string, key string) string {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// resolveCommand finds the executable for argv[0] (see Launch).
+func resolveCommand(root, name, pathList string) (string, error) {
+	switch {
+	case filepath.IsAbs(name):
+		return name, nil
+	case strings.Contains(name, "/"):
+		clean := filepath.Clean(name)
+		if clean == ".." || strings.HasPrefix(clean, "../") {
+			return "", fmt.Errorf("command %q leaves the instance root; use an absolute path", name)
+		}
+		return filepath.Join(root, clean), nil
+	}
+	if isExecutable(filepath.Join(root, name)) {
+		return filepath.Join(root, name), nil
+	}
+	for _, dir := range filepath.SplitList(pathList) {
+		if dir == "" || !filepath.IsAbs(dir) {
+			continue
+		}
+		if c := filepath.Join(dir, name); isExecutable(c) {
+			return c, nil
+		}
+	}
+	return "", fmt.Errorf("command %q is neither in the instance root nor in PATH", name)
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
+}
+
+// removeInstanceFiles deletes everything the provider keeps for an
+// instance, metadata last so an interrupted removal is retried.
+func (p *Provider) removeInstanceFiles(id string) error {
+	var errs []error
+	for _, d := range []string{p.instanceRoot(id), p.instanceTmp(id)} {
+		if err := removeTree(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(p.logPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := os.Remove(p.metaPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return syncDir(p.metaDir)
+}

@@ -1,0 +1,404 @@
+package local
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Entry types. Special files (fifos, sockets, devices) are never part of
+// an image; they show up only when an instance root is inspected.
+const (
+	typeDir     = "dir"
+	typeFile    = "file"
+	typeSymlink = "symlink"
+	typeFIFO    = "fifo"
+	typeSocket  = "socket"
+	typeDevice  = "device"
+	typeOther   = "other"
+)
+
+// digestPrefix starts every image digest.
+const digestPrefix = "sha256:"
+
+// treeFormat versions the digest encoding below; changing the encoding
+// must change this line so old and new digests never collide.
+const treeFormat = "immutd-tree-v1\n"
+
+// maxSymlinkHops bounds symlink resolution inside a tree, as the kernel's
+// limit of 40 does.
+const maxSymlinkHops = 40
+
+// entry is one path of a tree (the root itself is not an entry).
+type entry struct {
+	// Path is slash-separated and relative to the tree root.
+	Path string `json:"path"`
+	Type string `json:"type"`
+	// Mode holds the permission bits plus setuid, setgid and sticky, as
+	// chmod takes them. It is 0 for symlinks, whose mode means nothing on Linux.
+	Mode uint32 `json:"mode"`
+	Size int64  `json:"size,omitempty"`
+	// SHA256 is the hex content hash of a file ("unreadable" when an
+	// inspection could not read it).
+	SHA256 string `json:"sha256,omitempty"`
+	// Target is a symlink's target, as stored in the link.
+	Target string `json:"target,omitempty"`
+}
+
+// unreadable marks a file whose content could not be read during an
+// inspection; it never equals a real hash, so it shows as modified.
+const unreadable = "unreadable"
+
+// treeDigest is the digest of a tree: sha256 over one canonical line per
+// entry in path order (type, mode, quoted path, and the content hash of a
+// file or the quoted target of a symlink).
+func treeDigest(entries []entry) string {
+	sorted := entries
+	if !sort.SliceIsSorted(entries, func(i, j int) bool { return entries[i].Path < entries[j].Path }) {
+		sorted = append([]entry(nil), entries...)
+		sortEntries(sorted)
+	}
+	h := sha256.New()
+	io.WriteString(h, treeFormat)
+	for _, e := range sorted {
+		fmt.Fprintf(h, "%s %04o %s", e.Type, e.Mode, strconv.Quote(e.Path))
+		switch e.Type {
+		case typeFile:
+			fmt.Fprintf(h, " %s", e.SHA256)
+		case typeSymlink:
+			fmt.Fprintf(h, " %s", strconv.Quote(e.Target))
+		}
+		io.WriteString(h, "\n")
+	}
+	return digestPrefix + hex.EncodeToString(h.Sum(nil))
+}
+
+func sortEntries(es []entry) {
+	sort.Slice(es, func(i, j int) bool { return es[i].Path < es[j].Path })
+}
+
+// modeBits returns the chmod-style bits of a file mode.
+func modeBits(m fs.FileMode) uint32 {
+	b := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		b |= unix.S_ISUID
+	}
+	if m&fs.ModeSetgid != 0 {
+		b |= unix.S_ISGID
+	}
+	if m&fs.ModeSticky != 0 {
+		b |= unix.S_ISVTX
+	}
+	return b
+}
+
+// entryType classifies a file mode.
+func entryType(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return typeDir
+	case m.IsRegular():
+		return typeFile
+	case m&fs.ModeSymlink != 0:
+		return typeSymlink
+	case m&fs.ModeNamedPipe != 0:
+		return typeFIFO
+	case m&fs.ModeSocket != 0:
+		return typeSocket
+	case m&fs.ModeDevice != 0, m&fs.ModeCharDevice != 0:
+		return typeDevice
+	default:
+		return typeOther
+	}
+}
+
+// walkOptions tunes walkTree and copyTree.
+type walkOptions struct {
+	// strict fails on special files and on any read error; otherwise
+	// (inspection) special files are recorded, vanished paths are skipped
+	// and unreadable files are marked.
+	strict bool
+	// skip, when set, leaves a path (and everything below it) out.
+	skip func(rel string) bool
+	// fsync syncs every copied file and directory (copyTree only).
+	fsync bool
+}
+
+// walkTree lists the entries below root, hashing file contents. It
+// never follows symlinks. The result is sorted by path.
+func walkTree(ctx context.Context, root string, opts walkOptions) ([]entry, error) {
+	w := &walker{ctx: ctx, opts: opts, h: sha256.New(), buf: make([]byte, 64<<10)}
+	if err := w.dir(root, "", ""); err != nil {
+		return nil, err
+	}
+	sortEntries(w.out)
+	return w.out, nil
+}
+
+// copyTree copies the tree at src to dst (which must not exist yet),
+// preserving types and mode bits, and returns the entries of what it
+// wrote: file hashes are computed from the bytes copied, so the result
+// describes the copy even if src changes meanwhile. Special files are
+// always refused. The root of dst gets mode 0755.
+func copyTree(ctx context.Context, src, dst string, opts walkOptions) ([]entry, error) {
+	opts.strict = true
+	if err := os.Mkdir(dst, 0o700); err != nil {
+		return nil, err
+	}
+	w := &walker{ctx: ctx, opts: opts, h: sha256.New(), buf: make([]byte, 64<<10)}
+	if err := w.dir(src, dst, ""); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dst, 0o755); err != nil {
+		return nil, err
+	}
+	if opts.fsync {
+		if err := syncDir(dst); err != nil {
+			return nil, err
+		}
+	}
+	sortEntries(w.out)
+	return w.out, nil
+}
+
+type walker struct {
+	ctx  context.Context
+	opts walkOptions
+	h    hash.Hash
+	buf  []byte
+	out  []entry
+}
+
+// dir walks the directory srcDir (relative path rel). When dstDir is not
+// empty, it copies each entry into dstDir as well.
+func (w *walker) dir(srcDir, dstDir, rel string) error {
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
+	des, err := os.ReadDir(srcDir)
+	if err != nil {
+		if !w.opts.strict {
+			return nil
+		}
+		return err
+	}
+	for _, de := range des {
+		name := de.Name()
+		childRel := name
+		if rel != "" {
+			childRel = rel + "/" + name
+		}
+		if w.opts.skip != nil && w.opts.skip(childRel) {
+			continue
+		}
+		src := filepath.Join(srcDir, name)
+		fi, err := os.Lstat(src)
+		if err != nil {
+			if !w.opts.strict && errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return err
+		}
+		e := entry{Path: childRel, Type: entryType(fi.Mode())}
+		if e.Type != typeSymlink {
+			e.Mode = modeBits(fi.Mode())
+		}
+		dst := ""
+		if dstDir != "" {
+			dst = filepath.Join(dstDir, name)
+		}
+		switch e.Type {
+		case typeDir:
+			if dst != "" {
+				if err := os.Mkdir(dst, 0o700); err != nil {
+					return err
+				}
+			}
+			w.out = append(w.out, e)
+			if err := w.dir(src, dst, childRel); err != nil {
+				return err
+			}
+			if dst != "" {
+				if w.opts.fsync {
+					if err := syncDir(dst); err != nil {
+						return err
+					}
+				}
+				if err := unix.Chmod(dst, e.Mode); err != nil {
+					return fmt.Errorf("chmod %s: %w", dst, err)
+				}
+			}
+			continue
+		case typeFile:
+			sum, size, err := w.file(src, dst, e.Mode)
+			if err != nil {
+				if !w.opts.strict {
+					if errors.Is(err, fs.ErrNotExist) {
+						continue
+					}
+					sum = unreadable
+				} else {
+					return err
+				}
+			}
+			e.SHA256, e.Size = sum, size
+		case typeSymlink:
+			target, err := os.Readlink(src)
+			if err != nil {
+				if !w.opts.strict && errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				return err
+			}
+			e.Target = target
+			if dst != "" {
+				if err := os.Symlink(target, dst); err != nil {
+					return err
+				}
+			}
+		default:
+			if w.opts.strict {
+				return fmt.Errorf("%s: %s files are not allowed", childRel, e.Type)
+			}
+		}
+		w.out = append(w.out, e)
+	}
+	return nil
+}
+
+// file hashes src and, when dst is set, copies it there with mode.
+func (w *walker) file(src, dst string, mode uint32) (string, int64, error) {
+	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return "", 0, err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return "", 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", 0, fmt.Errorf("%s: changed type while being read", src)
+	}
+	w.h.Reset()
+	var sink io.Writer = w.h
+	var out *os.File
+	if dst != "" {
+		out, err = os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return "", 0, err
+		}
+		defer out.Close()
+		sink = io.MultiWriter(w.h, out)
+	}
+	n, err := io.CopyBuffer(sink, in, w.buf)
+	if err != nil {
+		return "", 0, err
+	}
+	if out != nil {
+		if err := unix.Fchmod(int(out.Fd()), mode); err != nil {
+			return "", 0, fmt.Errorf("chmod %s: %w", dst, err)
+		}
+		if w.opts.fsync {
+			if err := out.Sync(); err != nil {
+				return "", 0, err
+			}
+		}
+		if err := out.Close(); err != nil {
+			return "", 0, err
+		}
+	}
+	return hex.EncodeToString(w.h.Sum(nil)), n, nil
+}
+
+// syncDir fsyncs a directory so renames and creations in it are durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// errEscape is returned for a symlink that points outside its tree.
+var errEscape = errors.New("points outside the bundle")
+
+// checkSymlinks rejects symlinks that, followed through the tree, would
+// leave it: absolute targets, too many "..", or chains of links that
+// climb out. Dangling links inside the tree are allowed.
+func checkSymlinks(entries []entry) error {
+	idx := indexEntries(entries)
+	for _, e := range entries {
+		if e.Type != typeSymlink {
+			continue
+		}
+		hops := 0
+		if _, err := resolveInTree(idx, parentSegs(e.Path), e.Target, &hops); err != nil {
+			return fmt.Errorf("symlink %s -> %s: %w", e.Path, e.Target, err)
+		}
+	}
+	return nil
+}
+
+func indexEntries(entries []entry) map[string]entry {
+	idx := make(map[string]entry, len(entries))
+	for _, e := range entries {
+		idx[e.Path] = e
+	}
+	return idx
+}
+
+func parentSegs(p string) []string {
+	segs := strings.Split(p, "/")
+	return segs[:len(segs)-1]
+}
+
+// resolveInTree resolves rel against the directory base (path segments
+// from the root), following the tree's own symlinks, and returns the
+// resulting path segments. It fails if the walk leaves the root.
+func resolveInTree(idx map[string]entry, base []string, rel string, hops *int) ([]string, error) {
+	if strings.HasPrefix(rel, "/") {
+		return nil, errEscape
+	}
+	cur := append([]string(nil), base...)
+	for _, c := range strings.Split(rel, "/") {
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(cur) == 0 {
+				return nil, errEscape
+			}
+			cur = cur[:len(cur)-1]
+			continue
+		}
+		cur = append(cur, c)
+		e, ok := idx[strings.Join(cur, "/")]
+		if !ok || e.Type != typeSymlink {
+			continue
+		}
+		*hops++
+		if *hops > maxSymlinkHops {
+			return nil, errors.New("too many levels of symbolic links")
+		}
+		next, err := resolveInTree(idx, cur[:len(cur)-1], e.Target, hops)
+		if err != nil {
+			return nil, err
+		}
+		cur = next
+	}
+	return cur, nil
+}
