@@ -52,10 +52,10 @@ func inst(id string, mut ...func(*Inst)) Inst {
 }
 
 func health(h Health) func(*Inst) { return func(i *Inst) { i.Health = h } }
-func oldImage(i *Inst)              { i.Observed.ImageDigest = imgOld; i.Record.ImageDigest = imgOld }
-func exited(i *Inst)                { i.Observed.Phase = instance.Exited; i.Observed.ExitReason = "signal: killed" }
-func gone(i *Inst)                  { i.Observed = nil }
-func orphan(i *Inst)                { i.Record = nil }
+func oldImage(i *Inst)            { i.Observed.ImageDigest = imgOld; i.Record.ImageDigest = imgOld }
+func exited(i *Inst)              { i.Observed.Phase = instance.Exited; i.Observed.ExitReason = "signal: killed" }
+func gone(i *Inst)                { i.Observed = nil }
+func orphan(i *Inst)              { i.Record = nil }
 func age(d time.Duration) func(*Inst) {
 	return func(i *Inst) { i.Record.CreatedAt = t0.Add(-d); i.Observed.StartedAt = t0.Add(-d) }
 }
@@ -126,7 +126,10 @@ func TestPlanTable(t *testing.T) {
 			insts:   []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c", health(Unhealthy))},
 			want:    []string{"launch:replacement"},
 			blocked: []string{CauseTooManyUnhealthy}},
-		{name: "max_unhealthy as a count", desired: desired(4, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxUnhealthy = config.Count(2); d.Spec.Remediation.MaxParallel = 2 }),
+		{name: "max_unhealthy as a count", desired: desired(4, func(d *state.DesiredFleet) {
+			d.Spec.Remediation.MaxUnhealthy = config.Count(2)
+			d.Spec.Remediation.MaxParallel = 2
+		}),
 			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy)), inst("d", health(Unhealthy))},
 			want:  []string{"launch:replacement", "terminate:c:unhealthy", "terminate:d:unhealthy"}},
 		{name: "percent max_unhealthy lets a single instance heal", desired: desired(1),
