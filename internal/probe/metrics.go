@@ -1,0 +1,59 @@
+package probe
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Indexes into Prober.durations.
+const (
+	kindIndexHTTP = 0
+	kindIndexTCP  = 1
+
+	resultIndexSuccess = 0
+	resultIndexFailure = 1
+)
+
+// durationBuckets span a loopback probe (sub-millisecond) to a probe that
+// ran into a multi-second timeout.
+var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// newDurationMetric creates immutd_probe_duration_seconds, registers it
+// with reg unless reg is nil, and returns its observers by kind and
+// result, so that recording a probe does no label lookup. When reg
+// already holds the metric (two probers on one registry), the registered
+// one is used.
+func newDurationMetric(reg prometheus.Registerer, log *zap.Logger) [2][2]prometheus.Observer {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "immutd_probe_duration_seconds",
+		Help:    "Duration of health-check probes, by check kind (http, tcp) and result (success, failure).",
+		Buckets: durationBuckets,
+	}, []string{"kind", "result"})
+	if reg != nil {
+		if err := reg.Register(h); err != nil {
+			if existing, ok := asHistogramVec(err); ok {
+				h = existing
+			} else {
+				log.Error("register probe metric failed", zap.Error(err))
+			}
+		}
+	}
+	var o [2][2]prometheus.Observer
+	for k, kind := range []string{KindHTTP, KindTCP} {
+		for r, result := range []string{"success", "failure"} {
+			o[k][r] = h.WithLabelValues(kind, result)
+		}
+	}
+	return o
+}
+
+func asHistogramVec(err error) (*prometheus.HistogramVec, bool) {
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) {
+		return nil, false
+	}
+	h, ok := are.ExistingCollector.(*prometheus.HistogramVec)
+	return h, ok
+}
