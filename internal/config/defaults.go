@@ -1,0 +1,174 @@
+package config
+
+import (
+	"math"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Every default of the agent and fleet configuration is set in this file.
+// The README's configuration reference documents the same values.
+
+// Agent defaults.
+const (
+	DefaultHTTPAddr          = "127.0.0.1:7979"
+	DefaultLogLevel          = "info"
+	DefaultReconcileInterval = time.Second
+	DefaultClusterBindAddr   = "127.0.0.1:7980"
+	// DefaultLocalSubdir is the local provider's directory under data_dir.
+	DefaultLocalSubdir       = "local"
+	DefaultLocalBindHost     = "127.0.0.1"
+	DefaultDockerHost        = "unix:///var/run/docker.sock"
+	DefaultDockerPublishHost = "127.0.0.1"
+)
+
+// Fleet defaults.
+const (
+	DefaultStopGrace          = 10 * time.Second
+	DefaultDockerPort         = 8080
+	DefaultDockerNetworkMode  = "bridge"
+	DefaultCheckPath          = "/"
+	DefaultExpectStatus       = 200
+	DefaultCheckInterval      = 2 * time.Second
+	DefaultCheckTimeout       = time.Second
+	DefaultHealthyThreshold   = 1
+	DefaultUnhealthyThreshold = 3
+	DefaultStartupTimeout     = 60 * time.Second
+	DefaultDriftInterval      = 10 * time.Second
+	DefaultOrphans            = OrphanAdopt
+	DefaultRemediation        = true
+	DefaultMaxUnhealthyPct    = 50
+	DefaultMaxParallel        = 1
+	DefaultMaxSurge           = 1
+	DefaultMaxUnavailable     = 0
+)
+
+// Watcher defaults.
+const (
+	DefaultWatchDebounce = 50 * time.Millisecond
+	DefaultWatchRescan   = 30 * time.Second
+	// Re-adding a lost directory watch backs off from watchRetryMin to watchRetryMax.
+	watchRetryMin = 50 * time.Millisecond
+	watchRetryMax = 5 * time.Second
+	// A stream of events delays a reload by at most this many debounce periods.
+	watchMaxDebounces = 20
+)
+
+// Limits the validation enforces.
+const (
+	maxReconcileInterval = time.Minute
+	maxFleetSize         = 10000
+	maxStopGrace         = 10 * time.Minute
+	minMemoryBytes       = 4 << 20
+	minCheckInterval     = 100 * time.Millisecond
+	minDriftInterval     = time.Second
+	maxThreshold         = math.MaxInt32
+	// positive is the smallest duration above zero.
+	positive = time.Nanosecond
+)
+
+// agentEnv is what the agent defaults read from the environment.
+type agentEnv struct {
+	hostname   func() (string, error)
+	dockerHost string // $DOCKER_HOST
+}
+
+// agentExplicit records which attributes with derived defaults the file set.
+type agentExplicit struct {
+	nodeName, advertiseAddr, localDir, dockerHost, tlsVerify bool
+}
+
+// defaultAgent is the agent configuration before the file is applied.
+func defaultAgent() Agent {
+	return Agent{
+		HTTPAddr:          DefaultHTTPAddr,
+		LogLevel:          DefaultLogLevel,
+		ReconcileInterval: DefaultReconcileInterval,
+		Cluster:           ClusterConfig{BindAddr: DefaultClusterBindAddr},
+		Local:             LocalProvider{BindHost: DefaultLocalBindHost},
+		Docker:            DockerProvider{Host: DefaultDockerHost, PublishHost: DefaultDockerPublishHost},
+	}
+}
+
+// deriveAgentDefaults fills the defaults that depend on other settings or
+// on the environment. DataDir must already be absolute.
+func deriveAgentDefaults(a *Agent, set agentExplicit, env agentEnv) error {
+	if !set.advertiseAddr {
+		a.Cluster.AdvertiseAddr = a.Cluster.BindAddr
+	}
+	if !set.localDir && a.DataDir != "" {
+		a.Local.Dir = filepath.Join(a.DataDir, DefaultLocalSubdir)
+	}
+	if !set.dockerHost && env.dockerHost != "" {
+		a.Docker.Host = env.dockerHost
+	}
+	if !set.tlsVerify {
+		a.Docker.TLSVerify = a.Docker.CertPath != ""
+	}
+	if !set.nodeName {
+		name, err := env.hostname()
+		if err != nil {
+			return err
+		}
+		a.NodeName = name
+	}
+	return nil
+}
+
+func defaultLaunch() Launch {
+	return Launch{StopGrace: DefaultStopGrace}
+}
+
+func defaultDockerLaunch() DockerLaunch {
+	return DockerLaunch{Port: DefaultDockerPort, NetworkMode: DefaultDockerNetworkMode}
+}
+
+func defaultCheck(kind string) Check {
+	c := Check{
+		Kind:               kind,
+		Interval:           DefaultCheckInterval,
+		Timeout:            DefaultCheckTimeout,
+		HealthyThreshold:   DefaultHealthyThreshold,
+		UnhealthyThreshold: DefaultUnhealthyThreshold,
+		StartupTimeout:     DefaultStartupTimeout,
+	}
+	if kind == checkHTTP {
+		c.Path = DefaultCheckPath
+		c.ExpectStatus = []int{DefaultExpectStatus}
+	}
+	return c
+}
+
+func defaultDrift() Drift {
+	return Drift{Interval: DefaultDriftInterval, Orphans: DefaultOrphans}
+}
+
+func defaultRemediation() Remediation {
+	return Remediation{
+		Enabled:      DefaultRemediation,
+		MaxUnhealthy: Percent(DefaultMaxUnhealthyPct),
+		MaxParallel:  DefaultMaxParallel,
+	}
+}
+
+func defaultRollout() Rollout {
+	return Rollout{MaxSurge: Count(DefaultMaxSurge), MaxUnavailable: Count(DefaultMaxUnavailable)}
+}
+
+func (o WatchOptions) withDefaults() WatchOptions {
+	if o.Debounce <= 0 {
+		o.Debounce = DefaultWatchDebounce
+	}
+	if o.Rescan <= 0 {
+		o.Rescan = DefaultWatchRescan
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}

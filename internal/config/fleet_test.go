@@ -1,0 +1,332 @@
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite the .err golden files of testdata/invalid and testdata/agent/invalid")
+
+// loadFleetFile loads one file of dir as if it were alone in the directory.
+func loadFleetFile(t *testing.T, dir, name string) (*FleetSet, error) {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parseFleetFiles(dir, []fleetFile{{name: name, src: src}})
+}
+
+// checkGolden compares err's text with the golden file, or rewrites it with -update.
+func checkGolden(t *testing.T, golden string, err error) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("loaded without error; want the errors of %s", golden)
+	}
+	var diags Diagnostics
+	if !errors.As(err, &diags) {
+		t.Fatalf("error is %T, want Diagnostics: %v", err, err)
+	}
+	got := err.Error() + "\n"
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, rerr := os.ReadFile(golden)
+	if rerr != nil {
+		t.Fatalf("read golden file (run with -update to create it): %v", rerr)
+	}
+	if got != string(want) {
+		t.Errorf("errors differ from %s\n--- got\n%s--- want\n%s", golden, got, want)
+	}
+	if len(diags) != strings.Count(string(want), "\n") {
+		t.Errorf("got %d diagnostics, want one per golden line (%d)", len(diags), strings.Count(string(want), "\n"))
+	}
+}
+
+func TestLoadFleetsInvalid(t *testing.T) {
+	const dir = "testdata/invalid"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := 0
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case e.IsDir():
+			cases++
+			t.Run(name, func(t *testing.T) {
+				_, err := LoadFleets(filepath.Join(dir, name))
+				checkGolden(t, filepath.Join(dir, name+".err"), err)
+			})
+		case strings.HasSuffix(name, ".hcl"):
+			cases++
+			t.Run(strings.TrimSuffix(name, ".hcl"), func(t *testing.T) {
+				_, err := loadFleetFile(t, dir, name)
+				checkGolden(t, filepath.Join(dir, strings.TrimSuffix(name, ".hcl")+".err"), err)
+			})
+		case strings.HasSuffix(name, ".err"):
+			base := strings.TrimSuffix(name, ".err")
+			if _, err := os.Stat(filepath.Join(dir, base+".hcl")); err != nil {
+				if _, err := os.Stat(filepath.Join(dir, base)); err != nil {
+					t.Errorf("golden file %s has no case", name)
+				}
+			}
+		}
+	}
+	if cases < 15 {
+		t.Fatalf("found %d invalid cases, want at least 15", cases)
+	}
+}
+
+func abs(t *testing.T, p string) string {
+	t.Helper()
+	a, err := filepath.Abs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func defaultChecks(checks ...Check) Health { return Health{Checks: checks} }
+
+func TestLoadFleetsValid(t *testing.T) {
+	const dir = "testdata/valid"
+	// Spelled out rather than built from the default functions, so that a
+	// changed default fails here.
+	defaultDrift := Drift{Interval: 10 * time.Second, Orphans: "adopt"}
+	defaultRemediation := Remediation{Enabled: true, MaxUnhealthy: Percent(50), MaxParallel: 1}
+	defaultRollout := Rollout{MaxSurge: Count(1), MaxUnavailable: Count(0)}
+	defaultTCP := func(name string) Check {
+		return Check{Name: name, Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second,
+			HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 60 * time.Second}
+	}
+	pos := func(file string, line int) Pos { return Pos{File: filepath.Join(dir, file), Line: line, Column: 1} }
+
+	tests := []struct {
+		file string
+		want []*Fleet
+	}{
+		{"empty.hcl", []*Fleet{}},
+		{"minimal_local.hcl", []*Fleet{{
+			Name: "web", Pos: pos("minimal_local.hcl", 2), Size: 3, Provider: "local",
+			Image:       abs(t, "testdata/images/sampleapp-v1"),
+			Launch:      Launch{StopGrace: 10 * time.Second},
+			Health:      defaultChecks(defaultTCP("port")),
+			Drift:       defaultDrift,
+			Remediation: defaultRemediation,
+			Rollout:     defaultRollout,
+		}}},
+		{"minimal_docker.hcl", []*Fleet{{
+			Name: "api", Pos: pos("minimal_docker.hcl", 1), Size: 2, Provider: "docker",
+			Image:  "registry.example.com:5000/team/api@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+			Launch: Launch{StopGrace: 10 * time.Second, Docker: &DockerLaunch{Port: 8080, NetworkMode: "bridge"}},
+			Health: defaultChecks(Check{Name: "ready", Kind: "http", Path: "/", ExpectStatus: []int{200},
+				Interval: 2 * time.Second, Timeout: time.Second, HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 60 * time.Second}),
+			Drift:       defaultDrift,
+			Remediation: defaultRemediation,
+			Rollout:     defaultRollout,
+		}}},
+		{"full_docker.hcl", []*Fleet{{
+			Name: "api", Pos: pos("full_docker.hcl", 1), Size: 10, Provider: "docker",
+			Image: "ghcr.io/immutd/sampleapp:v2.1",
+			Launch: Launch{
+				Command:   []string{"/app/server"},
+				Args:      []string{"-listen", ":8080", "-v"},
+				Env:       map[string]string{"LOG_FORMAT": "json", "_DEBUG": "1", "GREETING": "hello world"},
+				StopGrace: 30 * time.Second,
+				Docker:    &DockerLaunch{Port: 9090, NetworkMode: "host", ReadOnly: true, MemoryBytes: 256 << 20, NanoCPUs: 500_000_000},
+			},
+			Health: defaultChecks(
+				Check{Name: "ready", Kind: "http", Path: "/healthz?full=1", ExpectStatus: []int{200, 204},
+					Interval: 5 * time.Second, Timeout: 5 * time.Second, HealthyThreshold: 2, UnhealthyThreshold: 5, StartupTimeout: 2 * time.Minute},
+				Check{Name: "port", Kind: "tcp", Interval: 500 * time.Millisecond, Timeout: 250 * time.Millisecond,
+					HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 60 * time.Second},
+			),
+			Drift:       Drift{Interval: time.Minute, IgnorePaths: []string{"logs/**", "*.pid", "tmp/**/cache-?", "data/[a-c]*"}, Orphans: "terminate"},
+			Remediation: Remediation{Enabled: false, MaxUnhealthy: Count(4), MaxParallel: 2},
+			Rollout:     Rollout{MaxSurge: Percent(25), MaxUnavailable: Percent(10)},
+		}}},
+		{"full_local.hcl", []*Fleet{{
+			Name: "worker", Pos: pos("full_local.hcl", 1), Size: 4, Provider: "local",
+			Image: abs(t, "testdata/images/sampleapp-v2"),
+			Launch: Launch{
+				Command:   []string{"bin/app", "worker"},
+				Env:       map[string]string{"QUEUE": "jobs"},
+				StopGrace: 10 * time.Second,
+			},
+			Health: defaultChecks(Check{Name: "port", Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second,
+				HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 10 * time.Second}),
+			Drift:       Drift{Interval: 10 * time.Second, Orphans: "ignore"},
+			Remediation: Remediation{Enabled: true, MaxUnhealthy: Percent(100), MaxParallel: 1},
+			Rollout:     Rollout{MaxSurge: Count(0), MaxUnavailable: Percent(50)},
+		}}},
+		{"several.hcl", []*Fleet{
+			{
+				Name: "alpha", Pos: pos("several.hcl", 11), Size: 0, Provider: "docker", Image: "nginx:1.27",
+				Launch:      Launch{StopGrace: 10 * time.Second, Docker: &DockerLaunch{Port: 8080, NetworkMode: "bridge"}},
+				Health:      defaultChecks(defaultTCP("port")),
+				Drift:       defaultDrift,
+				Remediation: defaultRemediation,
+				Rollout:     Rollout{MaxSurge: Count(0), MaxUnavailable: Count(0)},
+			},
+			{
+				Name: "m-1", Pos: pos("several.hcl", 25), Size: 1, Provider: "docker", Image: "localhost:5000/m1:latest",
+				Launch:      Launch{StopGrace: 10 * time.Second, Docker: &DockerLaunch{Port: 8080, NetworkMode: "bridge", MemoryBytes: 8 << 20}},
+				Health:      defaultChecks(defaultTCP("port")),
+				Drift:       defaultDrift,
+				Remediation: defaultRemediation,
+				Rollout:     defaultRollout,
+			},
+			{
+				Name: "zeta", Pos: pos("several.hcl", 2), Size: 1, Provider: "docker", Image: "nginx:1.27",
+				Launch:      Launch{StopGrace: 10 * time.Second, Docker: &DockerLaunch{Port: 8080, NetworkMode: "bridge"}},
+				Health:      defaultChecks(defaultTCP("port")),
+				Drift:       defaultDrift,
+				Remediation: defaultRemediation,
+				Rollout:     defaultRollout,
+			},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.TrimSuffix(tt.file, ".hcl"), func(t *testing.T) {
+			set, err := loadFleetFile(t, dir, tt.file)
+			if err != nil {
+				t.Fatalf("unexpected error:\n%v", err)
+			}
+			want := &FleetSet{Dir: dir, Fleets: tt.want}
+			if !reflect.DeepEqual(set, want) {
+				t.Errorf("decoded fleets differ\n--- got\n%s\n--- want\n%s", dump(set), dump(want))
+			}
+		})
+	}
+	// Every valid file is covered by the table.
+	files, err := filepath.Glob(filepath.Join(dir, "*.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != len(tests) {
+		t.Errorf("%d files in %s, %d in the table", len(files), dir, len(tests))
+	}
+}
+
+func dump(v any) string {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
+}
+
+func TestLoadFleetsDirectory(t *testing.T) {
+	set, err := LoadFleets("testdata/fleets.d")
+	if err != nil {
+		t.Fatalf("unexpected error:\n%v", err)
+	}
+	if got, want := set.Names(), []string{"api", "batch", "web"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("fleets %v, want %v", got, want)
+	}
+	for i, f := range set.Fleets {
+		if f.Name != set.Names()[i] {
+			t.Errorf("Fleets[%d] is %q: not sorted by name", i, f.Name)
+		}
+	}
+	web := set.Fleet("web")
+	if web == nil || web.Image != abs(t, "testdata/images/sampleapp-v1") {
+		t.Errorf("web image resolved to %+v, want the absolute bundle path", web)
+	}
+	if web.Pos != (Pos{File: "testdata/fleets.d/web.hcl", Line: 1, Column: 1}) {
+		t.Errorf("web at %v", web.Pos)
+	}
+}
+
+const dockerFleet = `fleet %q {
+  size     = 1
+  provider = "docker"
+  image    = "nginx:1.27"
+  health {
+    tcp "port" {}
+  }
+}
+`
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fleetSrc(name string) string { return strings.Replace(dockerFleet, "%q", `"`+name+`"`, 1) }
+
+func TestLoadFleetsSkipsNonFleetFiles(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "web.hcl"), fleetSrc("web"))
+	// Each of these would fail to parse if it were read.
+	for _, name := range []string{".#web.hcl", "web.hcl~", ".web.hcl.swp", "notes.txt", "web.hcl.bak", ".hidden.hcl"} {
+		writeFile(t, filepath.Join(dir, name), "this is { not a fleet")
+	}
+	if err := os.Mkdir(filepath.Join(dir, "sub.hcl"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "sub.hcl", "inner.hcl"), "not { read")
+	if err := os.Symlink(filepath.Join(dir, "web.hcl"), filepath.Join(dir, "link.hcl.txt")); err != nil {
+		t.Fatal(err)
+	}
+	set, err := LoadFleets(dir)
+	if err != nil {
+		t.Fatalf("unexpected error:\n%v", err)
+	}
+	if got := set.Names(); !reflect.DeepEqual(got, []string{"web"}) {
+		t.Errorf("fleets %v, want [web]", got)
+	}
+}
+
+func TestLoadFleetsEmptyAndMissing(t *testing.T) {
+	dir := t.TempDir()
+	set, err := LoadFleets(dir)
+	if err != nil {
+		t.Fatalf("empty directory: %v", err)
+	}
+	if set.Fleets == nil || len(set.Fleets) != 0 || set.Dir != dir {
+		t.Errorf("empty directory gave %+v, want an empty set", set)
+	}
+	_, err = LoadFleets(filepath.Join(dir, "absent"))
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing directory: got %v, want an error wrapping fs.ErrNotExist", err)
+	}
+	var diags Diagnostics
+	if errors.As(err, &diags) {
+		t.Errorf("missing directory reported as Diagnostics: %v", err)
+	}
+}
+
+func TestTemplateHashSeesLaunchChanges(t *testing.T) {
+	a, err := loadFleetFile(t, "testdata/valid", "full_docker.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := loadFleetFile(t, "testdata/valid", "full_docker.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa, fb := a.Fleets[0], b.Fleets[0]
+	if fa.TemplateHash() != fb.TemplateHash() {
+		t.Fatal("two loads of one file hash differently")
+	}
+	fb.Launch.Env["LOG_FORMAT"] = "text"
+	if fa.TemplateHash() == fb.TemplateHash() {
+		t.Error("changing launch.env left the template hash unchanged")
+	}
+}

@@ -1,0 +1,2 @@
+data_dir   = "data"
+fleets_dir = "fleets.d"

@@ -1,0 +1,15 @@
+fleet "web" {
+  size     = 3
+  provider = "docker"
+  image    = "nginx:1.27"
+  health {
+    tcp "port" {}
+  }
+  remediation {
+    max_unhealthy = "half"
+  }
+  rollout {
+    max_surge       = "150%"
+    max_unavailable = -1
+  }
+}

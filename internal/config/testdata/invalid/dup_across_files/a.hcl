@@ -1,0 +1,8 @@
+fleet "web" {
+  size     = 1
+  provider = "docker"
+  image    = "nginx:1.27"
+  health {
+    tcp "port" {}
+  }
+}

@@ -1,0 +1,10 @@
+fleet "web" {
+  size     = 1
+  provider = "docker"
+  image    = "nginx:1.27"
+  health {
+    tcp "port" {
+      interval = "2"
+    }
+  }
+}

@@ -1,0 +1,4 @@
+fleet "api" {
+  size = 1
+  provider = "docker
+}

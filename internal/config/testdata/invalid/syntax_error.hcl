@@ -1,0 +1,8 @@
+fleet "web" {
+  size     = 3
+  provider = "docker"
+  image    = "nginx:1.27"
+  health {
+    tcp "port" { interval = }
+  }
+}

@@ -1,0 +1,13 @@
+size = 3
+
+fleet "web" {
+  size     = 3
+  provider = "docker"
+  image    = "nginx:1.27"
+  health {
+    tcp "port" {}
+  }
+}
+
+fleets "api" {
+}

@@ -1,0 +1,12 @@
+fleet "web" {
+  size     = 3
+  provider = "docker"
+  image    = "nginx:1.27"
+  health {
+    tcp "port" {}
+    grpc "rpc" {}
+  }
+  lunch {
+    command = ["bin/app"]
+  }
+}

@@ -1,0 +1,1 @@
+# A fleet file may hold no fleets at all.
