@@ -492,7 +492,7 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus) *class {
 		st.Drifted[instance.DriftMutated]++
 		if c.reason == "" || c.reason == ReasonDriftTemplate || c.reason == ReasonDriftImage {
 			c.reason = ReasonDriftMutated
-			c.evidence = append([]string{"changed in place:"}, in.Drift.Evidence...)
+			c.evidence = append([]string(nil), in.Drift.Evidence...)
 		}
 	}
 

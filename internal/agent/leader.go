@@ -1,0 +1,441 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/probe"
+	"github.com/immutd/immutd/internal/reconcile"
+	"github.com/immutd/immutd/internal/state"
+)
+
+// leadership runs exactly one leader term at a time: on gaining
+// leadership it starts a term, on losing it the term's context is
+// cancelled and the agent waits for the term's work to stop before
+// anything else happens.
+func (a *Agent) leadership(ctx context.Context) error {
+	type running struct {
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	var cur *running
+	stop := func() {
+		if cur == nil {
+			return
+		}
+		cur.cancel()
+		<-cur.done
+		cur = nil
+		a.m.isLeader.Set(0)
+		a.m.clearLeaderSeries()
+		a.mu.Lock()
+		a.lastStatus, a.lastPass = nil, time.Time{}
+		a.mu.Unlock()
+		a.log.Info("leadership lost; leader work stopped")
+	}
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case leader := <-a.node.LeadershipChanges():
+			stop()
+			if !leader {
+				continue
+			}
+			tctx, cancel := context.WithCancel(ctx)
+			cur = &running{cancel: cancel, done: make(chan struct{})}
+			a.m.isLeader.Set(1)
+			go func(done chan struct{}) {
+				defer close(done)
+				a.leaderTerm(tctx)
+			}(cur.done)
+		}
+	}
+}
+
+// term is the leader-only state of one leadership term.
+type term struct {
+	a    *Agent
+	exec *reconcile.Executor
+	log  *zap.Logger
+
+	// drift inspection results, filled in the background.
+	driftMu  sync.Mutex
+	drift    map[string]driftEntry
+	observed map[string]instance.Observed
+	// blocked causes last recorded per fleet, to log transitions.
+	blocked map[string]string
+	// lastResolveTry limits retries of failed image resolution.
+	lastResolveTry time.Time
+}
+
+type driftEntry struct {
+	at      time.Time
+	finding *instance.Finding
+	err     error
+}
+
+func (a *Agent) leaderTerm(ctx context.Context) {
+	log := a.log.Named("leader")
+	start := time.Now()
+	// Everything committed by earlier leaders must be applied locally
+	// before this node decides anything.
+	for {
+		err := a.node.Barrier(time.Minute)
+		if err == nil {
+			break
+		}
+		log.Warn("barrier failed; retrying", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	t := &term{a: a, log: log, drift: map[string]driftEntry{}, blocked: map[string]string{}}
+	t.exec = reconcile.NewExecutor(reconcile.ExecutorOptions{Journal: a.node, Providers: a.providers, Node: a.cfg.NodeName,
+		Logger: a.log.Named("executor"), Observer: t, Wake: a.Wake})
+	log.Info("leadership established", zap.Uint64("term", a.node.Term()), zap.Duration("duration_seconds", time.Since(start)))
+	defer t.exec.Wait()
+
+	go t.inspectDrift(ctx)
+	a.Wake()
+	for {
+		a.mu.Lock()
+		interval := a.interval
+		a.mu.Unlock()
+		timer := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-a.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+		if err := t.pass(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("reconcile pass failed", zap.Error(err))
+		}
+	}
+}
+
+// Finished implements reconcile.Observer.
+func (t *term) Finished(it *state.Intent, outcome state.Outcome, took time.Duration) {
+	t.a.m.intentsFinished.WithLabelValues(string(it.Kind), string(outcome)).Inc()
+	prov := ""
+	t.a.node.Read(func(st *state.State) {
+		if f := st.Fleets[it.Fleet]; f != nil {
+			prov = f.Spec.Provider
+		}
+	})
+	t.a.m.providerCall.WithLabelValues(prov, string(it.Kind), string(outcome)).Observe(took.Seconds())
+	if it.Kind == state.Terminate && outcome == state.Done && it.Reason != reconcile.ReasonExcess && it.Reason != reconcile.ReasonDrain {
+		t.a.m.replacements.WithLabelValues(it.Fleet, it.Reason).Inc()
+	}
+}
+
+// view is a consistent copy of what a pass needs from the state.
+type view struct {
+	generation uint64
+	sourceHash string
+	fleets     map[string]*state.DesiredFleet
+	records    map[string]state.Instance
+	intents    []*state.Intent
+	stats      map[string]state.FleetStats
+}
+
+func (a *Agent) readView() view {
+	var v view
+	a.node.Read(func(st *state.State) {
+		v.generation, v.sourceHash = st.Generation, st.SourceHash
+		v.fleets = make(map[string]*state.DesiredFleet, len(st.Fleets))
+		for n, f := range st.Fleets {
+			v.fleets[n] = f // desired fleets are replaced, never mutated, by the state
+		}
+		v.records = make(map[string]state.Instance, len(st.Instances))
+		for id, in := range st.Instances {
+			v.records[id] = *in
+		}
+		for _, it := range st.SortedIntents() {
+			cp := *it
+			v.intents = append(v.intents, &cp)
+		}
+		v.stats = make(map[string]state.FleetStats, len(st.Stats))
+		for n, s := range st.Stats {
+			v.stats[n] = *s
+		}
+	})
+	return v
+}
+
+// pass is one level-based reconcile pass: observe everything, plan, act.
+func (t *term) pass(ctx context.Context) error {
+	a := t.a
+	start := time.Now()
+	if err := t.proposeDesired(ctx); err != nil {
+		t.log.Warn("could not commit desired state", zap.Error(err))
+	}
+	v := a.readView()
+
+	// Observe every provider that a fleet uses.
+	providersUsed := map[string]bool{}
+	for _, f := range v.fleets {
+		providersUsed[f.Spec.Provider] = true
+	}
+	observed := map[string]instance.Observed{}
+	listErr := map[string]string{}
+	for name := range providersUsed {
+		p := a.providers[name]
+		if p == nil {
+			listErr[name] = fmt.Sprintf("provider %q is not configured on agent %s", name, a.cfg.NodeName)
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		list, err := p.List(lctx)
+		cancel()
+		if err != nil {
+			listErr[name] = err.Error()
+			continue
+		}
+		for _, o := range list {
+			observed[o.ID] = o
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	t.setObserved(observed)
+
+	// Finish intents that no one is driving (left by an earlier leader or
+	// by a crash), before planning on top of them.
+	var orphaned []*state.Intent
+	for _, it := range v.intents {
+		f := v.fleets[it.Fleet]
+		if f != nil && listErr[f.Spec.Provider] != "" {
+			continue // cannot tell whether it happened: wait for the provider
+		}
+		if !t.exec.Driving(it.OpID) {
+			orphaned = append(orphaned, it)
+		}
+	}
+	if len(orphaned) > 0 {
+		if err := t.exec.Resume(ctx, orphaned, v.fleets, observed); err != nil {
+			return err
+		}
+		v = a.readView()
+	}
+
+	in := t.buildInput(v, observed, listErr)
+	plan := reconcile.Plan(in)
+	a.m.reconcileDur.Observe(time.Since(start).Seconds())
+
+	if _, err := t.exec.Apply(ctx, v.generation, plan, v.fleets, observed); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		t.log.Warn("plan not applied; replanning", zap.Error(err))
+		a.Wake()
+	}
+	t.markHealthy(ctx, v)
+	t.recordBlocks(ctx, plan)
+	t.publish(v, in, plan, observed)
+	return nil
+}
+
+// buildInput joins records, intents, observations, verdicts and drift
+// findings per fleet.
+func (t *term) buildInput(v view, observed map[string]instance.Observed, listErr map[string]string) reconcile.Input {
+	a := t.a
+	verdicts := a.prober.Verdicts()
+	openBy := map[string]*state.Intent{}
+	for _, it := range v.intents {
+		openBy[it.InstanceID] = it
+	}
+	ids := map[string]map[string]bool{}
+	add := func(fleet, id string) {
+		if ids[fleet] == nil {
+			ids[fleet] = map[string]bool{}
+		}
+		ids[fleet][id] = true
+	}
+	for id, r := range v.records {
+		add(r.Fleet, id)
+	}
+	for id, it := range openBy {
+		add(it.Fleet, id)
+	}
+	for id, o := range observed {
+		if v.fleets[o.Fleet] != nil {
+			add(o.Fleet, id)
+		}
+	}
+	names := make([]string, 0, len(v.fleets))
+	for n := range v.fleets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	t.driftMu.Lock()
+	defer t.driftMu.Unlock()
+	in := reconcile.Input{Now: time.Now()}
+	for _, name := range names {
+		f := v.fleets[name]
+		fi := reconcile.FleetInput{Desired: f, Stats: v.stats[name], ObserveError: listErr[f.Spec.Provider]}
+		list := make([]string, 0, len(ids[name]))
+		for id := range ids[name] {
+			list = append(list, id)
+		}
+		sort.Strings(list)
+		for _, id := range list {
+			x := reconcile.Inst{ID: id, Open: openBy[id]}
+			if r, ok := v.records[id]; ok {
+				x.Record = &r
+			}
+			if o, ok := observed[id]; ok {
+				x.Observed = &o
+			}
+			if vd, ok := verdicts[id]; ok {
+				x.Health = reconcile.Health(vd.State)
+				x.Evidence = vd.Evidence
+			}
+			if d, ok := t.drift[id]; ok && d.finding != nil {
+				x.Drift = d.finding
+			}
+			fi.Instances = append(fi.Instances, x)
+		}
+		in.Fleets = append(in.Fleets, fi)
+	}
+	return in
+}
+
+// inspectDrift inspects running instances for in-place changes, each at
+// its fleet's drift interval, and wakes the loop when a finding changes.
+func (t *term) inspectDrift(ctx context.Context) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		v := t.a.readView()
+		t.driftMu.Lock()
+		list := make([]instance.Observed, 0, len(t.observed))
+		for _, o := range t.observed {
+			list = append(list, o)
+		}
+		t.driftMu.Unlock()
+		sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+		for _, o := range list {
+			f := v.fleets[o.Fleet]
+			if f == nil || o.Phase != instance.Running {
+				continue
+			}
+			insp, ok := t.a.providers[f.Spec.Provider].(reconcile.DriftInspector)
+			if !ok {
+				continue
+			}
+			t.driftMu.Lock()
+			prev, seen := t.drift[o.ID]
+			t.driftMu.Unlock()
+			if seen && time.Since(prev.at) < f.Spec.Drift.Interval {
+				continue
+			}
+			ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			finding, err := insp.Inspect(ictx, o, f.Spec.Drift.IgnorePaths)
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				t.log.Warn("drift inspection failed", zap.String("fleet", o.Fleet), zap.String("instance_id", o.ID), zap.Error(err))
+			}
+			t.driftMu.Lock()
+			_, stillThere := t.observed[o.ID]
+			if stillThere {
+				t.drift[o.ID] = driftEntry{at: time.Now(), finding: finding, err: err}
+			}
+			t.driftMu.Unlock()
+			if stillThere && (finding != nil) != (seen && prev.finding != nil) {
+				if finding != nil {
+					t.log.Warn("instance drifted", zap.String("fleet", o.Fleet), zap.String("instance_id", o.ID),
+						zap.String("reason", "drift_"+finding.Kind), zap.Strings("evidence", finding.Evidence))
+				}
+				t.a.Wake()
+			}
+		}
+	}
+}
+
+// setObserved publishes the latest provider listing to the drift
+// inspector and forgets findings of instances that are gone.
+func (t *term) setObserved(observed map[string]instance.Observed) {
+	t.driftMu.Lock()
+	defer t.driftMu.Unlock()
+	t.observed = observed
+	for id := range t.drift {
+		if _, ok := observed[id]; !ok {
+			delete(t.drift, id)
+		}
+	}
+}
+
+// markHealthy records instances that probes judged healthy for the first
+// time (this resets the fleet's launch backoff).
+func (t *term) markHealthy(ctx context.Context, v view) {
+	verdicts := t.a.prober.Verdicts()
+	var ids []string
+	for id, r := range v.records {
+		if !r.EverHealthy && verdicts[id].State == probe.Healthy {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	sort.Strings(ids)
+	if _, err := t.a.node.Apply(ctx, &state.MarkHealthy{InstanceIDs: ids, At: time.Now()}); err != nil && ctx.Err() == nil {
+		t.log.Warn("could not record healthy instances", zap.Error(err))
+	}
+}
+
+// recordBlocks logs and journals every change of a fleet's blocked causes,
+// so "why is nothing happening" has an answer in the event log.
+func (t *term) recordBlocks(ctx context.Context, plan reconcile.Result) {
+	var events []state.Event
+	now := time.Now()
+	for _, st := range plan.Fleets {
+		var causes []string
+		var details []string
+		for _, b := range st.Blocked {
+			causes = append(causes, b.Cause)
+			details = append(details, b.Cause+": "+b.Detail)
+		}
+		key := strings.Join(causes, ",")
+		prev, seen := t.blocked[st.Fleet]
+		if seen && prev == key || !seen && key == "" {
+			continue
+		}
+		t.blocked[st.Fleet] = key
+		if key == "" {
+			events = append(events, state.Event{Time: now, Fleet: st.Fleet, Action: "remediation_unblocked", Reason: prev, Node: t.a.cfg.NodeName})
+			t.log.Info("remediation unblocked", zap.String("fleet", st.Fleet), zap.String("reason", prev))
+			continue
+		}
+		events = append(events, state.Event{Time: now, Fleet: st.Fleet, Action: "remediation_blocked", Reason: key, Evidence: details, Node: t.a.cfg.NodeName})
+		t.log.Warn("remediation blocked", zap.String("fleet", st.Fleet), zap.String("reason", key), zap.Strings("evidence", details))
+	}
+	if len(events) > 0 {
+		if _, err := t.a.node.Apply(ctx, &state.RecordEvents{Events: events}); err != nil && ctx.Err() == nil {
+			t.log.Warn("could not record events", zap.Error(err))
+		}
+	}
+}

@@ -1,0 +1,154 @@
+package agent
+
+import (
+	"runtime"
+	"time"
+
+	gometrics "github.com/hashicorp/go-metrics/compat"
+	gmprom "github.com/hashicorp/go-metrics/compat/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/immutd/immutd/internal/reconcile"
+)
+
+// Build information, set with -ldflags -X.
+var (
+	Version  = "dev"
+	Revision = "unknown"
+)
+
+// replacementReasons are the termination reasons that count as a
+// replacement in immutd_replacements_total.
+var replacementReasons = []string{
+	reconcile.ReasonUnhealthy, reconcile.ReasonNeverHealthy, reconcile.ReasonExited, reconcile.ReasonGone,
+	reconcile.ReasonDriftImage, reconcile.ReasonDriftTemplate, reconcile.ReasonDriftMutated, reconcile.ReasonOrphan,
+}
+
+var blockCauses = []string{
+	reconcile.CauseProviderUnreachable, reconcile.CauseTooManyUnhealthy, reconcile.CauseDisabled,
+	reconcile.CauseUnconfigured, reconcile.CauseLaunchBackoff, reconcile.CauseNoImage, CauseNoQuorum,
+}
+
+// CauseNoQuorum: the cluster cannot commit, so nothing is changed.
+const CauseNoQuorum = "no_quorum"
+
+type metrics struct {
+	reg *prometheus.Registry
+
+	fleetInstances  *prometheus.GaugeVec
+	fleetDesired    *prometheus.GaugeVec
+	drifted         *prometheus.GaugeVec
+	replacements    *prometheus.CounterVec
+	blocked         *prometheus.GaugeVec
+	reconcileDur    prometheus.Histogram
+	providerCall    *prometheus.HistogramVec
+	reloadOK        prometheus.Gauge
+	reloadTime      prometheus.Gauge
+	reloadFailures  prometheus.Counter
+	isLeader        prometheus.Gauge
+	intentsOpen     prometheus.Gauge
+	intentsFinished *prometheus.CounterVec
+	desiredGen      prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	reg := prometheus.NewRegistry()
+	m := &metrics{
+		reg: reg,
+		fleetInstances: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_fleet_instances",
+			Help: "Instances per fleet and state, as the leader sees them (exported by the leader only)."}, []string{"fleet", "state"}),
+		fleetDesired: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_fleet_desired_instances",
+			Help: "Desired size of each fleet in the committed desired state."}, []string{"fleet"}),
+		drifted: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_instances_drifted",
+			Help: "Instances that differ from their golden image, by kind (leader only)."}, []string{"fleet", "kind"}),
+		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immutd_replacements_total",
+			Help: "Instances terminated to be replaced, by reason (leader only)."}, []string{"fleet", "reason"}),
+		blocked: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_remediation_blocked",
+			Help: "1 while remediation of a fleet is held back, by cause (leader only)."}, []string{"fleet", "cause"}),
+		reconcileDur: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "immutd_reconcile_duration_seconds",
+			Help: "Duration of one reconcile pass: observe, plan and journal.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		providerCall: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "immutd_provider_call_duration_seconds",
+			Help: "Duration of provider launch and terminate calls until their outcome is journaled.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"provider", "kind", "outcome"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_config_last_reload_successful",
+			Help: "1 if the last load of the fleet files succeeded."}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_config_last_reload_success_timestamp_seconds",
+			Help: "Time of the last successful load of the fleet files."}),
+		reloadFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "immutd_config_reload_failures_total",
+			Help: "Rejected loads of the fleet files."}),
+		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_cluster_is_leader",
+			Help: "1 if this agent is the raft leader."}),
+		intentsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_intents_open",
+			Help: "Journaled provider actions not yet confirmed."}),
+		intentsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immutd_intents_finished_total",
+			Help: "Provider actions finished by this agent, by kind and outcome."}, []string{"kind", "outcome"}),
+		desiredGen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_desired_generation",
+			Help: "Committed desired generation."}),
+	}
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_build_info",
+		Help: "Build information; always 1."}, []string{"version", "revision", "goversion"})
+	buildInfo.WithLabelValues(Version, Revision, runtime.Version()).Set(1)
+	reg.MustRegister(m.fleetInstances, m.fleetDesired, m.drifted, m.replacements, m.blocked, m.reconcileDur, m.providerCall,
+		m.reloadOK, m.reloadTime, m.reloadFailures, m.isLeader, m.intentsOpen, m.intentsFinished, m.desiredGen, buildInfo,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// bridgeRaftMetrics routes hashicorp/raft's go-metrics (raft, bolt store)
+// into the registry as immutd_raft_* and immutd_raft_boltdb_*.
+func (m *metrics) bridgeRaftMetrics() error {
+	sink, err := gmprom.NewPrometheusSinkFrom(gmprom.PrometheusOpts{Registerer: m.reg, Expiration: 5 * time.Minute})
+	if err != nil {
+		return err
+	}
+	cfg := gometrics.DefaultConfig("immutd")
+	cfg.EnableHostname = false
+	cfg.EnableHostnameLabel = false
+	cfg.EnableRuntimeMetrics = false
+	cfg.EnableServiceLabel = false
+	_, err = gometrics.NewGlobal(cfg, sink)
+	return err
+}
+
+// initFleet makes every series of a fleet exist, so alerts see zeros
+// rather than gaps and increase() counts the first replacement.
+func (m *metrics) initFleet(fleet string) {
+	for _, r := range replacementReasons {
+		m.replacements.WithLabelValues(fleet, r)
+	}
+}
+
+// forgetFleet removes a fleet's series.
+func (m *metrics) forgetFleet(fleet string) {
+	for _, v := range []*prometheus.GaugeVec{m.fleetInstances, m.fleetDesired, m.drifted, m.blocked} {
+		v.DeletePartialMatch(prometheus.Labels{"fleet": fleet})
+	}
+	m.replacements.DeletePartialMatch(prometheus.Labels{"fleet": fleet})
+}
+
+// clearLeaderSeries drops the series only a leader exports.
+func (m *metrics) clearLeaderSeries() {
+	m.fleetInstances.Reset()
+	m.drifted.Reset()
+	m.blocked.Reset()
+}
+
+func (m *metrics) publish(st reconcile.FleetStatus) {
+	for s, n := range st.States {
+		m.fleetInstances.WithLabelValues(st.Fleet, s).Set(float64(n))
+	}
+	for k, n := range st.Drifted {
+		m.drifted.WithLabelValues(st.Fleet, k).Set(float64(n))
+	}
+	on := map[string]bool{}
+	for _, b := range st.Blocked {
+		on[b.Cause] = true
+	}
+	for _, c := range blockCauses {
+		v := 0.0
+		if on[c] {
+			v = 1
+		}
+		m.blocked.WithLabelValues(st.Fleet, c).Set(v)
+	}
+}

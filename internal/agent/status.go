@@ -1,0 +1,202 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	"github.com/immutd/immutd/internal/api"
+	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/reconcile"
+	"github.com/immutd/immutd/internal/state"
+)
+
+// Status is the leader's last pass as the API shows it.
+type Status = api.Status
+
+// publish stores what the pass saw for the API and updates the metrics.
+func (t *term) publish(v view, in reconcile.Input, plan reconcile.Result, observed map[string]instance.Observed) {
+	a := t.a
+	byName := map[string]reconcile.FleetStatus{}
+	for _, st := range plan.Fleets {
+		byName[st.Fleet] = st
+		a.m.publish(st)
+	}
+	verdicts := a.prober.Verdicts()
+	t.driftMu.Lock()
+	drift := make(map[string]*instance.Finding, len(t.drift))
+	for id, d := range t.drift {
+		drift[id] = d.finding
+	}
+	t.driftMu.Unlock()
+
+	fleets := make([]api.Fleet, 0, len(in.Fleets))
+	for _, fi := range in.Fleets {
+		d := fi.Desired
+		st := byName[d.Spec.Name]
+		f := fleetHeader(d, v.stats[d.Spec.Name])
+		f.Desired, f.UpToDate, f.States, f.Drifted, f.BackoffUntil = st.Desired, st.UpToDate, st.States, st.Drifted, st.BackoffUntil
+		for _, b := range st.Blocked {
+			f.Blocked = append(f.Blocked, api.Block{Cause: b.Cause, Detail: b.Detail})
+		}
+		for _, x := range fi.Instances {
+			ai := api.Instance{ID: x.ID, Fleet: d.Spec.Name, Orphan: x.Record == nil && x.Open == nil}
+			if x.Record != nil {
+				ai.ImageDigest, ai.Address, ai.Location, ai.CreatedAt = x.Record.ImageDigest, x.Record.Address, x.Record.Location, x.Record.CreatedAt
+				ai.ProviderRef = x.Record.ProviderRef
+			}
+			if o := x.Observed; o != nil {
+				ai.ImageDigest, ai.Address, ai.Location, ai.ProviderRef = o.ImageDigest, o.Address, o.Location, o.ProviderRef
+				if ai.CreatedAt.IsZero() {
+					ai.CreatedAt = o.StartedAt
+				}
+				ai.UpToDate = o.ImageDigest == d.ImageDigest && o.TemplateHash == d.TemplateHash
+			}
+			if vd, ok := verdicts[x.ID]; ok {
+				ai.Health, ai.HealthSince, ai.Evidence = string(vd.State), vd.Since, vd.Evidence
+			}
+			if fd := drift[x.ID]; fd != nil {
+				ai.Drift = fd.Evidence
+				ai.UpToDate = false
+			}
+			switch {
+			case x.Open != nil && x.Open.Kind == state.Launch:
+				ai.State = "launching"
+				ai.Intent = "launch: " + x.Open.Reason
+			case x.Open != nil:
+				ai.State = "terminating"
+				ai.Intent = "terminate: " + x.Open.Reason
+			case x.Observed == nil:
+				ai.State = "gone"
+			case x.Observed.Phase != instance.Running:
+				ai.State = "exited"
+				ai.Evidence = append(ai.Evidence, "exited: "+x.Observed.ExitReason)
+			case ai.Health == "":
+				ai.State = "starting"
+			default:
+				ai.State = ai.Health
+			}
+			f.Instances = append(f.Instances, ai)
+		}
+		fleets = append(fleets, f)
+	}
+	a.mu.Lock()
+	a.lastStatus = &Status{Fleets: fleets}
+	a.lastPass = time.Now()
+	a.mu.Unlock()
+	a.publishDesired(v)
+}
+
+func fleetHeader(d *state.DesiredFleet, st state.FleetStats) api.Fleet {
+	return api.Fleet{Name: d.Spec.Name, Provider: d.Spec.Provider, Image: d.Spec.Image, ImageDigest: d.ImageDigest,
+		ResolveError: d.ResolveError, Generation: d.Generation, Size: d.Spec.Size, Desired: d.Spec.Size,
+		Unconfigured: d.Unconfigured, Draining: d.Draining, LaunchFailures: st.LaunchFailures,
+		States: map[string]int{}, Drifted: map[string]int{}, Blocked: []api.Block{}, Instances: []api.Instance{}}
+}
+
+// publishDesired exports the replicated desired sizes (every agent).
+func (a *Agent) publishDesired(v view) {
+	a.m.desiredGen.Set(float64(v.generation))
+	a.m.intentsOpen.Set(float64(len(v.intents)))
+	for name, f := range v.fleets {
+		size := f.Spec.Size
+		if f.Draining {
+			size = 0
+		}
+		a.m.fleetDesired.WithLabelValues(name).Set(float64(size))
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name := range a.knownFleets {
+		if v.fleets[name] == nil {
+			a.m.forgetFleet(name)
+			delete(a.knownFleets, name)
+		}
+	}
+	for name := range v.fleets {
+		if !a.knownFleets[name] {
+			a.knownFleets[name] = true
+			a.m.initFleet(name)
+		}
+	}
+}
+
+// Status implements api.Backend. A leader serves its last pass; any other
+// agent serves its replicated copy, marked stale.
+func (a *Agent) Status(ctx context.Context) api.Status {
+	v := a.readView()
+	a.publishDesired(v)
+	leaderAddr, leaderID := a.node.Leader()
+	s := api.Status{Node: a.cfg.NodeName, NodeID: a.node.ID(), IsLeader: a.node.IsLeader(), Leader: leaderAddr, LeaderID: leaderID,
+		Term: a.node.Term(), AppliedIndex: a.node.AppliedIndex(), Generation: v.generation, Version: Version}
+	a.node.Read(func(st *state.State) {
+		s.DesiredAt = st.DesiredAt
+		s.Events = st.EventsSince(0, 20)
+	})
+	a.mu.Lock()
+	if a.configErr != nil {
+		c := *a.configErr
+		s.Config = api.ConfigStatus{OK: c.OK, Error: c.Error, At: c.At, Hash: c.Hash, Fleets: c.Fleets, Rejected: c.Rejected}
+	}
+	last := a.lastStatus
+	s.LastPass = a.lastPass
+	a.mu.Unlock()
+	if s.IsLeader && last != nil {
+		s.Fleets = last.Fleets
+		return s
+	}
+	// Follower (or leader before its first pass): the replicated view.
+	s.Stale = true
+	s.Fleets = []api.Fleet{}
+	names := make([]string, 0, len(v.fleets))
+	for n := range v.fleets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		f := fleetHeader(v.fleets[n], v.stats[n])
+		for _, r := range v.records {
+			if r.Fleet != n {
+				continue
+			}
+			f.Instances = append(f.Instances, api.Instance{ID: r.ID, Fleet: n, ImageDigest: r.ImageDigest, State: "unknown",
+				Address: r.Address, Location: r.Location, CreatedAt: r.CreatedAt})
+		}
+		sort.Slice(f.Instances, func(i, j int) bool { return f.Instances[i].ID < f.Instances[j].ID })
+		s.Fleets = append(s.Fleets, f)
+	}
+	return s
+}
+
+// Events implements api.Backend.
+func (a *Agent) Events(ctx context.Context, after uint64, fleet string, limit int) []state.Event {
+	var out []state.Event
+	a.node.Read(func(st *state.State) {
+		for _, e := range st.EventsSince(after, 0) {
+			if fleet == "" || e.Fleet == fleet {
+				out = append(out, e)
+			}
+		}
+	})
+	if limit > 0 && len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return out
+}
+
+// Ready implements api.Backend.
+func (a *Agent) Ready() error {
+	addr, _ := a.node.Leader()
+	if addr == "" {
+		return errors.New("no raft leader")
+	}
+	if a.node.IsLeader() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.lastPass.IsZero() {
+			return errors.New("leader has not finished its first reconcile pass")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,133 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/immutd/immutd/internal/state"
+)
+
+// Backend is what the server needs from the agent.
+type Backend interface {
+	Status(ctx context.Context) Status
+	Events(ctx context.Context, after uint64, fleet string, limit int) []state.Event
+	Drain(ctx context.Context, fleet string) error
+	// Ready returns nil when the agent can serve its purpose: raft has a
+	// leader and, on the leader, leadership is established.
+	Ready() error
+}
+
+// ErrNotFound marks errors that map to 404.
+var ErrNotFound = errors.New("not found")
+
+// Server serves the HTTP API.
+type Server struct {
+	b   Backend
+	reg *prometheus.Registry
+	log *zap.Logger
+}
+
+// New returns a server.
+func New(b Backend, reg *prometheus.Registry, log *zap.Logger) *Server {
+	return &Server{b: b, reg: reg, log: log}
+}
+
+// Handler returns the routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := s.b.Ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(err.Error() + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.b.Status(r.Context()))
+	})
+	mux.HandleFunc("GET /v1/fleets", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.b.Status(r.Context()).Fleets)
+	})
+	mux.HandleFunc("GET /v1/fleets/{name}", func(w http.ResponseWriter, r *http.Request) {
+		for _, f := range s.b.Status(r.Context()).Fleets {
+			if f.Name == r.PathValue("name") {
+				writeJSON(w, http.StatusOK, f)
+				return
+			}
+		}
+		writeJSON(w, http.StatusNotFound, Error{Error: "fleet " + strconv.Quote(r.PathValue("name")) + " not found"})
+	})
+	mux.HandleFunc("GET /v1/instances", func(w http.ResponseWriter, r *http.Request) {
+		fleet := r.URL.Query().Get("fleet")
+		out := []Instance{}
+		for _, f := range s.b.Status(r.Context()).Fleets {
+			if fleet == "" || f.Name == fleet {
+				out = append(out, f.Instances...)
+			}
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		after, err := parseUint(q.Get("after"))
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, Error{Error: "after: " + err.Error()})
+			return
+		}
+		limit, err := parseUint(q.Get("limit"))
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, Error{Error: "limit: " + err.Error()})
+			return
+		}
+		if limit == 0 {
+			limit = 100
+		}
+		evs := s.b.Events(r.Context(), after, q.Get("fleet"), int(limit))
+		if evs == nil {
+			evs = []state.Event{}
+		}
+		writeJSON(w, http.StatusOK, evs)
+	})
+	mux.HandleFunc("POST /v1/fleets/{name}/drain", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.b.Drain(r.Context(), r.PathValue("name")); err != nil {
+			code := http.StatusConflict
+			if errors.Is(err, ErrNotFound) {
+				code = http.StatusNotFound
+			}
+			writeJSON(w, code, Error{Error: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"result": "draining"})
+	})
+	return mux
+}
+
+func parseUint(s string) (uint64, error) {
+	if strings.TrimSpace(s) == "" {
+		return 0, nil
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

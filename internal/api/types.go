@@ -1,0 +1,100 @@
+// Package api is immutd's HTTP surface: /metrics, /healthz, /readyz and
+// the JSON API under /v1/ (status, fleets, instances, events, fleet
+// drain), plus the wire types and a small client the CLI uses.
+package api
+
+import (
+	"time"
+
+	"github.com/immutd/immutd/internal/state"
+)
+
+// Status is GET /v1/status.
+type Status struct {
+	Node         string    `json:"node"`
+	NodeID       string    `json:"node_id"`
+	IsLeader     bool      `json:"is_leader"`
+	Leader       string    `json:"leader"`
+	LeaderID     string    `json:"leader_id"`
+	Term         uint64    `json:"term"`
+	AppliedIndex uint64    `json:"applied_index"`
+	Generation   uint64    `json:"generation"`
+	DesiredAt    time.Time `json:"desired_at"`
+	// LastPass is when the leader last finished a reconcile pass; zero on
+	// a follower.
+	LastPass time.Time `json:"last_pass"`
+	// Stale is true when the fleet view is a follower's replicated copy
+	// without the leader's observations (health, drift).
+	Stale   bool          `json:"stale"`
+	Config  ConfigStatus  `json:"config"`
+	Fleets  []Fleet       `json:"fleets"`
+	Events  []state.Event `json:"events"`
+	Version string        `json:"version"`
+}
+
+// ConfigStatus is the state of the fleet files as the serving agent last
+// read them.
+type ConfigStatus struct {
+	OK       bool      `json:"ok"`
+	Error    string    `json:"error,omitempty"`
+	At       time.Time `json:"at"`
+	Hash     string    `json:"hash,omitempty"`
+	Fleets   int       `json:"fleets"`
+	Rejected int       `json:"rejected_total"`
+}
+
+// Block is a reason remediation is held back.
+type Block struct {
+	Cause  string `json:"cause"`
+	Detail string `json:"detail"`
+}
+
+// Fleet is one fleet's desired state and what the leader sees of it.
+type Fleet struct {
+	Name           string         `json:"name"`
+	Provider       string         `json:"provider"`
+	Image          string         `json:"image"`
+	ImageDigest    string         `json:"image_digest"`
+	ResolveError   string         `json:"resolve_error,omitempty"`
+	Generation     uint64         `json:"generation"`
+	Size           int            `json:"size"`
+	Desired        int            `json:"desired"`
+	UpToDate       int            `json:"up_to_date"`
+	States         map[string]int `json:"states"`
+	Drifted        map[string]int `json:"drifted"`
+	Blocked        []Block        `json:"blocked"`
+	Unconfigured   bool           `json:"unconfigured"`
+	Draining       bool           `json:"draining"`
+	LaunchFailures int            `json:"launch_failures"`
+	BackoffUntil   time.Time      `json:"backoff_until,omitempty"`
+	Instances      []Instance     `json:"instances"`
+}
+
+// Instance is one instance.
+type Instance struct {
+	ID          string `json:"id"`
+	Fleet       string `json:"fleet"`
+	ImageDigest string `json:"image_digest"`
+	// State is one of healthy, starting, unhealthy, never_healthy,
+	// exited, gone, launching, terminating, unknown (follower view).
+	State    string `json:"state"`
+	Address  string `json:"address"`
+	Location string `json:"location,omitempty"`
+	// ProviderRef is the provider's handle: a pid or a container id.
+	ProviderRef string    `json:"provider_ref,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpToDate    bool      `json:"up_to_date"`
+	Health      string    `json:"health,omitempty"`
+	HealthSince time.Time `json:"health_since,omitempty"`
+	// Evidence are the recent failed probe results.
+	Evidence []string `json:"evidence,omitempty"`
+	// Drift lists in-place changes found by the last inspection.
+	Drift  []string `json:"drift,omitempty"`
+	Intent string   `json:"intent,omitempty"`
+	Orphan bool     `json:"orphan,omitempty"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+}
