@@ -1,0 +1,72 @@
+# immutd — run `make help` for the targets.
+
+SHELL       := /bin/bash
+GO          ?= go
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS     := -X github.com/immutd/immutd/internal/agent.Version=$(VERSION) -X github.com/immutd/immutd/internal/agent.Revision=$(REVISION)
+PREFIX      ?= /usr/local
+BIN         := bin/immutd
+IMAGES      := build/images/sampleapp-v1 build/images/sampleapp-v2
+GOFILES     := $(shell find . -name '*.go' -not -path './build/*' -not -path './run/*' 2>/dev/null)
+# The go test timeout for the whole suite; make test stays well below it.
+TEST_TIMEOUT ?= 18m
+
+.PHONY: help build images run test test-short bench lint install clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: $(BIN) images ## build immutd and the sample app images
+
+$(BIN): $(GOFILES) go.mod go.sum
+	@mkdir -p bin
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $@ ./cmd/immutd
+
+images: $(IMAGES) ## build the two sample app golden images (bundles)
+
+# A bundle is the committed configs/images/<name>/ tree plus the sample app
+# binary. -trimpath and -buildvcs=false make the binary, and so the image
+# digest, reproducible.
+build/images/sampleapp-v%: cmd/sampleapp/main.go $(shell find configs/images -type f)
+	@rm -rf $@ && mkdir -p $@
+	cp -R configs/images/sampleapp-v$*/. $@/
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags "-X main.version=$*.0.0" -o $@/bin/sampleapp ./cmd/sampleapp
+
+run: build ## run a single-node agent keeping the example fleet immutable (Ctrl-C stops the agent, not the fleet)
+	@mkdir -p run/fleets.d run/data
+	@[ -f run/fleets.d/example.hcl ] || cp configs/dev/example.hcl run/fleets.d/example.hcl
+	@echo "immutd: fleet file run/fleets.d/example.hcl, API http://127.0.0.1:7979 — try: $(BIN) status"
+	$(BIN) agent -config configs/dev/agent.hcl
+
+test: ## run every test (installs promtool, starts Docker if needed)
+	.ci/ensure-tools
+	.ci/ensure-docker
+	$(GO) vet ./...
+	$(GO) test -race -timeout $(TEST_TIMEOUT) -count=1 ./...
+
+test-short: ## unit tests only
+	$(GO) test -short -count=1 ./...
+
+bench: build ## run the benchmarks recorded in BENCHMARKS.md
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 -cpu 1 ./internal/reconcile/
+	$(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./internal/probe/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./internal/e2e/
+
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+install: build ## install binary, systemd unit, sample images and example config (as root)
+	install -D -m0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/immutd
+	install -D -m0644 systemd/immutd.service $(DESTDIR)/etc/systemd/system/immutd.service
+	install -D -m0644 systemd/immutd.sysusers $(DESTDIR)/etc/sysusers.d/immutd.conf
+	install -D -m0644 systemd/immutd.tmpfiles $(DESTDIR)/etc/tmpfiles.d/immutd.conf
+	install -D -m0644 configs/prometheus/immutd.rules.yml $(DESTDIR)$(PREFIX)/share/immutd/prometheus/immutd.rules.yml
+	for v in 1 2; do mkdir -p $(DESTDIR)$(PREFIX)/share/immutd/images && rm -rf $(DESTDIR)$(PREFIX)/share/immutd/images/sampleapp-v$$v && cp -R build/images/sampleapp-v$$v $(DESTDIR)$(PREFIX)/share/immutd/images/; done
+	[ -e $(DESTDIR)/etc/immutd/agent.hcl ] || install -D -m0640 configs/agent.hcl $(DESTDIR)/etc/immutd/agent.hcl
+	[ -e $(DESTDIR)/etc/immutd/fleets.d/web.hcl ] || install -D -m0644 configs/fleets.d/web.hcl $(DESTDIR)/etc/immutd/fleets.d/web.hcl
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemd-sysusers; systemd-tmpfiles --create /etc/tmpfiles.d/immutd.conf; systemctl daemon-reload; echo "installed; start with: systemctl enable --now immutd"; fi
+
+clean: ## remove build output (not run/, which holds the dev agent's state)
+	rm -rf bin build

@@ -1,0 +1,36 @@
+# The example fleet of `make run`. Edit this copy in run/fleets.d/ while the
+# agent runs: immutd picks every saved change up within a second.
+fleet "web" {
+  size     = 3
+  provider = "local"
+  # Try "../../build/images/sampleapp-v2" to roll the fleet to version 2.
+  image = "../../build/images/sampleapp-v1"
+
+  launch {
+    stop_grace = "5s"
+  }
+
+  health {
+    http "ready" {
+      path                = "/healthz"
+      interval            = "1s"
+      timeout             = "500ms"
+      unhealthy_threshold = 3
+      startup_timeout     = "20s"
+    }
+  }
+
+  drift {
+    interval = "2s"
+  }
+
+  remediation {
+    max_unhealthy = "50%"
+    max_parallel  = 1
+  }
+
+  rollout {
+    max_surge       = 1
+    max_unavailable = 0
+  }
+}

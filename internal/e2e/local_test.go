@@ -1,0 +1,350 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/immutd/immutd/internal/api"
+)
+
+func digestOf(t *testing.T, e *env, name string) string {
+	t.Helper()
+	return e.fleet(name).ImageDigest
+}
+
+func TestKilledInstanceIsReplaced(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
+	e.start()
+	f := e.waitHealthy("web", 3, "", 30*time.Second)
+	victim := f.Instances[0]
+	pid, err := strconv.Atoi(victim.ProviderRef)
+	if err != nil {
+		t.Fatalf("instance %s has no pid: %q", victim.ID, victim.ProviderRef)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	e.waitHealthy("web", 3, "", 30*time.Second, victim.ID)
+	ev := findEvent(e.events(), "terminated", victim.ID)
+	if ev == nil || ev.Reason != "exited" {
+		t.Fatalf("want a terminated event with reason exited for %s, got %+v", victim.ID, ev)
+	}
+}
+
+func TestEditedFileInsideInstanceIsReplaced(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
+	e.start()
+	f := e.waitHealthy("web", 2, "", 30*time.Second)
+	victim := f.Instances[1]
+	conf := filepath.Join(victim.Location, "config", "app.conf")
+	fh, err := os.OpenFile(conf, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(fh, `greeting = "patched by hand"`)
+	fh.Close()
+	e.waitFor("the edited instance to be terminated", 30*time.Second, func() (bool, string) {
+		ev := findEvent(e.events(), "terminated", victim.ID)
+		return ev != nil, describe(e.fleet("web"))
+	})
+	ev := findEvent(e.events(), "terminated", victim.ID)
+	if ev.Reason != "drift_mutated" || !strings.Contains(strings.Join(ev.Evidence, " "), "config/app.conf") {
+		t.Fatalf("want reason drift_mutated with evidence naming config/app.conf, got %+v", ev)
+	}
+	e.waitHealthy("web", 2, "", 30*time.Second, victim.ID)
+}
+
+func TestUnhealthyInstanceIsReplaced(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
+	e.start()
+	f := e.waitHealthy("web", 3, "", 30*time.Second)
+	victim := f.Instances[2]
+	resp, err := http.Post("http://"+victim.Address+"/fail", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	e.waitFor("the failing instance to be terminated", 30*time.Second, func() (bool, string) {
+		return findEvent(e.events(), "terminated", victim.ID) != nil, describe(e.fleet("web"))
+	})
+	ev := findEvent(e.events(), "terminated", victim.ID)
+	if ev.Reason != "unhealthy" || !strings.Contains(strings.Join(ev.Evidence, " "), "status 500") {
+		t.Fatalf("want reason unhealthy with the probe evidence, got %+v", ev)
+	}
+	e.waitHealthy("web", 3, "", 30*time.Second, victim.ID)
+}
+
+// TestRolloutNeverDropsBelowDesired changes the image and samples the
+// fleet all along: at no sample are fewer than size instances healthy,
+// and never more than size+max_surge instance processes exist.
+func TestRolloutNeverDropsBelowDesired(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
+	e.start()
+	e.waitHealthy("web", 3, "", 30*time.Second)
+	v1 := digestOf(t, e, "web")
+
+	e.writeFleet("web.hcl", fleetFile("web", 3, "v2", ""))
+	deadline := time.Now().Add(60 * time.Second)
+	samples, maxProcs := 0, 0
+	var v2 string
+	for {
+		st, err := e.trystatus()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f api.Fleet
+		for _, x := range st.Fleets {
+			if x.Name == "web" {
+				f = x
+			}
+		}
+		if f.ImageDigest != v1 {
+			v2 = f.ImageDigest
+		}
+		// Healthy instances as the probes see them, checked independently
+		// by asking each one ourselves.
+		healthy := 0
+		for _, in := range f.Instances {
+			if in.State == "healthy" && answers(in.Address) {
+				healthy++
+			}
+		}
+		procs := len(processesUnder(e.dataDir))
+		maxProcs = max(maxProcs, procs)
+		samples++
+		if healthy < 3 {
+			t.Fatalf("sample %d: only %d healthy instances during the rollout: %s", samples, healthy, describe(f))
+		}
+		if procs > 4 {
+			t.Fatalf("sample %d: %d instance processes, more than size 3 + max_surge 1", samples, procs)
+		}
+		done := v2 != ""
+		for _, in := range f.Instances {
+			done = done && in.ImageDigest == v2 && in.State == "healthy"
+		}
+		if done && len(f.Instances) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rollout did not finish in 60s: %s", describe(f))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("rollout finished after %d samples, at most %d processes", samples, maxProcs)
+	n := 0
+	for _, ev := range e.events() {
+		if ev.Action == "terminated" && ev.Reason == "drift_image" {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Fatalf("want 3 instances terminated for drift_image, got %d", n)
+	}
+}
+
+func answers(addr string) bool {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + addr + "/healthz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
+
+func TestBrokenFleetFileChangesNothing(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
+	e.start()
+	before := ids(e.waitHealthy("web", 2, "", 30*time.Second))
+	gen := e.status().Generation
+
+	broken := strings.Replace(fleetFile("web", 5, "v2", ""), "size     = 5", "size     = 5 +", 1)
+	e.writeFleet("web.hcl", broken)
+	var st api.Status
+	e.waitFor("the broken file to be reported", 10*time.Second, func() (bool, string) {
+		st = e.status()
+		return !st.Config.OK && st.Config.Error != "", fmt.Sprintf("%+v", st.Config)
+	})
+	if !strings.Contains(st.Config.Error, filepath.Join(e.fleetsDir, "web.hcl")+":2:") {
+		t.Fatalf("error does not name file:line: %q", st.Config.Error)
+	}
+	// Nothing changes because of it.
+	time.Sleep(3 * time.Second)
+	st = e.status()
+	if st.Generation != gen {
+		t.Fatalf("desired generation moved from %d to %d on an invalid file", gen, st.Generation)
+	}
+	f := e.fleet("web")
+	if got := ids(f); len(got) != 2 || !got[keys(before)[0]] || !got[keys(before)[1]] {
+		t.Fatalf("instances changed after an invalid edit: before %v, now %s", keys(before), describe(f))
+	}
+	if findEvent(e.events(), "config_rejected", "") == nil {
+		t.Fatal("no config_rejected event")
+	}
+	metrics := get(t, "http://"+e.httpAddr+"/metrics")
+	if !strings.Contains(metrics, "immutd_config_last_reload_successful 0") || !strings.Contains(metrics, "immutd_config_reload_failures_total 1") {
+		t.Fatalf("reload metrics do not show the failure")
+	}
+	out, code := runCLI("validate", e.fleetsDir)
+	if code == 0 || !strings.Contains(out, "web.hcl:2:") {
+		t.Fatalf("validate: exit %d, output %q", code, out)
+	}
+	// Fixing the file applies again.
+	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
+	e.waitHealthy("web", 3, "", 30*time.Second)
+	if out, code := runCLI("validate", e.fleetsDir); code != 0 {
+		t.Fatalf("validate of a good dir: exit %d: %s", code, out)
+	}
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	if len(out) < 2 {
+		out = append(out, "", "")
+	}
+	return out
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return b.String()
+}
+
+// TestKill9AgentLaunchesNoDuplicates crashes the agent repeatedly while it
+// scales up and rolls, restarts it, and checks that every instance id was
+// launched at most once and the fleet converges to exactly size
+// instances.
+func TestKill9AgentLaunchesNoDuplicates(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
+	e.start()
+	e.waitHealthy("web", 2, "", 30*time.Second)
+
+	e.writeFleet("web.hcl", fleetFile("web", 5, "v2", ""))
+	for i, delay := range []time.Duration{30 * time.Millisecond, 150 * time.Millisecond, 400 * time.Millisecond, 80 * time.Millisecond, 250 * time.Millisecond} {
+		time.Sleep(delay)
+		e.kill9()
+		if n := len(processesUnder(e.dataDir)); n > 6 {
+			t.Fatalf("crash %d: %d instance processes, more than size 5 + max_surge 1", i, n)
+		}
+		e.start()
+	}
+	f := e.waitHealthy("web", 5, "", 60*time.Second)
+	v2 := f.ImageDigest
+	for _, in := range f.Instances {
+		if in.ImageDigest != v2 {
+			t.Fatalf("instance %s on %s, want %s", in.ID, in.ImageDigest, v2)
+		}
+	}
+	// Give stray launches a moment to show up, then count processes.
+	time.Sleep(2 * time.Second)
+	if n := len(processesUnder(e.dataDir)); n != 5 {
+		t.Fatalf("%d instance processes after convergence, want exactly 5", n)
+	}
+	launched := map[string]int{}
+	for _, ev := range e.events() {
+		if ev.Action == "launched" {
+			launched[ev.InstanceID]++
+		}
+	}
+	for id, n := range launched {
+		if n > 1 {
+			t.Fatalf("instance %s launched %d times", id, n)
+		}
+	}
+	st := e.status()
+	if len(st.Fleets) != 1 || len(st.Fleets[0].Instances) != 5 {
+		t.Fatalf("status after convergence: %s", describe(st.Fleets[0]))
+	}
+}
+
+func TestRemovedFleetKeepsRunningUntilDrained(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
+	e.writeFleet("api.hcl", fleetFile("api", 1, "v1", ""))
+	e.start()
+	e.waitHealthy("web", 2, "", 30*time.Second)
+	e.waitHealthy("api", 1, "", 30*time.Second)
+
+	if err := os.Remove(filepath.Join(e.fleetsDir, "api.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("api to be reported unconfigured", 10*time.Second, func() (bool, string) {
+		f := e.fleet("api")
+		return f.Unconfigured, describe(f)
+	})
+	time.Sleep(2 * time.Second)
+	f := e.fleet("api")
+	if len(f.Instances) != 1 || f.Instances[0].State != "healthy" {
+		t.Fatalf("removed fleet's instance was touched: %s", describe(f))
+	}
+	if len(f.Blocked) == 0 || f.Blocked[0].Cause != "unconfigured" {
+		t.Fatalf("status does not say the fleet is unconfigured: %+v", f.Blocked)
+	}
+	if out, code := runCLI("fleet", "drain", "web", "-addr", e.httpAddr); code == 0 {
+		t.Fatalf("draining a configured fleet must be refused, got: %s", out)
+	}
+	if out, code := runCLI("fleet", "drain", "api", "-addr", e.httpAddr); code != 0 {
+		t.Fatalf("drain api: exit %d: %s", code, out)
+	}
+	e.waitFor("api to be drained and forgotten", 30*time.Second, func() (bool, string) {
+		for _, x := range e.status().Fleets {
+			if x.Name == "api" {
+				return false, describe(x)
+			}
+		}
+		return true, ""
+	})
+	e.waitHealthy("web", 2, "", 10*time.Second)
+	if n := len(processesUnder(e.dataDir)); n != 2 {
+		t.Fatalf("%d instance processes after draining api, want web's 2", n)
+	}
+}
+
+func TestStatusCommandIsReadable(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writeFleet("web.hcl", fleetFile("web", 1, "v1", ""))
+	e.start()
+	e.waitHealthy("web", 1, "", 30*time.Second)
+	out, code := runCLI("status", "-addr", e.httpAddr)
+	if code != 0 {
+		t.Fatalf("status exit %d: %s", code, out)
+	}
+	for _, want := range []string{"(leader)", "fleet files: ok", "FLEET", "web", "healthy", "RECENT EVENTS", "launched"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	if out, code := runCLI("version"); code != 0 || !strings.Contains(out, "immutd e2e") {
+		t.Errorf("version: exit %d: %s", code, out)
+	}
+}
