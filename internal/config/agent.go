@@ -57,6 +57,9 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 		bindGot, advertiseGot = decodeCluster(cluster, &a.Cluster)
 	}
 	set.advertiseAddr = advertiseGot != missing
+	if b := s.block("api"); b != nil {
+		decodeAPI(s.child(b), &a.API)
+	}
 
 	var localBlock, dockerBlock *section
 	for _, b := range s.labelled("provider", "provider name") {
@@ -90,6 +93,19 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 	a.FleetsDir = resolvePath(base, a.FleetsDir)
 	a.Local.Dir = resolvePath(base, a.Local.Dir)
 	a.Docker.CertPath = resolvePath(base, a.Docker.CertPath)
+	a.Cluster.TLS.CAFile = resolvePath(base, a.Cluster.TLS.CAFile)
+	a.Cluster.TLS.CertFile = resolvePath(base, a.Cluster.TLS.CertFile)
+	a.Cluster.TLS.KeyFile = resolvePath(base, a.Cluster.TLS.KeyFile)
+	a.API.TokenFile = resolvePath(base, a.API.TokenFile)
+	a.API.TLSCertFile = resolvePath(base, a.API.TLSCertFile)
+	a.API.TLSKeyFile = resolvePath(base, a.API.TLSKeyFile)
+	if a.Cluster.Multi() && !a.Cluster.TLS.Enabled() {
+		r, field := start, "cluster.tls"
+		if cluster != nil {
+			r, field = cluster.header, cluster.field("tls")
+		}
+		d.errorf(r, field, "a cluster of more than one agent needs mutual TLS: set tls { ca_file, cert_file, key_file } (`immutd tls init` makes them)")
+	}
 	if err := deriveAgentDefaults(&a, set, env); err != nil {
 		d.errorf(start, "node_name", "not set and the hostname is unknown (%v); set node_name", err)
 	}
@@ -112,8 +128,44 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 func decodeCluster(s *section, c *ClusterConfig) (bind, advertise got) {
 	bind = s.text("bind_addr", &c.BindAddr, checkListenAddr)
 	advertise = s.text("advertise_addr", &c.AdvertiseAddr, checkDialAddr)
+	s.integer("bootstrap_expect", 1, maxClusterSize, &c.BootstrapExpect)
+	s.strList("join", &c.Join, checkDialAddr)
+	if f, g := s.number("raft_multiplier", "a number from 0.1 to 10"); g == valid {
+		m, _ := f.Float64()
+		if m < 0.1 || m > 10 {
+			s.fail("raft_multiplier", "must be from 0.1 to 10, got %s", formatBig(f))
+		} else {
+			c.RaftMultiplier = m
+		}
+	}
+	s.text("health_quorum", &c.HealthQuorum, checkHealthQuorum)
+	s.boolean("leave_on_terminate", &c.LeaveOnTerminate)
+	if b := s.block("tls"); b != nil {
+		ts := s.child(b)
+		for _, f := range []struct {
+			name string
+			dst  *string
+		}{{"ca_file", &c.TLS.CAFile}, {"cert_file", &c.TLS.CertFile}, {"key_file", &c.TLS.KeyFile}} {
+			if ts.text(f.name, f.dst, checkNotEmpty) == missing {
+				ts.required(f.name, "a PEM file")
+			}
+		}
+		ts.text("server_name", &c.TLS.ServerName, checkNotEmpty)
+		ts.done()
+	}
 	s.done()
 	return bind, advertise
+}
+
+// decodeAPI decodes the api block.
+func decodeAPI(s *section, c *APIConfig) {
+	s.text("token_file", &c.TokenFile, checkNotEmpty)
+	certGot := s.text("tls_cert_file", &c.TLSCertFile, checkNotEmpty)
+	keyGot := s.text("tls_key_file", &c.TLSKeyFile, checkNotEmpty)
+	if (certGot == missing) != (keyGot == missing) {
+		s.fail("tls_cert_file", "tls_cert_file and tls_key_file go together")
+	}
+	s.done()
 }
 
 // resolvePath makes p absolute against base; "" stays "".

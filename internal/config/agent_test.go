@@ -39,9 +39,10 @@ func TestAgentDefaults(t *testing.T) {
 		FleetsDir:         filepath.Join(base, "fleets.d"),
 		LogLevel:          "info",
 		ReconcileInterval: time.Second,
-		Cluster:           ClusterConfig{BindAddr: "127.0.0.1:7980", AdvertiseAddr: "127.0.0.1:7980"},
-		Local:             LocalProvider{Dir: filepath.Join(base, "data", "local"), BindHost: "127.0.0.1"},
-		Docker:            DockerProvider{Host: "unix:///var/run/docker.sock", PublishHost: "127.0.0.1"},
+		Cluster: ClusterConfig{BindAddr: "127.0.0.1:7980", AdvertiseAddr: "127.0.0.1:7980", BootstrapExpect: 1, RaftMultiplier: 1,
+			HealthQuorum: "majority", TLS: ClusterTLS{ServerName: "server.immutd"}},
+		Local:  LocalProvider{Dir: filepath.Join(base, "data", "local"), BindHost: "127.0.0.1"},
+		Docker: DockerProvider{Host: "unix:///var/run/docker.sock", PublishHost: "127.0.0.1"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("agent differs\n--- got\n%s\n--- want\n%s", dump(got), dump(want))
@@ -64,8 +65,9 @@ func TestAgentFull(t *testing.T) {
 		LogLevel:               "debug",
 		AutoDrainRemovedFleets: true,
 		ReconcileInterval:      500 * time.Millisecond,
-		Cluster:                ClusterConfig{BindAddr: "0.0.0.0:7980", AdvertiseAddr: "10.0.0.5:7980"},
-		Local:                  LocalProvider{Dir: filepath.Join(base, "local-store"), BindHost: "::1"},
+		Cluster: ClusterConfig{BindAddr: "0.0.0.0:7980", AdvertiseAddr: "10.0.0.5:7980", BootstrapExpect: 1, RaftMultiplier: 1,
+			HealthQuorum: "majority", TLS: ClusterTLS{ServerName: "server.immutd"}},
+		Local: LocalProvider{Dir: filepath.Join(base, "local-store"), BindHost: "::1", DirSet: true},
 		Docker: DockerProvider{Host: "tcp://10.0.0.9:2376", CertPath: filepath.Join(base, "certs"),
 			TLSVerify: false, PublishHost: "10.0.0.5"},
 	}
@@ -174,5 +176,28 @@ func TestLoadAgentMissingFile(t *testing.T) {
 	_, err := LoadAgent(filepath.Join(t.TempDir(), "absent.hcl"))
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("got %v, want an error wrapping fs.ErrNotExist", err)
+	}
+}
+
+func TestAgentClusterBlock(t *testing.T) {
+	const path = "testdata/agent/valid/cluster.hcl"
+	base := abs(t, "testdata/agent/valid")
+	got, err := parseAgentFile(t, path, fixedEnv(""))
+	if err != nil {
+		t.Fatalf("unexpected error:\n%v", err)
+	}
+	want := ClusterConfig{BindAddr: "10.0.0.1:7980", AdvertiseAddr: "10.0.0.1:7980", BootstrapExpect: 3,
+		Join: []string{"10.0.0.2:7980", "10.0.0.3:7980"}, RaftMultiplier: 2.5, HealthQuorum: "all", LeaveOnTerminate: true,
+		TLS: ClusterTLS{CAFile: filepath.Join(base, "tls/ca.pem"), CertFile: filepath.Join(base, "tls/node-1.pem"),
+			KeyFile: filepath.Join(base, "tls/node-1-key.pem"), ServerName: "server.prod.immutd"}}
+	if !reflect.DeepEqual(got.Cluster, want) {
+		t.Errorf("cluster:\n got %+v\nwant %+v", got.Cluster, want)
+	}
+	wantAPI := APIConfig{TokenFile: filepath.Join(base, "api-token"), TLSCertFile: filepath.Join(base, "tls/api.pem"), TLSKeyFile: filepath.Join(base, "tls/api-key.pem")}
+	if got.API != wantAPI {
+		t.Errorf("api: got %+v want %+v", got.API, wantAPI)
+	}
+	if !got.Cluster.Multi() || !got.Cluster.TLS.Enabled() || !got.Local.DirSet {
+		t.Errorf("Multi %v, TLS %v, local dir set %v", got.Cluster.Multi(), got.Cluster.TLS.Enabled(), got.Local.DirSet)
 	}
 }

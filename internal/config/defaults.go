@@ -22,6 +22,10 @@ const (
 	DefaultLocalBindHost     = "127.0.0.1"
 	DefaultDockerHost        = "unix:///var/run/docker.sock"
 	DefaultDockerPublishHost = "127.0.0.1"
+	DefaultBootstrapExpect   = 1
+	DefaultRaftMultiplier    = 1.0
+	DefaultHealthQuorum      = "majority"
+	DefaultTLSServerName     = "server.immutd"
 )
 
 // Fleet defaults.
@@ -59,6 +63,7 @@ const (
 // Limits the validation enforces.
 const (
 	maxReconcileInterval = time.Minute
+	maxClusterSize       = 9
 	maxFleetSize         = 10000
 	maxStopGrace         = 10 * time.Minute
 	minMemoryBytes       = 4 << 20
@@ -86,9 +91,10 @@ func defaultAgent() Agent {
 		HTTPAddr:          DefaultHTTPAddr,
 		LogLevel:          DefaultLogLevel,
 		ReconcileInterval: DefaultReconcileInterval,
-		Cluster:           ClusterConfig{BindAddr: DefaultClusterBindAddr},
-		Local:             LocalProvider{BindHost: DefaultLocalBindHost},
-		Docker:            DockerProvider{Host: DefaultDockerHost, PublishHost: DefaultDockerPublishHost},
+		Cluster: ClusterConfig{BindAddr: DefaultClusterBindAddr, BootstrapExpect: DefaultBootstrapExpect,
+			RaftMultiplier: DefaultRaftMultiplier, HealthQuorum: DefaultHealthQuorum, TLS: ClusterTLS{ServerName: DefaultTLSServerName}},
+		Local:  LocalProvider{BindHost: DefaultLocalBindHost},
+		Docker: DockerProvider{Host: DefaultDockerHost, PublishHost: DefaultDockerPublishHost},
 	}
 }
 
@@ -98,6 +104,7 @@ func deriveAgentDefaults(a *Agent, set agentExplicit, env agentEnv) error {
 	if !set.advertiseAddr {
 		a.Cluster.AdvertiseAddr = a.Cluster.BindAddr
 	}
+	a.Local.DirSet = set.localDir
 	if !set.localDir && a.DataDir != "" {
 		a.Local.Dir = filepath.Join(a.DataDir, DefaultLocalSubdir)
 	}

@@ -42,16 +42,63 @@ type Agent struct {
 	ReconcileInterval time.Duration `json:"reconcile_interval"`
 
 	Cluster ClusterConfig  `json:"cluster"`
+	API     APIConfig      `json:"api"`
 	Local   LocalProvider  `json:"local"`
 	Docker  DockerProvider `json:"docker"`
 }
 
-// ClusterConfig configures raft.
+// ClusterConfig configures raft and agent-to-agent traffic.
 type ClusterConfig struct {
-	// BindAddr is the raft listen address. Default 127.0.0.1:7980.
+	// BindAddr is the cluster listen address (raft and agent-to-agent RPC
+	// share it). Default 127.0.0.1:7980.
 	BindAddr string `json:"bind_addr"`
-	// AdvertiseAddr is the raft address peers dial. Default: BindAddr.
+	// AdvertiseAddr is the address peers dial. Default: BindAddr.
 	AdvertiseAddr string `json:"advertise_addr"`
+	// BootstrapExpect is the number of agents that form a new cluster
+	// together. Default 1: a single agent bootstraps itself.
+	BootstrapExpect int `json:"bootstrap_expect"`
+	// Join lists peers' cluster addresses to find the cluster through.
+	Join []string `json:"join,omitempty"`
+	// RaftMultiplier scales raft's timing (heartbeat and election timeout
+	// 200ms, leader lease 100ms, commit timeout 25ms at 1). Default 1.
+	RaftMultiplier float64 `json:"raft_multiplier"`
+	// HealthQuorum is how many agents must agree on a verdict: "majority"
+	// (default), "all", or a count.
+	HealthQuorum string `json:"health_quorum"`
+	// LeaveOnTerminate removes this agent from the cluster on SIGTERM
+	// (after handing leadership over). Default false: a restart keeps
+	// membership.
+	LeaveOnTerminate bool `json:"leave_on_terminate"`
+	// TLS secures raft and agent-to-agent RPC with mutual TLS. Required when
+	// the cluster has more than one agent.
+	TLS ClusterTLS `json:"tls"`
+}
+
+// Multi reports whether this agent is configured for a multi-agent cluster.
+func (c ClusterConfig) Multi() bool { return c.BootstrapExpect > 1 || len(c.Join) > 0 }
+
+// ClusterTLS is the cluster { tls { ... } } block.
+type ClusterTLS struct {
+	CAFile   string `json:"ca_file,omitempty"`
+	CertFile string `json:"cert_file,omitempty"`
+	KeyFile  string `json:"key_file,omitempty"`
+	// ServerName is the DNS name every agent certificate must carry.
+	// Default "server.immutd".
+	ServerName string `json:"server_name,omitempty"`
+}
+
+// Enabled reports whether mutual TLS is configured.
+func (t ClusterTLS) Enabled() bool { return t.CertFile != "" }
+
+// APIConfig is the api { ... } block: the operator HTTP API.
+type APIConfig struct {
+	// TokenFile holds the bearer token required for every request that
+	// changes state. Empty: such requests are accepted from anyone who
+	// can reach http_addr (loopback by default).
+	TokenFile string `json:"token_file,omitempty"`
+	// TLSCertFile and TLSKeyFile make the API serve HTTPS.
+	TLSCertFile string `json:"tls_cert_file,omitempty"`
+	TLSKeyFile  string `json:"tls_key_file,omitempty"`
 }
 
 // LocalProvider configures the local provider (provider "local" { ... }).
@@ -61,6 +108,9 @@ type LocalProvider struct {
 	Dir string `json:"dir"`
 	// BindHost is the loopback host instances listen on. Default 127.0.0.1.
 	BindHost string `json:"bind_host"`
+	// DirSet is true when dir was set in the file. A multi-agent cluster
+	// uses the local provider only then: the directory must be shared.
+	DirSet bool `json:"dir_set"`
 }
 
 // DockerProvider configures the docker provider (provider "docker" { ... }).

@@ -240,3 +240,14 @@ func checkDockerHost(s string) error {
 	}
 	return nil
 }
+
+func checkHealthQuorum(s string) error {
+	if s == "majority" || s == "all" {
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > maxClusterSize {
+		return fmt.Errorf("want \"majority\", \"all\" or a count from 1 to %d, got %q", maxClusterSize, s)
+	}
+	return nil
+}

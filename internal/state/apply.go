@@ -115,7 +115,11 @@ func (s *State) setDesired(c *SetDesired) Result {
 		changed = append(changed, name)
 		s.addEvent(Event{Time: c.At, Fleet: name, Action: "fleet_unconfigured", Reason: reason, Node: c.Node})
 	}
-	s.SourceHash = c.SourceHash
+	if c.ProposerID != "" {
+		s.Proposed[c.ProposerID] = c.SourceHash
+		s.SourceHash = c.SourceHash
+		s.SourceNode = c.Node
+	}
 	if len(changed) == 0 {
 		return Result{Generation: s.Generation}
 	}

@@ -98,6 +98,9 @@ type SetDesired struct {
 	AutoDrain bool      `json:"auto_drain"`
 	At        time.Time `json:"at"`
 	Node      string    `json:"node"`
+	// ProposerID is the id of the node whose fleet files these are; empty
+	// when the leader only re-pins images of the committed specs.
+	ProposerID string `json:"proposer_id,omitempty"`
 }
 
 // CommitIntents journals the intents of one plan. The whole batch is

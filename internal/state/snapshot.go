@@ -54,6 +54,9 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if s.Stats == nil {
 		s.Stats = map[string]*FleetStats{}
 	}
+	if s.Proposed == nil {
+		s.Proposed = map[string]string{}
+	}
 	if s.Finished == nil {
 		s.Finished = map[string]uint64{}
 	}

@@ -118,8 +118,14 @@ type FleetStats struct {
 // State is the whole replicated state. It is not safe for concurrent use;
 // the cluster package guards it.
 type State struct {
-	Generation  uint64                   `json:"generation"`
-	SourceHash  string                   `json:"source_hash"`
+	Generation uint64 `json:"generation"`
+	SourceHash string `json:"source_hash"`
+	// SourceNode is the node whose fleet files were committed last.
+	SourceNode string `json:"source_node,omitempty"`
+	// Proposed maps a node id to the hash of the fleet files it last
+	// proposed. A node proposes only when its files changed since, so
+	// agents whose directories differ never flip-flop the desired state.
+	Proposed    map[string]string        `json:"proposed,omitempty"`
 	DesiredAt   time.Time                `json:"desired_at"`
 	Fleets      map[string]*DesiredFleet `json:"fleets"`
 	Instances   map[string]*Instance     `json:"instances"`
@@ -139,6 +145,7 @@ func New() *State {
 		Intents:     map[string]*Intent{},
 		Stats:       map[string]*FleetStats{},
 		Finished:    map[string]uint64{},
+		Proposed:    map[string]string{},
 		NextEventID: 1,
 	}
 }

@@ -74,11 +74,16 @@ func TestSetDesiredGenerations(t *testing.T) {
 		t.Fatal("stale base accepted")
 	}
 	// Same content: no new generation.
-	if r := mustApply(t, s, &SetDesired{BaseGeneration: 1, SourceHash: "h2", Fleets: []*DesiredFleet{fleet("web", 3, "d1"), fleet("api", 1, "d1")}, At: t0}); r.Generation != 1 || len(r.Changed) != 0 {
+	if r := mustApply(t, s, &SetDesired{BaseGeneration: 1, SourceHash: "h2", ProposerID: "n1", Node: "node-1", Fleets: []*DesiredFleet{fleet("web", 3, "d1"), fleet("api", 1, "d1")}, At: t0}); r.Generation != 1 || len(r.Changed) != 0 {
 		t.Fatalf("no-op bumped: %+v", r)
 	}
-	if s.SourceHash != "h2" {
-		t.Fatalf("source hash not recorded")
+	if s.SourceHash != "h2" || s.SourceNode != "node-1" || s.Proposed["n1"] != "h2" {
+		t.Fatalf("proposal not recorded: %q %q %v", s.SourceHash, s.SourceNode, s.Proposed)
+	}
+	// A re-pin by the leader (no proposer) leaves the proposals alone.
+	mustApply(t, s, &SetDesired{BaseGeneration: 1, SourceHash: "ignored", Fleets: []*DesiredFleet{fleet("web", 3, "d1"), fleet("api", 1, "d1")}, At: t0})
+	if s.SourceHash != "h2" || len(s.Proposed) != 1 {
+		t.Fatalf("re-pin changed the proposals: %q %v", s.SourceHash, s.Proposed)
 	}
 	// A change bumps only the changed fleet's generation; a removed fleet is kept, unconfigured.
 	r = mustApply(t, s, &SetDesired{BaseGeneration: 1, Fleets: []*DesiredFleet{fleet("web", 3, "d2")}, At: t0.Add(time.Minute)})
