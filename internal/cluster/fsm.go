@@ -22,6 +22,8 @@ type fsm struct {
 	st      *state.State
 	applied uint64
 	term    uint64
+	// restores counts snapshot restores (installs from a leader included).
+	restores int
 
 	// changed is closed and replaced after every applied entry so waiters
 	// can block on "the state moved".
@@ -97,6 +99,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.st = st
+	f.restores++
 	f.mu.Unlock()
 	f.notify()
 	return nil

@@ -1,0 +1,288 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/immutd/immutd/internal/state"
+)
+
+// faultLayer is a loopback TCP stream layer that a test can cut off: while
+// down, it dials nothing, refuses what it accepts, and it drops every
+// connection it had when it went down.
+type faultLayer struct {
+	net.Listener
+	advertise net.Addr
+	down      atomic.Bool
+	mu        sync.Mutex
+	conns     []net.Conn
+}
+
+func newFaultLayer(t *testing.T) *faultLayer {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &faultLayer{Listener: ln, advertise: ln.Addr()}
+}
+
+func (l *faultLayer) Addr() net.Addr { return l.advertise }
+
+func (l *faultLayer) track(c net.Conn) net.Conn {
+	l.mu.Lock()
+	l.conns = append(l.conns, c)
+	l.mu.Unlock()
+	return c
+}
+
+func (l *faultLayer) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.down.Load() {
+			c.Close()
+			continue
+		}
+		return l.track(c), nil
+	}
+}
+
+func (l *faultLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	if l.down.Load() {
+		return nil, errors.New("partitioned")
+	}
+	c, err := net.DialTimeout("tcp", string(addr), timeout)
+	if err != nil {
+		return nil, err
+	}
+	return l.track(c), nil
+}
+
+func (l *faultLayer) partition() {
+	l.down.Store(true)
+	l.mu.Lock()
+	for _, c := range l.conns {
+		c.Close()
+	}
+	l.conns = nil
+	l.mu.Unlock()
+}
+
+func (l *faultLayer) heal() { l.down.Store(false) }
+
+type testCluster struct {
+	t      *testing.T
+	nodes  []*Node
+	layers []*faultLayer
+}
+
+func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t}
+	var servers []raft.Server
+	for i := 0; i < n; i++ {
+		l := newFaultLayer(t)
+		cfg := Config{DataDir: t.TempDir(), Layer: l, Timing: ScaledTiming(0.5), Logger: zaptest.NewLogger(t).Named(fmt.Sprintf("n%d", i))}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		node, err := Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.nodes = append(tc.nodes, node)
+		tc.layers = append(tc.layers, l)
+		servers = append(servers, raft.Server{ID: raft.ServerID(node.ID()), Address: raft.ServerAddress(node.LocalAddr()), Suffrage: raft.Voter})
+	}
+	for _, node := range tc.nodes {
+		if err := node.BootstrapServers(servers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, node := range tc.nodes {
+			node.Shutdown()
+		}
+	})
+	return tc
+}
+
+// leader waits for exactly one leader among the nodes not excluded.
+func (tc *testCluster) leader(exclude ...int) int {
+	tc.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		found := -1
+		count := 0
+		for i, n := range tc.nodes {
+			if contains(exclude, i) {
+				continue
+			}
+			if n.IsLeader() {
+				found = i
+				count++
+			}
+		}
+		if count == 1 {
+			return found
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tc.t.Fatalf("no single leader within 15s")
+	return -1
+}
+
+func contains(xs []int, x int) bool {
+	for _, y := range xs {
+		if x == y {
+			return true
+		}
+	}
+	return false
+}
+
+func event(i int) *state.RecordEvents {
+	return &state.RecordEvents{Events: []state.Event{{Action: "test", Reason: fmt.Sprint(i)}}}
+}
+
+func (tc *testCluster) waitEvents(i, n int) {
+	tc.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got := 0
+		tc.nodes[i].Read(func(st *state.State) { got = len(st.Events) })
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			tc.t.Fatalf("node %d has %d events, want %d", i, got, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestClusterElectsAndReplicates(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l := tc.leader()
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		if _, err := tc.nodes[l].Apply(ctx, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range tc.nodes {
+		tc.waitEvents(i, 5)
+	}
+	f := (l + 1) % 3
+	if _, err := tc.nodes[f].Apply(ctx, event(9)); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("apply on a follower: %v, want ErrNotLeader", err)
+	}
+	if v := tc.nodes[f].Voters(); v != 3 {
+		t.Fatalf("voters %d", v)
+	}
+}
+
+func TestPartitionedLeaderIsReplacedAndCatchesUp(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	old := tc.leader()
+	ctx := context.Background()
+	if _, err := tc.nodes[old].Apply(ctx, event(0)); err != nil {
+		t.Fatal(err)
+	}
+	tc.layers[old].partition()
+	nl := tc.leader(old)
+	if nl == old {
+		t.Fatal("partitioned node still the only leader")
+	}
+	// The cut-off leader steps down within its lease and cannot commit.
+	deadline := time.Now().Add(5 * time.Second)
+	for tc.nodes[old].IsLeader() {
+		if time.Now().After(deadline) {
+			t.Fatal("partitioned leader did not step down")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	if _, err := tc.nodes[old].Apply(cctx, event(99)); err == nil {
+		t.Fatal("a partitioned node committed an entry")
+	}
+	cancel()
+	for i := 1; i <= 3; i++ {
+		if _, err := tc.nodes[nl].Apply(ctx, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc.layers[old].heal()
+	tc.waitEvents(old, 4)
+	var last string
+	tc.nodes[old].Read(func(st *state.State) { last = st.Events[len(st.Events)-1].Reason })
+	if last != "3" {
+		t.Fatalf("healed node's last event %q, want the new leader's", last)
+	}
+}
+
+func TestMinorityMakesNoProgress(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l := tc.leader()
+	a, b := (l+1)%3, (l+2)%3
+	tc.layers[a].partition()
+	tc.layers[b].partition()
+	// The leader has lost its quorum: it steps down, and no node leads.
+	deadline := time.Now().Add(5 * time.Second)
+	for tc.nodes[l].IsLeader() {
+		if time.Now().After(deadline) {
+			t.Fatal("leader without quorum did not step down")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	for i, n := range tc.nodes {
+		if n.IsLeader() {
+			t.Fatalf("node %d leads without a quorum", i)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := tc.nodes[l].Apply(ctx, event(1)); err == nil {
+		t.Fatal("committed without quorum")
+	}
+	tc.layers[a].heal()
+	tc.layers[b].heal()
+	tc.leader()
+}
+
+func TestSnapshotInstallOnLaggingFollower(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.TrailingLogs = 5; c.SnapshotThreshold = 10 })
+	l := tc.leader()
+	lag := (l + 1) % 3
+	tc.layers[lag].partition()
+	ctx := context.Background()
+	for i := 0; i < 60; i++ {
+		if _, err := tc.nodes[l].Apply(ctx, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Compact the leader's log past what the follower has.
+	if err := tc.nodes[l].Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	tc.layers[lag].heal()
+	tc.waitEvents(lag, 60)
+	tc.nodes[lag].fsm.mu.RLock()
+	restores := tc.nodes[lag].fsm.restores
+	tc.nodes[lag].fsm.mu.RUnlock()
+	if restores == 0 {
+		t.Fatal("the lagging follower caught up without installing a snapshot; the test did not exercise InstallSnapshot")
+	}
+}
