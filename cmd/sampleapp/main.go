@@ -8,9 +8,14 @@
 //	POST /fail     make /healthz fail from now on
 //	POST /recover  make /healthz pass again
 //
-// It listens on 127.0.0.1:$PORT, or on -addr when PORT is not set, and
-// shuts down gracefully on SIGTERM or SIGINT. The version is set at build
-// time with -ldflags "-X main.version=1.0.0".
+// It listens on $HOST:$PORT ($HOST defaults to 127.0.0.1; a container
+// image sets HOST=0.0.0.0), or on -addr when PORT is not set, and shuts
+// down gracefully on SIGTERM or SIGINT. The version is set at build time
+// with -ldflags "-X main.version=1.0.0".
+//
+// For tests that change a running container in place, the binary has no
+// shell to lean on, so "sampleapp -write-file PATH -content TEXT" writes
+// TEXT to PATH and exits instead of serving.
 package main
 
 import (
@@ -47,6 +52,8 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	failAfter := fs.Duration("fail-after", 0, "start failing /healthz after this long (0: never)")
 	ignoreTerm := fs.Bool("ignore-sigterm", false, "log and ignore SIGTERM (stop only on SIGINT or SIGKILL)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	writeFile := fs.String("write-file", "", "(for tests) write -content to this file and exit")
+	content := fs.String("content", "", "(for tests) what -write-file writes")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -55,9 +62,20 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, version)
 		return 0
 	}
+	if *writeFile != "" {
+		if err := os.WriteFile(*writeFile, []byte(*content), 0o644); err != nil {
+			logger.Printf("write file: %v", err)
+			return 1
+		}
+		return 0
+	}
 	listenAddr := *addr
 	if port := getenv("PORT"); port != "" {
-		listenAddr = net.JoinHostPort("127.0.0.1", port)
+		host := getenv("HOST")
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		listenAddr = net.JoinHostPort(host, port)
 	}
 
 	app := &app{

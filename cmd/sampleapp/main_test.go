@@ -2,12 +2,17 @@ package main
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func get(t *testing.T, h http.Handler, method, target string) (int, string) {
@@ -82,4 +87,81 @@ func TestBadFlag(t *testing.T) {
 	if code := run([]string{"-no-such-flag"}, func(string) string { return "" }, &stderr); code != 2 {
 		t.Fatalf("exit code %d, want 2", code)
 	}
+}
+
+func TestWriteFile(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "out.txt")
+	var stderr strings.Builder
+	if code := run([]string{"-write-file", name, "-content", "changed\n"}, func(string) string { return "" }, &stderr); code != 0 {
+		t.Fatalf("exit code %d: %s", code, stderr.String())
+	}
+	b, err := os.ReadFile(name)
+	if err != nil || string(b) != "changed\n" {
+		t.Fatalf("file = %q, %v", b, err)
+	}
+	missing := filepath.Join(t.TempDir(), "no", "such", "dir", "x")
+	if code := run([]string{"-write-file", missing}, func(string) string { return "" }, &stderr); code != 1 {
+		t.Fatalf("write into a missing directory: exit code %d, want 1", code)
+	}
+}
+
+func TestListensOnHostAndPort(t *testing.T) {
+	// Find a free loopback port, then let the app listen on it with HOST set.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	env := map[string]string{"PORT": port, "HOST": "127.0.0.1"}
+	var mu sync.Mutex
+	var stderr strings.Builder
+	done := make(chan int, 1)
+	go func() {
+		done <- run(nil, func(k string) string { return env[k] }, lockedWriter{&mu, &stderr})
+	}()
+	url := "http://" + net.JoinHostPort("127.0.0.1", port) + "/healthz"
+	var resp *http.Response
+	for i := 0; i < 100; i++ {
+		if resp, err = http.Get(url); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s = %d", url, resp.StatusCode)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("exit code %d: %s", code, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("app did not stop on SIGINT")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := "listening on 127.0.0.1:" + port; !strings.Contains(stderr.String(), want) {
+		t.Errorf("log %q lacks %q", stderr.String(), want)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -5,10 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path"
-	"strings"
 
 	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/pathmatch"
 )
 
 // maxEvidence caps the evidence items of a finding; the rest are counted.
@@ -41,7 +40,7 @@ func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
-	ign, err := compileIgnore(ignore)
+	ign, err := pathmatch.Compile(ignore)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +56,7 @@ func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []
 	if err != nil {
 		return nil, err
 	}
-	got, err := walkTree(ctx, p.instanceRoot(id), walkOptions{skip: ign.match})
+	got, err := walkTree(ctx, p.instanceRoot(id), walkOptions{skip: ign.Match})
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +65,7 @@ func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []
 	}
 	var want []entry
 	for _, e := range rec.Entries {
-		if !ign.match(e.Path) {
+		if !ign.Match(e.Path) {
 			want = append(want, e)
 		}
 	}
@@ -120,85 +119,4 @@ func diffEntry(w, g entry) string {
 		return fmt.Sprintf("mode %s %04o->%04o", w.Path, w.Mode, g.Mode)
 	}
 	return ""
-}
-
-// ignoreSet is a compiled list of ignore patterns.
-type ignoreSet struct {
-	patterns [][]string
-}
-
-// compileIgnore checks and splits ignore patterns. A leading "/" or "./"
-// is allowed and means the instance root.
-func compileIgnore(patterns []string) (*ignoreSet, error) {
-	s := &ignoreSet{}
-	for _, raw := range patterns {
-		pat := strings.TrimPrefix(strings.TrimPrefix(raw, "./"), "/")
-		pat = strings.TrimSuffix(pat, "/")
-		if pat == "" || pat == "." {
-			return nil, fmt.Errorf("ignore pattern %q matches nothing; use \"**\" to ignore everything", raw)
-		}
-		segs := strings.Split(pat, "/")
-		for _, seg := range segs {
-			if seg == "" || seg == "." || seg == ".." {
-				return nil, fmt.Errorf("ignore pattern %q: empty, \".\" and \"..\" segments are not allowed", raw)
-			}
-			if seg == "**" {
-				continue
-			}
-			if _, err := path.Match(seg, ""); err != nil {
-				return nil, fmt.Errorf("ignore pattern %q: %w", raw, err)
-			}
-		}
-		s.patterns = append(s.patterns, segs)
-	}
-	return s, nil
-}
-
-// match reports whether rel (a slash path) or one of its parent
-// directories matches a pattern.
-func (s *ignoreSet) match(rel string) bool {
-	if len(s.patterns) == 0 {
-		return false
-	}
-	segs := strings.Split(rel, "/")
-	for n := 1; n <= len(segs); n++ {
-		for _, pat := range s.patterns {
-			if matchSegments(pat, segs[:n]) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// matchSegments matches path segments against pattern segments, where
-// "**" stands for any number of segments. It backtracks only to the last
-// "**", which is enough because "**" matches any sequence.
-func matchSegments(pat, name []string) bool {
-	pi, ni := 0, 0
-	star, starName := -1, 0
-	for ni < len(name) {
-		switch {
-		case pi < len(pat) && pat[pi] == "**":
-			star, starName = pi, ni
-			pi++
-		case pi < len(pat) && segmentMatch(pat[pi], name[ni]):
-			pi++
-			ni++
-		case star >= 0:
-			starName++
-			pi, ni = star+1, starName
-		default:
-			return false
-		}
-	}
-	for pi < len(pat) && pat[pi] == "**" {
-		pi++
-	}
-	return pi == len(pat)
-}
-
-func segmentMatch(pat, name string) bool {
-	ok, err := path.Match(pat, name)
-	return err == nil && ok
 }
