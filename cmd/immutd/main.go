@@ -5,7 +5,9 @@
 //	immutd validate [-config FILE] [DIR]
 //	immutd status [-addr ADDR] [-json] [-fleet NAME]
 //	immutd events [-addr ADDR] [-fleet NAME] [-n N] [-follow]
-//	immutd fleet drain NAME [-addr ADDR]
+//	immutd fleet drain|resolve NAME [-addr ADDR]
+//	immutd cluster members|join ADDR|leave|remove NODE [-addr ADDR]
+//	immutd tls init -dir DIR -nodes a,b,c [-ips ...]
 //	immutd version
 package main
 
@@ -33,7 +35,17 @@ commands:
   status                  show fleets, instances, health, drift, blocked reasons, events
   events                  show the event log (why every instance was launched or killed)
   fleet drain NAME        terminate the instances of a fleet removed from the files
+  fleet resolve NAME      pin the fleet's image reference again (after a tag moved)
+  cluster members         list the servers of the cluster with their health
+  cluster join ADDR       make this agent join the cluster through a peer's cluster address
+  cluster leave           remove this agent from the cluster, then stop it
+  cluster remove NODE     remove a server (by id or name) from the cluster
+  tls init                create a CA and one certificate per agent for cluster mTLS
   version                 print the version
+
+Commands that talk to an agent take -addr (default $IMMUTD_ADDR or
+127.0.0.1:7979), -token-file (default $IMMUTD_TOKEN_FILE) for the API
+token, and -ca-file for an https:// address.
 
 Run 'immutd <command> -h' for a command's flags.
 `
@@ -56,6 +68,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdEvents(args[1:], stdout, stderr)
 	case "fleet":
 		return cmdFleet(args[1:], stdout, stderr)
+	case "cluster":
+		return cmdCluster(args[1:], stdout, stderr)
+	case "tls":
+		return cmdTLS(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "immutd %s (revision %s, %s)\n", agent.Version, agent.Revision, runtime.Version())
 		return 0

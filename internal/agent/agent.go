@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -21,7 +23,9 @@ import (
 	"github.com/immutd/immutd/internal/api"
 	"github.com/immutd/immutd/internal/cluster"
 	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/mtls"
 	"github.com/immutd/immutd/internal/probe"
+	"github.com/immutd/immutd/internal/provider/docker"
 	"github.com/immutd/immutd/internal/provider/local"
 	"github.com/immutd/immutd/internal/reconcile"
 	"github.com/immutd/immutd/internal/state"
@@ -29,28 +33,44 @@ import (
 
 // Agent is one running immutd agent.
 type Agent struct {
-	cfg   *config.Agent
-	log   *zap.Logger
-	level zap.AtomicLevel
-	m     *metrics
+	cfg    *config.Agent
+	log    *zap.Logger
+	level  zap.AtomicLevel
+	m      *metrics
+	quorum QuorumRule
 
 	node      *cluster.Node
 	prober    *probe.Prober
 	providers map[string]reconcile.Provider
 	api       *api.Server
+	identity  *mtls.Identity
+	rpcClient *http.Client
+	votes     *votes
+	names     nameBook
+	// localMarker is the local provider directory, when it is in use.
+	localMarker string
 
-	wake chan struct{}
+	wake           chan struct{}
+	proposeNow     chan struct{}
+	verdictChanged chan struct{}
+	term           atomic.Pointer[term]
+	// stop ends Run (cluster leave asks for it).
+	stop     chan struct{}
+	stopOnce sync.Once
 
 	mu sync.Mutex
 	// latest valid fleet set read from the fleets directory.
 	fleets     *config.FleetSet
 	fleetsHash string
+	// startHash is the hash of the first valid fleet set this process read.
+	startHash  string
 	configErr  *ConfigStatus
 	lastStatus *Status
 	autoDrain  bool
 	interval   time.Duration
 	firstSeen  map[string]time.Time
 	lastPass   time.Time
+	token      string
 	// knownFleets have metric series exported.
 	knownFleets map[string]bool
 }
@@ -80,20 +100,71 @@ func NewLogger(level string) (*zap.Logger, zap.AtomicLevel, error) {
 
 // New prepares an agent; Run starts it.
 func New(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel) (*Agent, error) {
-	a := &Agent{cfg: cfg, log: log, level: level, m: newMetrics(), wake: make(chan struct{}, 1),
+	q, err := ParseQuorum(cfg.Cluster.HealthQuorum)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: log, level: level, m: newMetrics(), quorum: q, votes: newVotes(),
+		wake: make(chan struct{}, 1), proposeNow: make(chan struct{}, 1), verdictChanged: make(chan struct{}, 1), stop: make(chan struct{}),
 		providers: map[string]reconcile.Provider{}, autoDrain: cfg.AutoDrainRemovedFleets,
 		interval: cfg.ReconcileInterval, firstSeen: map[string]time.Time{}, knownFleets: map[string]bool{}}
 	if err := a.m.bridgeRaftMetrics(); err != nil {
 		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
-	lp, err := local.New(local.Options{Dir: cfg.Local.Dir, BindHost: cfg.Local.BindHost, Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("agent: local provider: %w", err)
+	// In a cluster the local provider is used only with an explicitly
+	// configured directory that all agents share (one host); elsewhere its
+	// fleets are refused with a clear reason.
+	if !cfg.Cluster.Multi() || cfg.Local.DirSet {
+		lp, err := local.New(local.Options{Dir: cfg.Local.Dir, BindHost: cfg.Local.BindHost, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("agent: local provider: %w", err)
+		}
+		a.providers["local"] = lp
+		a.localMarker = cfg.Local.Dir
 	}
-	a.providers["local"] = lp
+	dp, err := docker.New(docker.Options{Host: cfg.Docker.Host, CertPath: cfg.Docker.CertPath, TLSVerify: cfg.Docker.TLSVerify,
+		PublishHost: cfg.Docker.PublishHost, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("agent: docker provider: %w", err)
+	}
+	a.providers["docker"] = dp
+	if err := a.loadToken(); err != nil {
+		return nil, err
+	}
 	a.prober = probe.New(probe.Options{Logger: log, Registerer: a.m.reg,
-		OnChange: func(string, probe.Verdict) { a.Wake() }})
+		OnChange: func(string, probe.Verdict) {
+			a.Wake()
+			select {
+			case a.verdictChanged <- struct{}{}:
+			default:
+			}
+		}})
 	return a, nil
+}
+
+func (a *Agent) loadToken() error {
+	if a.cfg.API.TokenFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(a.cfg.API.TokenFile)
+	if err != nil {
+		return fmt.Errorf("agent: api token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return fmt.Errorf("agent: api token in %s is shorter than 16 characters", a.cfg.API.TokenFile)
+	}
+	a.mu.Lock()
+	a.token = tok
+	a.mu.Unlock()
+	return nil
+}
+
+// Token returns the API bearer token ("" when none is configured).
+func (a *Agent) Token() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.token
 }
 
 // Wake asks the leader loop for a reconcile pass now.
@@ -104,27 +175,57 @@ func (a *Agent) Wake() {
 	}
 }
 
+func (a *Agent) currentTerm() *term { return a.term.Load() }
+
 // Run runs the agent until ctx is cancelled or a component fails.
 // reload delivers SIGHUPs.
 func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
-	ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
+	c := a.cfg.Cluster
+	if c.TLS.Enabled() {
+		id, err := mtls.Load(mtls.Config{CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile, ServerName: c.TLS.ServerName})
+		if err != nil {
+			return fmt.Errorf("agent: cluster tls: %w", err)
+		}
+		a.identity = id
+	}
+	apiLn, err := net.Listen("tcp", a.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("agent: http listen on %s: %w", a.cfg.HTTPAddr, err)
 	}
-	node, err := cluster.Open(cluster.Config{DataDir: a.cfg.DataDir, BindAddr: a.cfg.Cluster.BindAddr,
-		Advertise: a.cfg.Cluster.AdvertiseAddr, Bootstrap: true, Logger: a.log.Named("raft")})
+	clusterLn, err := net.Listen("tcp", c.BindAddr)
 	if err != nil {
-		ln.Close()
+		apiLn.Close()
+		return fmt.Errorf("agent: cluster listen on %s: %w", c.BindAddr, err)
+	}
+	advertise, err := net.ResolveTCPAddr("tcp", c.AdvertiseAddr)
+	if err != nil {
+		apiLn.Close()
+		clusterLn.Close()
+		return fmt.Errorf("agent: advertise address %q: %w", c.AdvertiseAddr, err)
+	}
+	mux := mtls.NewMux(clusterLn, a.identity, advertise, a.log.Named("mux"))
+	a.rpcClient = &http.Client{Transport: mux.RPCTransport(), Timeout: 15 * time.Second}
+	node, err := cluster.Open(cluster.Config{DataDir: a.cfg.DataDir, Layer: mux.RaftLayer(), Bootstrap: !c.Multi(),
+		Timing: cluster.ScaledTiming(c.RaftMultiplier), Logger: a.log.Named("raft")})
+	if err != nil {
+		apiLn.Close()
+		mux.Close()
 		return err
 	}
 	a.node = node
+	if a.localMarker != "" {
+		if err := a.writeLocalMarker(); err != nil {
+			a.log.Warn("could not record this agent in the local provider directory", zap.Error(err))
+		}
+	}
 	a.log.Info("agent started", zap.String("node", a.cfg.NodeName), zap.String("node_id", node.ID()),
-		zap.String("http_addr", ln.Addr().String()), zap.String("fleets_dir", a.cfg.FleetsDir), zap.String("version", Version))
+		zap.String("http_addr", apiLn.Addr().String()), zap.String("cluster_addr", node.LocalAddr()), zap.Bool("mtls", a.identity != nil),
+		zap.String("fleets_dir", a.cfg.FleetsDir), zap.String("version", Version))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 8)
 	run := func(name string, fn func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -134,30 +235,58 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 			}
 		}()
 	}
-
-	a.api = api.New(a, a.m.reg, a.log.Named("api"))
-	srv := &http.Server{Handler: a.api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	serve := func(name string, srv *http.Server, ln net.Listener, tlsFiles ...string) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if len(tlsFiles) == 2 {
+				err = srv.ServeTLS(ln, tlsFiles[0], tlsFiles[1])
+			} else {
+				err = srv.Serve(ln)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("http: %w", err)
+		if err := mux.Serve(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errc <- fmt.Errorf("cluster mux: %w", err)
 		}
 	}()
 
-	watcher := config.NewWatcher(a.cfg.FleetsDir, config.WatchOptions{})
+	a.api = api.New(a, a.m.reg, a.log.Named("api"))
+	apiSrv := &http.Server{Handler: a.api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	if a.cfg.API.TLSCertFile != "" {
+		serve("http", apiSrv, apiLn, a.cfg.API.TLSCertFile, a.cfg.API.TLSKeyFile)
+	} else {
+		serve("http", apiSrv, apiLn)
+	}
+	rpcSrv := &http.Server{Handler: a.rpcHandler(), ReadHeaderTimeout: 10 * time.Second}
+	serve("rpc", rpcSrv, mux.RPCListener())
+
+	watcher := config.NewWatcher(a.cfg.FleetsDir, config.WatchOptions{Logger: a.log.Named("watch")})
 	run("watch", watcher.Run)
 	run("config", func(ctx context.Context) error { return a.consumeConfig(ctx, watcher.Updates()) })
 	run("probe", a.prober.Run)
 	run("leadership", a.leadership)
 	run("probe-targets", a.syncProbeTargets)
 	run("systemd", a.notifySystemd)
+	run("propose", a.proposeLoop)
+	run("report-verdicts", a.reportVerdicts)
+	run("quorum-watch", a.watchQuorum)
+	run("form-cluster", a.formCluster)
 
 	var runErr error
 loop:
 	for {
 		select {
 		case <-ctx.Done():
+			break loop
+		case <-a.stop:
 			break loop
 		case err := <-errc:
 			runErr = err
@@ -168,16 +297,72 @@ loop:
 		}
 	}
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	a.gracefulStop()
 	cancel()
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
-	_ = srv.Shutdown(shutdownCtx)
+	_ = apiSrv.Shutdown(shutdownCtx)
+	_ = rpcSrv.Shutdown(shutdownCtx)
 	stop()
 	wg.Wait()
 	if err := node.Shutdown(); err != nil {
 		a.log.Warn("raft shutdown", zap.Error(err))
 	}
+	mux.Close()
 	a.log.Info("agent stopped")
 	return runErr
+}
+
+// gracefulStop hands leadership over before the agent stops, and leaves
+// the cluster when leave_on_terminate is set.
+func (a *Agent) gracefulStop() {
+	if a.cfg.Cluster.LeaveOnTerminate && a.cfg.Cluster.Multi() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := a.leaveCluster(ctx); err != nil {
+			a.log.Warn("leave on terminate failed", zap.Error(err))
+		}
+		return
+	}
+	if a.node.IsLeader() && a.node.Voters() > 1 {
+		start := time.Now()
+		if err := a.node.LeadershipTransfer(); err != nil {
+			a.log.Warn("leadership transfer failed", zap.Error(err))
+			return
+		}
+		a.log.Info("leadership handed over", zap.Float64("duration_seconds", time.Since(start).Seconds()))
+	}
+}
+
+// watchQuorum exports no_quorum for every fleet while this agent sees no
+// leader: nothing can be changed then, and operators should know.
+func (a *Agent) watchQuorum(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	since := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		leader, _ := a.node.Leader()
+		if leader != "" {
+			if !since.IsZero() {
+				since = time.Time{}
+				a.m.blocked.DeletePartialMatch(map[string]string{"cause": CauseNoQuorum})
+				a.log.Info("cluster has a leader again", zap.String("leader", leader))
+			}
+			continue
+		}
+		if since.IsZero() {
+			since = time.Now()
+			a.log.Warn("no leader: the cluster has no quorum, nothing is launched or terminated", zap.String("reason", CauseNoQuorum))
+		}
+		v := a.readView()
+		for name := range v.fleets {
+			a.m.blocked.WithLabelValues(name, CauseNoQuorum).Set(1)
+		}
+	}
 }
 
 // consumeConfig takes updates from the fleets directory watcher.
@@ -209,11 +394,17 @@ func (a *Agent) consumeConfig(ctx context.Context, updates <-chan config.Update)
 			st.Fleets = len(u.Set.Fleets)
 			a.configErr = st
 			a.fleets, a.fleetsHash = u.Set, u.Hash
+			if a.startHash == "" {
+				a.startHash = u.Hash
+			}
 			a.mu.Unlock()
 			a.m.reloadOK.Set(1)
 			a.m.reloadTime.Set(float64(u.At.Unix()))
 			a.log.Info("fleet files loaded", zap.String("dir", a.cfg.FleetsDir), zap.Int("fleets", len(u.Set.Fleets)), zap.String("hash", short(u.Hash)))
-			a.Wake()
+			select {
+			case a.proposeNow <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -243,8 +434,16 @@ func (a *Agent) reloadAgentConfig() {
 	if next.FleetsDir != a.cfg.FleetsDir {
 		restart = append(restart, "fleets_dir")
 	}
-	if next.Cluster != a.cfg.Cluster {
+	if fmt.Sprint(next.Cluster) != fmt.Sprint(a.cfg.Cluster) || next.API != a.cfg.API {
 		restart = append(restart, "cluster")
+	}
+	if err := a.loadToken(); err != nil {
+		a.log.Error("agent config reload: api token", zap.Error(err))
+	}
+	if a.identity != nil {
+		if err := a.identity.Reload(); err != nil {
+			a.log.Error("agent config reload: cluster certificates; keeping the loaded ones", zap.Error(err))
+		}
 	}
 	if next.Local != a.cfg.Local || next.Docker != a.cfg.Docker {
 		restart = append(restart, "provider")

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -17,55 +18,178 @@ import (
 // tried again.
 const resolveRetry = 10 * time.Second
 
-// proposeDesired commits the latest valid fleet set as a new desired
-// generation when it differs from the committed one. Images are pinned
-// here: a fleet whose image reference did not change keeps its committed
-// digest, so neither an edited bundle nor a moved tag leaks into a running
-// fleet; only a change of the fleet file (or an explicit re-resolve) pins
-// again.
-func (t *term) proposeDesired(ctx context.Context) error {
-	a := t.a
+// Proposal is one agent's fleet files, sent to the leader to be committed.
+type Proposal struct {
+	ProposerID   string          `json:"proposer_id"`
+	ProposerName string          `json:"proposer_name"`
+	Hash         string          `json:"hash"`
+	Fleets       []*config.Fleet `json:"fleets"`
+}
+
+// wantProposal says whether this agent's fleet files must be proposed: only
+// when they changed since this agent last proposed (or, for an agent that
+// never proposed, since it started), or when nothing was ever committed.
+// An agent whose files merely differ from the committed ones does not
+// override them; status and immutd_config_diverged report the difference.
+func (a *Agent) wantProposal() (*Proposal, bool) {
 	a.mu.Lock()
-	set, hash, autoDrain := a.fleets, a.fleetsHash, a.autoDrain
+	set, hash, startHash := a.fleets, a.fleetsHash, a.startHash
 	a.mu.Unlock()
 	if set == nil {
-		return nil
+		return nil, false
 	}
-	v := a.readView()
-	retry := false
-	for _, f := range v.fleets {
-		if f.ResolveError != "" && !f.Unconfigured {
-			retry = true
+	var last string
+	var ok bool
+	var gen uint64
+	var committed string
+	a.node.Read(func(st *state.State) {
+		last, ok = st.Proposed[a.node.ID()]
+		gen, committed = st.Generation, st.SourceHash
+	})
+	a.setDiverged(hash != committed && gen > 0)
+	if !ok {
+		if gen == 0 {
+			return a.proposal(set, hash), true
+		}
+		last = startHash
+	}
+	if hash == last {
+		return nil, false
+	}
+	return a.proposal(set, hash), true
+}
+
+func (a *Agent) proposal(set *config.FleetSet, hash string) *Proposal {
+	return &Proposal{ProposerID: a.node.ID(), ProposerName: a.cfg.NodeName, Hash: hash, Fleets: set.Fleets}
+}
+
+func (a *Agent) setDiverged(d bool) {
+	v := 0.0
+	if d {
+		v = 1
+	}
+	a.m.configDiverged.Set(v)
+}
+
+// proposeLoop proposes this agent's fleet files whenever they need it: on
+// the leader it commits them, on a follower it forwards them.
+func (a *Agent) proposeLoop(ctx context.Context) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	backoff := time.Duration(0)
+	for {
+		changes := a.node.Changes()
+		if p, ok := a.wantProposal(); ok {
+			err := a.propose(ctx, p)
+			switch {
+			case err == nil:
+				backoff = 0
+			case ctx.Err() != nil:
+				return ctx.Err()
+			default:
+				backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
+				a.log.Warn("fleet files not committed yet; retrying", zap.Duration("retry_in", backoff), zap.Error(err))
+			}
+		}
+		wait := time.After(backoff)
+		if backoff == 0 {
+			wait = nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.proposeNow:
+		case <-changes:
+		case <-tick.C:
+		case <-wait:
 		}
 	}
-	if hash == v.sourceHash && !(retry && time.Since(t.lastResolveTry) >= resolveRetry) {
+}
+
+func (a *Agent) propose(ctx context.Context, p *Proposal) error {
+	if a.node.IsLeader() {
+		return a.commitProposal(ctx, p)
+	}
+	return a.forwardProposal(ctx, p)
+}
+
+// errNotReady: this node leads but has not established leadership yet.
+var errNotReady = errors.New("leader is not ready yet")
+
+// commitProposal pins the proposal's images and commits it as a new
+// desired generation. Leader only.
+func (a *Agent) commitProposal(ctx context.Context, p *Proposal) error {
+	t := a.currentTerm()
+	if t == nil {
+		return errNotReady
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		v := a.readView()
+		fleets := make([]*state.DesiredFleet, 0, len(p.Fleets))
+		for _, f := range p.Fleets {
+			fleets = append(fleets, t.pin(ctx, f, v.fleets[f.Name], false))
+		}
+		a.mu.Lock()
+		autoDrain := a.autoDrain
+		a.mu.Unlock()
+		res, err := a.node.Apply(ctx, &state.SetDesired{BaseGeneration: v.generation, SourceHash: p.Hash, Fleets: fleets,
+			AutoDrain: autoDrain, At: time.Now(), Node: p.ProposerName, ProposerID: p.ProposerID})
+		if err != nil {
+			return err
+		}
+		if res.Error() != nil {
+			continue // the base moved under us: read again
+		}
+		if len(res.Changed) > 0 {
+			a.log.Info("desired state committed", zap.Uint64("generation", res.Generation), zap.Strings("fleets", res.Changed),
+				zap.String("node", p.ProposerName))
+		}
+		a.Wake()
 		return nil
 	}
-	t.lastResolveTry = time.Now()
-	fleets := make([]*state.DesiredFleet, 0, len(set.Fleets))
-	for _, f := range set.Fleets {
-		fleets = append(fleets, t.pin(ctx, f, v.fleets[f.Name], false))
+	return fmt.Errorf("desired state kept moving; will retry")
+}
+
+// repin re-resolves the images of committed fleets (those whose resolution
+// failed, or the named ones when forced) without touching their specs.
+func (t *term) repin(ctx context.Context, force map[string]bool) error {
+	a := t.a
+	v := a.readView()
+	var fleets []*state.DesiredFleet
+	changed := false
+	for _, name := range sortedKeys(v.fleets) {
+		old := v.fleets[name]
+		if old.Unconfigured {
+			continue
+		}
+		spec := old.Spec
+		if old.ResolveError != "" || force[name] {
+			d := t.pin(ctx, &spec, old, true)
+			changed = changed || d.ImageDigest != old.ImageDigest || d.ResolveError != old.ResolveError
+			fleets = append(fleets, d)
+			continue
+		}
+		cp := *old
+		fleets = append(fleets, &cp)
 	}
-	res, err := a.node.Apply(ctx, &state.SetDesired{BaseGeneration: v.generation, SourceHash: hash, Fleets: fleets,
-		AutoDrain: autoDrain, At: time.Now(), Node: a.cfg.NodeName})
+	if !changed {
+		return nil
+	}
+	res, err := a.node.Apply(ctx, &state.SetDesired{BaseGeneration: v.generation, Fleets: fleets, At: time.Now(), Node: a.cfg.NodeName})
 	if err != nil {
 		return err
 	}
 	if err := res.Error(); err != nil {
-		a.Wake() // the base moved under us: read again and retry
 		return err
 	}
-	if len(res.Changed) > 0 {
-		a.log.Info("desired state committed", zap.Uint64("generation", res.Generation), zap.Strings("fleets", res.Changed))
-		for _, f := range fleets {
-			a.m.initFleet(f.Spec.Name)
-		}
-	}
+	a.Wake()
 	return nil
 }
 
 // pin builds a fleet's desired state, resolving its image unless the
-// committed one can be kept.
+// committed one can be kept: a fleet whose image reference did not change
+// keeps its digest, so neither an edited bundle nor a moved tag leaks into
+// a running fleet.
 func (t *term) pin(ctx context.Context, f *config.Fleet, old *state.DesiredFleet, force bool) *state.DesiredFleet {
 	d := &state.DesiredFleet{Spec: *f, TemplateHash: f.TemplateHash()}
 	if !force && old != nil && old.ImageDigest != "" && old.ResolveError == "" &&
@@ -100,7 +224,7 @@ func (t *term) pin(ctx context.Context, f *config.Fleet, old *state.DesiredFleet
 // Drain starts draining an unconfigured fleet.
 func (a *Agent) Drain(ctx context.Context, fleet string) error {
 	if !a.node.IsLeader() {
-		return fmt.Errorf("this agent is not the leader; ask the leader")
+		return a.forwardJSON(ctx, "/cluster/v1/drain", map[string]string{"fleet": fleet}, nil)
 	}
 	res, err := a.node.Apply(ctx, &state.DrainFleet{Fleet: fleet, At: time.Now(), Node: a.cfg.NodeName})
 	if err != nil {

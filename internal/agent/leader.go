@@ -8,10 +8,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
+	autopilot "github.com/hashicorp/raft-autopilot"
 	"go.uber.org/zap"
 
+	"github.com/immutd/immutd/internal/cluster"
 	"github.com/immutd/immutd/internal/instance"
-	"github.com/immutd/immutd/internal/probe"
 	"github.com/immutd/immutd/internal/reconcile"
 	"github.com/immutd/immutd/internal/state"
 )
@@ -75,6 +77,15 @@ type term struct {
 	blocked map[string]string
 	// lastResolveTry limits retries of failed image resolution.
 	lastResolveTry time.Time
+	// lastRefCheck limits checks of whether image references moved;
+	// moved remembers the digests already reported per fleet.
+	lastRefCheck time.Time
+	moved        map[string]string
+	pilot        *autopilot.Autopilot
+	// judged are the cluster's verdicts of the last pass.
+	judged map[string]judgement
+	start  time.Time
+	passes int
 }
 
 type driftEntry struct {
@@ -100,10 +111,20 @@ func (a *Agent) leaderTerm(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
-	t := &term{a: a, log: log, drift: map[string]driftEntry{}, blocked: map[string]string{}}
+	t := &term{a: a, log: log, drift: map[string]driftEntry{}, blocked: map[string]string{}, moved: map[string]string{}, start: start,
+		lastResolveTry: time.Now(), lastRefCheck: time.Now()}
 	t.exec = reconcile.NewExecutor(reconcile.ExecutorOptions{Journal: a.node, Providers: a.providers, Node: a.cfg.NodeName,
 		Logger: a.log.Named("executor"), Observer: t, Wake: a.Wake})
-	log.Info("leadership established", zap.Uint64("term", a.node.Term()), zap.Duration("duration_seconds", time.Since(start)))
+	a.votes.reset()
+	if a.cfg.Cluster.Multi() {
+		t.pilot = autopilot.New(a.node.Raft(), &pilotDelegate{a: a, lastSeen: map[raft.ServerID]time.Time{}},
+			autopilot.WithLogger(cluster.HCLogger(a.log.Named("autopilot"))))
+		t.pilot.Start(ctx)
+		defer func() { <-t.pilot.Stop() }()
+	}
+	a.term.Store(t)
+	defer a.term.Store(nil)
+	log.Info("leadership established", zap.Uint64("term", a.node.Term()), zap.Float64("duration_seconds", time.Since(start).Seconds()))
 	defer t.exec.Wait()
 
 	go t.inspectDrift(ctx)
@@ -123,8 +144,110 @@ func (a *Agent) leaderTerm(ctx context.Context) {
 		timer.Stop()
 		if err := t.pass(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("reconcile pass failed", zap.Error(err))
+			continue
+		}
+		if t.passes++; t.passes == 1 {
+			t.announce(ctx)
+		}
+		t.housekeeping(ctx)
+	}
+}
+
+// announce records that this leader finished its first reconcile pass:
+// the end of a failover, as operators and benchmarks see it.
+func (t *term) announce(ctx context.Context) {
+	now := time.Now()
+	ev := state.Event{Time: now, Action: "leader_ready", Reason: "leadership_established", Node: t.a.cfg.NodeName,
+		Evidence: []string{fmt.Sprintf("term %d", t.a.node.Term()), fmt.Sprintf("first reconcile pass done %dms after becoming leader", now.Sub(t.start).Milliseconds())}}
+	if _, err := t.a.node.Apply(ctx, &state.RecordEvents{Events: []state.Event{ev}}); err != nil && ctx.Err() == nil {
+		t.log.Warn("could not record leader_ready", zap.Error(err))
+	}
+	t.log.Info("leader ready", zap.Float64("duration_seconds", now.Sub(t.start).Seconds()))
+}
+
+// housekeeping retries failed image resolutions and reports image
+// references that moved to other content.
+func (t *term) housekeeping(ctx context.Context) {
+	if time.Since(t.lastResolveTry) >= resolveRetry {
+		t.lastResolveTry = time.Now()
+		if err := t.repin(ctx, nil); err != nil && ctx.Err() == nil {
+			t.log.Warn("re-resolving images failed", zap.Error(err))
 		}
 	}
+	if time.Since(t.lastRefCheck) >= refCheckInterval {
+		t.lastRefCheck = time.Now()
+		t.checkRefs(ctx)
+	}
+}
+
+// refCheckInterval is how often the leader checks whether a fleet's image
+// reference (a docker tag, a bundle directory) now names other content.
+const refCheckInterval = 30 * time.Second
+
+// checkRefs resolves every fleet's image reference again without pinning
+// it: a tag moved to other content is reported (event and metric), never
+// rolled out by itself. `immutd fleet resolve` or an edit of the fleet
+// file rolls it.
+func (t *term) checkRefs(ctx context.Context) {
+	v := t.a.readView()
+	for _, name := range sortedKeys(v.fleets) {
+		f := v.fleets[name]
+		if f.Unconfigured || f.ImageDigest == "" || f.ResolveError != "" || f.Spec.Provider != "docker" {
+			continue
+		}
+		res, ok := t.a.providers[f.Spec.Provider].(reconcile.ImageResolver)
+		if !ok {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		now, err := res.Resolve(rctx, f.Spec.Image)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if now == f.ImageDigest {
+			t.a.m.imageRefMoved.WithLabelValues(name).Set(0)
+			delete(t.moved, name)
+			continue
+		}
+		t.a.m.imageRefMoved.WithLabelValues(name).Set(1)
+		if t.moved[name] == now {
+			continue
+		}
+		t.moved[name] = now
+		t.log.Warn("image reference moved; the fleet keeps its pinned image", zap.String("fleet", name), zap.String("image", f.Spec.Image),
+			zap.String("pinned", f.ImageDigest), zap.String("now", now), zap.String("reason", "image_ref_moved"))
+		ev := state.Event{Time: time.Now(), Fleet: name, Action: "image_ref_moved", Reason: "not_rolled", Node: t.a.cfg.NodeName,
+			Evidence: []string{"reference " + f.Spec.Image, "pinned " + f.ImageDigest, "now resolves to " + now,
+				"run `immutd fleet resolve " + name + "` or change the fleet file to roll"}}
+		if _, err := t.a.node.Apply(ctx, &state.RecordEvents{Events: []state.Event{ev}}); err != nil && ctx.Err() == nil {
+			t.log.Warn("could not record event", zap.Error(err))
+		}
+	}
+}
+
+// Resolve re-pins a fleet's image reference (an operator's explicit
+// request after a tag moved).
+func (a *Agent) Resolve(ctx context.Context, fleet string) error {
+	if !a.node.IsLeader() {
+		return a.forwardJSON(ctx, "/cluster/v1/resolve", map[string]string{"fleet": fleet}, nil)
+	}
+	t := a.currentTerm()
+	if t == nil {
+		return errNotReady
+	}
+	v := a.readView()
+	if v.fleets[fleet] == nil {
+		return fmt.Errorf("fleet %q is not known", fleet)
+	}
+	return t.repin(ctx, map[string]bool{fleet: true})
+}
+
+func (a *Agent) pilot() *autopilot.Autopilot {
+	if t := a.currentTerm(); t != nil {
+		return t.pilot
+	}
+	return nil
 }
 
 // Finished implements reconcile.Observer.
@@ -180,9 +303,6 @@ func (a *Agent) readView() view {
 func (t *term) pass(ctx context.Context) error {
 	a := t.a
 	start := time.Now()
-	if err := t.proposeDesired(ctx); err != nil {
-		t.log.Warn("could not commit desired state", zap.Error(err))
-	}
 	v := a.readView()
 
 	// Observe every provider that a fleet uses.
@@ -197,6 +317,12 @@ func (t *term) pass(ctx context.Context) error {
 		if p == nil {
 			listErr[name] = fmt.Sprintf("provider %q is not configured on agent %s", name, a.cfg.NodeName)
 			continue
+		}
+		if name == "local" {
+			if err := a.localShared(); err != nil {
+				listErr[name] = err.Error()
+				continue
+			}
 		}
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		list, err := p.List(lctx)
@@ -254,7 +380,8 @@ func (t *term) pass(ctx context.Context) error {
 // findings per fleet.
 func (t *term) buildInput(v view, observed map[string]instance.Observed, listErr map[string]string) reconcile.Input {
 	a := t.a
-	verdicts := a.prober.Verdicts()
+	verdicts := a.votes.aggregate(a.cfg.NodeName, a.prober.Verdicts(), a.node.Voters(), a.quorum, time.Now())
+	t.judged = verdicts
 	openBy := map[string]*state.Intent{}
 	for _, it := range v.intents {
 		openBy[it.InstanceID] = it
@@ -302,7 +429,7 @@ func (t *term) buildInput(v view, observed map[string]instance.Observed, listErr
 				x.Observed = &o
 			}
 			if vd, ok := verdicts[id]; ok {
-				x.Health = reconcile.Health(vd.State)
+				x.Health = vd.Health
 				x.Evidence = vd.Evidence
 			}
 			if d, ok := t.drift[id]; ok && d.finding != nil {
@@ -391,10 +518,9 @@ func (t *term) setObserved(observed map[string]instance.Observed) {
 // markHealthy records instances that probes judged healthy for the first
 // time (this resets the fleet's launch backoff).
 func (t *term) markHealthy(ctx context.Context, v view) {
-	verdicts := t.a.prober.Verdicts()
 	var ids []string
 	for id, r := range v.records {
-		if !r.EverHealthy && verdicts[id].State == probe.Healthy {
+		if !r.EverHealthy && t.judged[id].Health == reconcile.Healthy {
 			ids = append(ids, id)
 		}
 	}

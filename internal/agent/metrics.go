@@ -36,20 +36,24 @@ const CauseNoQuorum = "no_quorum"
 type metrics struct {
 	reg *prometheus.Registry
 
-	fleetInstances  *prometheus.GaugeVec
-	fleetDesired    *prometheus.GaugeVec
-	drifted         *prometheus.GaugeVec
-	replacements    *prometheus.CounterVec
-	blocked         *prometheus.GaugeVec
-	reconcileDur    prometheus.Histogram
-	providerCall    *prometheus.HistogramVec
-	reloadOK        prometheus.Gauge
-	reloadTime      prometheus.Gauge
-	reloadFailures  prometheus.Counter
-	isLeader        prometheus.Gauge
-	intentsOpen     prometheus.Gauge
-	intentsFinished *prometheus.CounterVec
-	desiredGen      prometheus.Gauge
+	fleetInstances   *prometheus.GaugeVec
+	fleetDesired     *prometheus.GaugeVec
+	drifted          *prometheus.GaugeVec
+	replacements     *prometheus.CounterVec
+	blocked          *prometheus.GaugeVec
+	reconcileDur     prometheus.Histogram
+	providerCall     *prometheus.HistogramVec
+	reloadOK         prometheus.Gauge
+	reloadTime       prometheus.Gauge
+	reloadFailures   prometheus.Counter
+	isLeader         prometheus.Gauge
+	intentsOpen      prometheus.Gauge
+	intentsFinished  *prometheus.CounterVec
+	desiredGen       prometheus.Gauge
+	configDiverged   prometheus.Gauge
+	autopilotHealthy prometheus.Gauge
+	failureTolerance prometheus.Gauge
+	imageRefMoved    *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -84,12 +88,21 @@ func newMetrics() *metrics {
 			Help: "Provider actions finished by this agent, by kind and outcome."}, []string{"kind", "outcome"}),
 		desiredGen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_desired_generation",
 			Help: "Committed desired generation."}),
+		configDiverged: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_config_diverged",
+			Help: "1 when this agent's fleet files differ from the committed desired state (the committed generation is in force)."}),
+		autopilotHealthy: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_autopilot_healthy",
+			Help: "1 when autopilot considers every server healthy (leader only)."}),
+		failureTolerance: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_autopilot_failure_tolerance",
+			Help: "How many servers can fail without losing quorum (leader only)."}),
+		imageRefMoved: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_image_ref_moved",
+			Help: "1 when a fleet's image reference now resolves to other content than the pinned image (leader only)."}, []string{"fleet"}),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_build_info",
 		Help: "Build information; always 1."}, []string{"version", "revision", "goversion"})
 	buildInfo.WithLabelValues(Version, Revision, runtime.Version()).Set(1)
 	reg.MustRegister(m.fleetInstances, m.fleetDesired, m.drifted, m.replacements, m.blocked, m.reconcileDur, m.providerCall,
 		m.reloadOK, m.reloadTime, m.reloadFailures, m.isLeader, m.intentsOpen, m.intentsFinished, m.desiredGen, buildInfo,
+		m.configDiverged, m.autopilotHealthy, m.failureTolerance, m.imageRefMoved,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -120,7 +133,7 @@ func (m *metrics) initFleet(fleet string) {
 
 // forgetFleet removes a fleet's series.
 func (m *metrics) forgetFleet(fleet string) {
-	for _, v := range []*prometheus.GaugeVec{m.fleetInstances, m.fleetDesired, m.drifted, m.blocked} {
+	for _, v := range []*prometheus.GaugeVec{m.fleetInstances, m.fleetDesired, m.drifted, m.blocked, m.imageRefMoved} {
 		v.DeletePartialMatch(prometheus.Labels{"fleet": fleet})
 	}
 	m.replacements.DeletePartialMatch(prometheus.Labels{"fleet": fleet})
@@ -131,6 +144,9 @@ func (m *metrics) clearLeaderSeries() {
 	m.fleetInstances.Reset()
 	m.drifted.Reset()
 	m.blocked.Reset()
+	m.imageRefMoved.Reset()
+	m.autopilotHealthy.Set(0)
+	m.failureTolerance.Set(0)
 }
 
 func (m *metrics) publish(st reconcile.FleetStatus) {

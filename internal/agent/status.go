@@ -24,6 +24,7 @@ func (t *term) publish(v view, in reconcile.Input, plan reconcile.Result, observ
 		a.m.publish(st)
 	}
 	verdicts := a.prober.Verdicts()
+	judged := t.judged
 	t.driftMu.Lock()
 	drift := make(map[string]*instance.Finding, len(t.drift))
 	for id, d := range t.drift {
@@ -54,7 +55,10 @@ func (t *term) publish(v view, in reconcile.Input, plan reconcile.Result, observ
 				ai.UpToDate = o.ImageDigest == d.ImageDigest && o.TemplateHash == d.TemplateHash
 			}
 			if vd, ok := verdicts[x.ID]; ok {
-				ai.Health, ai.HealthSince, ai.Evidence = string(vd.State), vd.Since, vd.Evidence
+				ai.HealthSince = vd.Since
+			}
+			if j, ok := judged[x.ID]; ok {
+				ai.Health, ai.Evidence, ai.FailingOn, ai.HealthyOn = string(j.Health), j.Evidence, j.FailingOn, j.HealthyOn
 			}
 			if fd := drift[x.ID]; fd != nil {
 				ai.Drift = fd.Evidence
@@ -130,10 +134,16 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	leaderAddr, leaderID := a.node.Leader()
 	s := api.Status{Node: a.cfg.NodeName, NodeID: a.node.ID(), IsLeader: a.node.IsLeader(), Leader: leaderAddr, LeaderID: leaderID,
 		Term: a.node.Term(), AppliedIndex: a.node.AppliedIndex(), Generation: v.generation, Version: Version}
+	committed := ""
 	a.node.Read(func(st *state.State) {
 		s.DesiredAt = st.DesiredAt
 		s.Events = st.EventsSince(0, 20)
+		s.SourceNode = st.SourceNode
+		committed = st.SourceHash
 	})
+	if !s.IsLeader && leaderAddr != "" {
+		s.LastContact = time.Since(a.node.LastContact()).Round(time.Millisecond).String()
+	}
 	a.mu.Lock()
 	if a.configErr != nil {
 		c := *a.configErr
@@ -141,6 +151,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	}
 	last := a.lastStatus
 	s.LastPass = a.lastPass
+	s.Diverged = a.fleetsHash != "" && committed != "" && a.fleetsHash != committed
 	a.mu.Unlock()
 	if s.IsLeader && last != nil {
 		s.Fleets = last.Fleets

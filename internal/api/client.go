@@ -2,11 +2,14 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -15,8 +18,9 @@ import (
 
 // Client talks to an agent's API.
 type Client struct {
-	base string
-	hc   *http.Client
+	base  string
+	hc    *http.Client
+	token string
 }
 
 // NewClient returns a client for addr ("127.0.0.1:7979" or a URL).
@@ -25,13 +29,33 @@ func NewClient(addr string) *Client {
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	return &Client{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 15 * time.Second}}
+	return &Client{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 30 * time.Second}}
+}
+
+// WithToken sets the bearer token sent with every request.
+func (c *Client) WithToken(token string) *Client { c.token = token; return c }
+
+// WithCA trusts the CA in the PEM file for an https:// API.
+func (c *Client) WithCA(caFile string) (*Client, error) {
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate", caFile)
+	}
+	c.hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	return c, nil
 }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
 	if err != nil {
 		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -58,10 +82,40 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	return nil
 }
 
-// Status fetches /v1/status.
-func (c *Client) Status(ctx context.Context) (Status, error) {
+// Status fetches /v1/status; consistent reads go through the leader.
+func (c *Client) Status(ctx context.Context, consistent ...bool) (Status, error) {
 	var s Status
-	return s, c.do(ctx, http.MethodGet, "/v1/status", &s)
+	path := "/v1/status"
+	if len(consistent) > 0 && consistent[0] {
+		path += "?consistent"
+	}
+	return s, c.do(ctx, http.MethodGet, path, &s)
+}
+
+// Resolve re-pins a fleet's image reference.
+func (c *Client) Resolve(ctx context.Context, fleet string) error {
+	return c.do(ctx, http.MethodPost, "/v1/fleets/"+url.PathEscape(fleet)+"/resolve", nil)
+}
+
+// Members lists the cluster's servers.
+func (c *Client) Members(ctx context.Context) ([]Member, error) {
+	var ms []Member
+	return ms, c.do(ctx, http.MethodGet, "/v1/cluster/members", &ms)
+}
+
+// Join asks the agent to join the cluster through a peer's cluster address.
+func (c *Client) Join(ctx context.Context, addr string) error {
+	return c.do(ctx, http.MethodPost, "/v1/cluster/join?addr="+url.QueryEscape(addr), nil)
+}
+
+// Leave asks the agent to leave the cluster (it then stops).
+func (c *Client) Leave(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/cluster/leave", nil)
+}
+
+// Remove removes a server from the cluster by id or name.
+func (c *Client) Remove(ctx context.Context, node string) error {
+	return c.do(ctx, http.MethodPost, "/v1/cluster/remove?node="+url.QueryEscape(node), nil)
 }
 
 // Events fetches events after seq.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -17,12 +18,21 @@ import (
 
 // Backend is what the server needs from the agent.
 type Backend interface {
+	// Status is this agent's view; ConsistentStatus is the leader's.
 	Status(ctx context.Context) Status
+	ConsistentStatus(ctx context.Context) (Status, error)
 	Events(ctx context.Context, after uint64, fleet string, limit int) []state.Event
 	Drain(ctx context.Context, fleet string) error
+	Resolve(ctx context.Context, fleet string) error
+	Members(ctx context.Context) ([]Member, error)
+	JoinVia(ctx context.Context, addr string) error
+	Leave(ctx context.Context) error
+	RemoveMember(ctx context.Context, node string) error
 	// Ready returns nil when the agent can serve its purpose: raft has a
 	// leader and, on the leader, leadership is established.
 	Ready() error
+	// Token is the bearer token state-changing requests need ("" = none).
+	Token() string
 }
 
 // ErrNotFound marks errors that map to 404.
@@ -58,6 +68,15 @@ func (s *Server) Handler() http.Handler {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := r.URL.Query()["consistent"]; ok {
+			st, err := s.b.ConsistentStatus(r.Context())
+			if err != nil {
+				writeJSON(w, http.StatusServiceUnavailable, Error{Error: "consistent read: " + err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, st)
+			return
+		}
 		writeJSON(w, http.StatusOK, s.b.Status(r.Context()))
 	})
 	mux.HandleFunc("GET /v1/fleets", func(w http.ResponseWriter, r *http.Request) {
@@ -103,18 +122,60 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, evs)
 	})
-	mux.HandleFunc("POST /v1/fleets/{name}/drain", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.b.Drain(r.Context(), r.PathValue("name")); err != nil {
-			code := http.StatusConflict
-			if errors.Is(err, ErrNotFound) {
-				code = http.StatusNotFound
-			}
-			writeJSON(w, code, Error{Error: err.Error()})
+	mux.HandleFunc("POST /v1/fleets/{name}/drain", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		s.do(w, s.b.Drain(r.Context(), r.PathValue("name")), "draining")
+	}))
+	mux.HandleFunc("POST /v1/fleets/{name}/resolve", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		s.do(w, s.b.Resolve(r.Context(), r.PathValue("name")), "resolved")
+	}))
+	mux.HandleFunc("GET /v1/cluster/members", func(w http.ResponseWriter, r *http.Request) {
+		ms, err := s.b.Members(r.Context())
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, Error{Error: err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusAccepted, map[string]string{"result": "draining"})
+		writeJSON(w, http.StatusOK, ms)
 	})
+	mux.HandleFunc("POST /v1/cluster/join", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		s.do(w, s.b.JoinVia(r.Context(), r.URL.Query().Get("addr")), "joined")
+	}))
+	mux.HandleFunc("POST /v1/cluster/leave", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		s.do(w, s.b.Leave(r.Context()), "left")
+	}))
+	mux.HandleFunc("POST /v1/cluster/remove", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		s.do(w, s.b.RemoveMember(r.Context(), r.URL.Query().Get("node")), "removed")
+	}))
 	return mux
+}
+
+// auth requires the bearer token, when one is configured, on requests
+// that change state.
+func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		want := s.b.Token()
+		if want != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+				s.log.Warn("request refused: missing or wrong bearer token", zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
+				w.Header().Set("WWW-Authenticate", `Bearer realm="immutd"`)
+				writeJSON(w, http.StatusUnauthorized, Error{Error: "this request changes state and needs the API token (Authorization: Bearer ...)"})
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) do(w http.ResponseWriter, err error, result string) {
+	if err != nil {
+		code := http.StatusConflict
+		if errors.Is(err, ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		writeJSON(w, code, Error{Error: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"result": result})
 }
 
 func parseUint(s string) (uint64, error) {

@@ -25,11 +25,18 @@ type Status struct {
 	LastPass time.Time `json:"last_pass"`
 	// Stale is true when the fleet view is a follower's replicated copy
 	// without the leader's observations (health, drift).
-	Stale   bool          `json:"stale"`
-	Config  ConfigStatus  `json:"config"`
-	Fleets  []Fleet       `json:"fleets"`
-	Events  []state.Event `json:"events"`
-	Version string        `json:"version"`
+	Stale bool `json:"stale"`
+	// Diverged is set when this agent's fleet files differ from the
+	// committed desired state (which stays in force); SourceNode says
+	// whose files were committed.
+	Diverged   bool   `json:"diverged,omitempty"`
+	SourceNode string `json:"source_node,omitempty"`
+	// LastContact is how long ago a follower heard from the leader.
+	LastContact string        `json:"last_contact,omitempty"`
+	Config      ConfigStatus  `json:"config"`
+	Fleets      []Fleet       `json:"fleets"`
+	Events      []state.Event `json:"events"`
+	Version     string        `json:"version"`
 }
 
 // ConfigStatus is the state of the fleet files as the serving agent last
@@ -92,6 +99,22 @@ type Instance struct {
 	Drift  []string `json:"drift,omitempty"`
 	Intent string   `json:"intent,omitempty"`
 	Orphan bool     `json:"orphan,omitempty"`
+	// FailingOn and HealthyOn name the agents whose probes see the
+	// instance failing or passing; a verdict needs a quorum of them.
+	FailingOn []string `json:"failing_on,omitempty"`
+	HealthyOn []string `json:"healthy_on,omitempty"`
+}
+
+// Member is one server of the cluster.
+type Member struct {
+	ID          string `json:"id"`
+	Name        string `json:"name,omitempty"`
+	Address     string `json:"address"`
+	Suffrage    string `json:"suffrage"`
+	Leader      bool   `json:"leader"`
+	Healthy     *bool  `json:"healthy,omitempty"`
+	LastContact string `json:"last_contact,omitempty"`
+	LastIndex   uint64 `json:"last_index,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.

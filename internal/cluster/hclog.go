@@ -36,8 +36,9 @@ func (s zapSink) Accept(name string, level hclog.Level, msg string, args ...inte
 	ce.Write(fields...)
 }
 
-// newRaftLogger returns an hclog.Logger whose records all go to log.
-func newRaftLogger(log *zap.Logger) hclog.Logger {
+// HCLogger returns an hclog.Logger (raft and autopilot log through one)
+// whose records all go to log.
+func HCLogger(log *zap.Logger) hclog.Logger {
 	level := hclog.Info
 	if log.Core().Enabled(zapcore.DebugLevel) {
 		level = hclog.Debug

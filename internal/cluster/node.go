@@ -111,7 +111,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster: open raft log %s: %w", filepath.Join(dir, "raft.db"), err)
 	}
 	n.store = store
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, newRaftLogger(log.Named("snapshots")))
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, HCLogger(log.Named("snapshots")))
 	if err != nil {
 		store.Close()
 		return nil, fmt.Errorf("cluster: open snapshot store: %w", err)
@@ -138,7 +138,7 @@ func Open(cfg Config) (*Node, error) {
 		Stream:                  layer,
 		MaxPool:                 3,
 		Timeout:                 10 * time.Second,
-		Logger:                  newRaftLogger(log.Named("transport")),
+		Logger:                  HCLogger(log.Named("transport")),
 		MsgpackUseNewTimeFormat: true,
 	})
 
@@ -149,7 +149,7 @@ func Open(cfg Config) (*Node, error) {
 	rc.LeaderLeaseTimeout = cfg.Timing.LeaderLease
 	rc.CommitTimeout = cfg.Timing.Commit
 	rc.NotifyCh = n.notify
-	rc.Logger = newRaftLogger(log)
+	rc.Logger = HCLogger(log)
 	rc.NoLegacyTelemetry = true
 	rc.BatchApplyCh = true
 	rc.ShutdownOnRemove = false
