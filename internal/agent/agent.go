@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,8 @@ type Agent struct {
 	proposeNow     chan struct{}
 	verdictChanged chan struct{}
 	term           atomic.Pointer[term]
+	// probesCut is the fault-injection switch (see watchFaults).
+	probesCut atomic.Bool
 	// stop ends Run (cluster leave asks for it).
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -131,7 +134,7 @@ func New(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel) (*Agent, err
 	if err := a.loadToken(); err != nil {
 		return nil, err
 	}
-	a.prober = probe.New(probe.Options{Logger: log, Registerer: a.m.reg,
+	a.prober = probe.New(probe.Options{Logger: log, Registerer: a.m.reg, Fault: a.probeFault,
 		OnChange: func(string, probe.Verdict) {
 			a.Wake()
 			select {
@@ -279,6 +282,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	run("report-verdicts", a.reportVerdicts)
 	run("quorum-watch", a.watchQuorum)
 	run("form-cluster", a.formCluster)
+	run("faults", a.watchFaults)
 
 	var runErr error
 loop:
@@ -541,4 +545,34 @@ func short(h string) string {
 		return h[:12]
 	}
 	return h
+}
+
+// faultFile is the fault-injection hook for tests and game days: while
+// <data_dir>/faults/probes-cut exists, every probe of this agent fails
+// as if the agent were cut off from all instances. The quorum rule must
+// keep such an agent from causing any termination.
+func (a *Agent) faultFile() string { return filepath.Join(a.cfg.DataDir, "faults", "probes-cut") }
+
+func (a *Agent) probeFault() error {
+	if a.probesCut.Load() {
+		return errors.New("fault injection: this agent's probes are cut off (" + a.faultFile() + ")")
+	}
+	return nil
+}
+
+func (a *Agent) watchFaults(ctx context.Context) error {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		_, err := os.Stat(a.faultFile())
+		cut := err == nil
+		if a.probesCut.Swap(cut) != cut {
+			a.log.Warn("probe fault injection changed", zap.Bool("probes_cut", cut), zap.String("file", a.faultFile()))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }

@@ -120,18 +120,37 @@ type env struct {
 
 type envOpts struct {
 	autoDrain bool
+	// name is the node name (default "e2e").
+	name string
+	// fleetsDir shares a fleets directory between agents (default: own).
+	fleetsDir string
+	// raftAddr fixes the cluster address (default: a free port).
+	raftAddr string
+	// cluster is extra HCL inside the cluster block.
+	cluster string
+	// extra is extra HCL at the top level (provider blocks, api block).
+	extra string
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	dir := t.TempDir()
+	if o.name == "" {
+		o.name = "e2e"
+	}
 	e := &env{t: t, dir: dir, fleetsDir: filepath.Join(dir, "fleets.d"), dataDir: filepath.Join(dir, "data"),
-		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), raftAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), raftAddr: o.raftAddr}
+	if e.raftAddr == "" {
+		e.raftAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	}
+	if o.fleetsDir != "" {
+		e.fleetsDir = o.fleetsDir
+	}
 	if err := os.MkdirAll(e.fleetsDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	e.cfgPath = filepath.Join(dir, "agent.hcl")
-	cfg := fmt.Sprintf(`node_name = "e2e"
+	cfg := fmt.Sprintf(`node_name = %q
 data_dir = %q
 fleets_dir = %q
 http_addr = %q
@@ -140,8 +159,10 @@ auto_drain_removed_fleets = %v
 reconcile_interval = "500ms"
 cluster {
   bind_addr = %q
+%s
 }
-`, e.dataDir, e.fleetsDir, e.httpAddr, o.autoDrain, e.raftAddr)
+%s
+`, o.name, e.dataDir, e.fleetsDir, e.httpAddr, o.autoDrain, e.raftAddr, o.cluster, o.extra)
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +210,15 @@ func (e *env) writeFleet(file, content string) {
 	}
 }
 
+// start starts the agent and waits until it is ready.
 func (e *env) start() {
+	e.t.Helper()
+	e.launch()
+	e.waitReady(30 * time.Second)
+}
+
+// launch starts the agent process without waiting for it.
+func (e *env) launch() {
 	e.t.Helper()
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -204,7 +233,12 @@ func (e *env) start() {
 		e.t.Fatal(err)
 	}
 	e.cmd, e.log = cmd, f
-	e.waitFor("agent ready", 30*time.Second, func() (bool, string) {
+}
+
+// waitReady waits until /readyz answers 200.
+func (e *env) waitReady(timeout time.Duration) {
+	e.t.Helper()
+	e.waitFor("agent ready", timeout, func() (bool, string) {
 		resp, err := http.Get("http://" + e.httpAddr + "/readyz")
 		if err != nil {
 			return false, err.Error()

@@ -63,6 +63,10 @@ type Options struct {
 	// and the startup window. Default time.Now. The schedule always runs
 	// on the runtime's timers.
 	Now func() time.Time
+	// Fault, when it returns an error, makes every probe fail with it
+	// without touching the network: the fault-injection hook that lets a
+	// test cut one agent off from the instances.
+	Fault func() error
 }
 
 // Prober probes targets and keeps their verdicts. Its methods are safe for
@@ -72,6 +76,7 @@ type Prober struct {
 	workers  int
 	onChange func(instanceID string, v Verdict)
 	now      func() time.Time
+	fault    func() error
 	epoch    time.Time // origin of the steady-state probe grid
 
 	dialer    *net.Dialer
@@ -151,9 +156,14 @@ func New(opts Options) *Prober {
 	if now == nil {
 		now = time.Now
 	}
+	fault := opts.Fault
+	if fault == nil {
+		fault = func() error { return nil }
+	}
 	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 	client, tr := newHTTPClient(workers, dialer)
 	p := &Prober{
+		fault:     fault,
 		log:       log.Named("probe"),
 		workers:   workers,
 		onChange:  opts.OnChange,
@@ -438,7 +448,13 @@ func (p *Prober) probe(ctx context.Context, j *job) {
 
 	at := p.now()
 	start := time.Now()
-	ok, detail := p.runCheck(pctx, j)
+	var ok bool
+	var detail string
+	if err := p.fault(); err != nil {
+		detail = err.Error()
+	} else {
+		ok, detail = p.runCheck(pctx, j)
+	}
 	end := time.Now()
 	// Cancelled, not timed out: Run is ending, or Set dropped the job.
 	// Either way this is no result about the instance.

@@ -2,11 +2,13 @@ package probe
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -493,4 +495,46 @@ func TestNoAddress(t *testing.T) {
 	if want := `http "ready": GET http:///healthz: instance has no address (1 consecutive failure)`; len(v.Evidence) != 1 || v.Evidence[0] != want {
 		t.Fatalf("evidence %q, want %q", v.Evidence, want)
 	}
+}
+
+// TestFaultHookFailsEveryProbe: the fault-injection hook turns a healthy
+// target unhealthy without the target changing, and releasing it heals.
+func TestFaultHookFailsEveryProbe(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	var cut atomic.Bool
+	changes := make(chan Verdict, 16)
+	p := New(Options{Fault: func() error {
+		if cut.Load() {
+			return errors.New("fault injection: probes cut off")
+		}
+		return nil
+	}, OnChange: func(_ string, v Verdict) { changes <- v }})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.Run(ctx)
+	chk := config.Check{Name: "ready", Kind: KindHTTP, Path: "/", ExpectStatus: []int{200}, Interval: 50 * time.Millisecond,
+		Timeout: 40 * time.Millisecond, HealthyThreshold: 1, UnhealthyThreshold: 2, StartupTimeout: time.Minute}
+	p.Set([]Target{{InstanceID: "i", Address: strings.TrimPrefix(srv.URL, "http://"), Checks: []config.Check{chk}, Since: time.Now()}})
+	want := func(s State) Verdict {
+		t.Helper()
+		for {
+			select {
+			case v := <-changes:
+				if v.State == s {
+					return v
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("no %s verdict within 5s", s)
+			}
+		}
+	}
+	want(Healthy)
+	cut.Store(true)
+	v := want(Unhealthy)
+	if len(v.Evidence) == 0 || !strings.Contains(v.Evidence[0], "fault injection") {
+		t.Fatalf("evidence %v", v.Evidence)
+	}
+	cut.Store(false)
+	want(Healthy)
 }
