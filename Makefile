@@ -12,7 +12,7 @@ GOFILES     := $(shell find . -name '*.go' -not -path './build/*' -not -path './
 # The go test timeout for the whole suite; make test stays well below it.
 TEST_TIMEOUT ?= 18m
 
-.PHONY: help build images run test test-short bench lint install clean
+.PHONY: help build images docker-images run test test-short bench lint install clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ build/images/sampleapp-v%: cmd/sampleapp/main.go $(shell find configs/images -ty
 	@rm -rf $@ && mkdir -p $@
 	cp -R configs/images/sampleapp-v$*/. $@/
 	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags "-X main.version=$*.0.0" -o $@/bin/sampleapp ./cmd/sampleapp
+
+docker-images: images ## build the sample app as docker images immutd/sampleapp:1 and :2 (offline, FROM scratch)
+	DOCKER_BUILDKIT=0 docker build -q -f configs/images/sampleapp-docker/Dockerfile -t immutd/sampleapp:1 build/images/sampleapp-v1
+	DOCKER_BUILDKIT=0 docker build -q -f configs/images/sampleapp-docker/Dockerfile -t immutd/sampleapp:2 build/images/sampleapp-v2
 
 run: build ## run a single-node agent keeping the example fleet immutable (Ctrl-C stops the agent, not the fleet)
 	@mkdir -p run/fleets.d run/data

@@ -84,8 +84,10 @@ type term struct {
 	pilot        *autopilot.Autopilot
 	// judged are the cluster's verdicts of the last pass.
 	judged map[string]judgement
-	start  time.Time
-	passes int
+	// watching lists the providers whose event streams wake the loop.
+	watching map[string]bool
+	start    time.Time
+	passes   int
 }
 
 type driftEntry struct {
@@ -250,6 +252,30 @@ func (a *Agent) pilot() *autopilot.Autopilot {
 	return nil
 }
 
+// eventSource is the optional provider capability of pushing events
+// (a container died) so the loop reacts at once; the periodic pass
+// remains the source of truth.
+type eventSource interface {
+	Watch(ctx context.Context, notify func())
+}
+
+func (t *term) watchEvents(ctx context.Context, used map[string]bool) {
+	for name := range used {
+		if t.watching[name] {
+			continue
+		}
+		src, ok := t.a.providers[name].(eventSource)
+		if !ok {
+			continue
+		}
+		if t.watching == nil {
+			t.watching = map[string]bool{}
+		}
+		t.watching[name] = true
+		go src.Watch(ctx, t.a.Wake)
+	}
+}
+
 // Finished implements reconcile.Observer.
 func (t *term) Finished(it *state.Intent, outcome state.Outcome, took time.Duration) {
 	t.a.m.intentsFinished.WithLabelValues(string(it.Kind), string(outcome)).Inc()
@@ -310,6 +336,7 @@ func (t *term) pass(ctx context.Context) error {
 	for _, f := range v.fleets {
 		providersUsed[f.Spec.Provider] = true
 	}
+	t.watchEvents(ctx, providersUsed)
 	observed := map[string]instance.Observed{}
 	listErr := map[string]string{}
 	for name := range providersUsed {
