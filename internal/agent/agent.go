@@ -253,9 +253,11 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 			}
 		}()
 	}
-	wg.Add(1)
+	// The mux outlives everything else: raft needs it until it is shut
+	// down, so it has its own wait group.
+	muxDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
+		defer close(muxDone)
 		if err := mux.Serve(); err != nil && !errors.Is(err, net.ErrClosed) {
 			errc <- fmt.Errorf("cluster mux: %w", err)
 		}
@@ -312,6 +314,7 @@ loop:
 		a.log.Warn("raft shutdown", zap.Error(err))
 	}
 	mux.Close()
+	<-muxDone
 	a.log.Info("agent stopped")
 	return runErr
 }

@@ -1,0 +1,106 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/immutd/immutd/internal/state"
+)
+
+// fakeBackend records what the server asked of it.
+type fakeBackend struct {
+	token   string
+	drained []string
+	ready   error
+}
+
+func (f *fakeBackend) Status(context.Context) Status {
+	return Status{Node: "n1", Fleets: []Fleet{{Name: "web"}}}
+}
+func (f *fakeBackend) ConsistentStatus(context.Context) (Status, error) {
+	return Status{}, errors.New("no leader")
+}
+func (f *fakeBackend) Events(context.Context, uint64, string, int) []state.Event { return nil }
+func (f *fakeBackend) Drain(_ context.Context, fleet string) error {
+	f.drained = append(f.drained, fleet)
+	return nil
+}
+func (f *fakeBackend) Resolve(context.Context, string) error      { return nil }
+func (f *fakeBackend) Members(context.Context) ([]Member, error)  { return nil, nil }
+func (f *fakeBackend) JoinVia(context.Context, string) error      { return nil }
+func (f *fakeBackend) Leave(context.Context) error                { return nil }
+func (f *fakeBackend) RemoveMember(context.Context, string) error { return nil }
+func (f *fakeBackend) Ready() error                               { return f.ready }
+func (f *fakeBackend) Token() string                              { return f.token }
+
+func TestStateChangesNeedTheToken(t *testing.T) {
+	b := &fakeBackend{token: "s3cret-token-0123456789"}
+	srv := httptest.NewServer(New(b, prometheus.NewRegistry(), zap.NewNop()).Handler())
+	defer srv.Close()
+	post := func(path, auth string) int {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, path := range []string{"/v1/fleets/web/drain", "/v1/fleets/web/resolve", "/v1/cluster/leave", "/v1/cluster/join?addr=x", "/v1/cluster/remove?node=x"} {
+		if code := post(path, ""); code != http.StatusUnauthorized {
+			t.Errorf("%s without token: %d", path, code)
+		}
+		if code := post(path, "Bearer wrong"); code != http.StatusUnauthorized {
+			t.Errorf("%s with a wrong token: %d", path, code)
+		}
+	}
+	if len(b.drained) != 0 {
+		t.Fatalf("drained without a token: %v", b.drained)
+	}
+	if code := post("/v1/fleets/web/drain", "Bearer s3cret-token-0123456789"); code != http.StatusOK || len(b.drained) != 1 {
+		t.Fatalf("drain with the token: %d %v", code, b.drained)
+	}
+	// Reads need no token.
+	resp, err := http.Get(srv.URL + "/v1/status")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("status: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, _ = http.Get(srv.URL + "/v1/status?consistent")
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("consistent read without a leader: %d", resp.StatusCode)
+	}
+	resp.Body.Close()
+}
+
+func TestReadyz(t *testing.T) {
+	b := &fakeBackend{ready: errors.New("no raft leader")}
+	srv := httptest.NewServer(New(b, prometheus.NewRegistry(), zap.NewNop()).Handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 100)
+	n, _ := resp.Body.Read(body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body[:n]), "no raft leader") {
+		t.Fatalf("readyz: %d %q", resp.StatusCode, body[:n])
+	}
+	b.ready = nil
+	resp, _ = http.Get(srv.URL + "/readyz")
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("readyz when ready: %d", resp.StatusCode)
+	}
+}

@@ -1,0 +1,545 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/immutd/immutd/internal/api"
+	"github.com/immutd/immutd/internal/pki"
+	"github.com/immutd/immutd/internal/state"
+)
+
+// cluster is three (or more) real agents on loopback with mutual TLS,
+// sharing one fleets directory and one local provider directory (the
+// only way the local provider works in a cluster: one host).
+type cluster struct {
+	t         testing.TB
+	agents    []*env
+	fleetsDir string
+	localDir  string
+	tlsDir    string
+	raftAddrs []string
+}
+
+// makeCerts writes a CA and one certificate per name into dir.
+func makeCerts(t testing.TB, dir string, names ...string) {
+	t.Helper()
+	caCert, caKey, err := pki.NewCA("e2e CA", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WriteFiles(dir, "ca", caCert, caKey); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		c, k, err := pki.NewCert(caCert, caKey, n, []string{"server.immutd", n}, []net.IP{net.ParseIP("127.0.0.1")}, 24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pki.WriteFiles(dir, n, c, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func clusterBlock(tlsDir, name string, join []string, expect int) string {
+	quoted := make([]string, len(join))
+	for i, j := range join {
+		quoted[i] = strconv.Quote(j)
+	}
+	return fmt.Sprintf(`  bootstrap_expect = %d
+  join = [%s]
+  tls {
+    ca_file   = %q
+    cert_file = %q
+    key_file  = %q
+  }`, expect, strings.Join(quoted, ", "), filepath.Join(tlsDir, "ca.pem"), filepath.Join(tlsDir, name+".pem"), filepath.Join(tlsDir, name+"-key.pem"))
+}
+
+func newCluster(t testing.TB, n int, extra string) *cluster {
+	t.Helper()
+	base := t.TempDir()
+	c := &cluster{t: t, fleetsDir: filepath.Join(base, "fleets.d"), localDir: filepath.Join(base, "local"), tlsDir: filepath.Join(base, "tls")}
+	for _, d := range []string{c.fleetsDir, c.localDir, c.tlsDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	for i := 0; i < n; i++ {
+		names = append(names, fmt.Sprintf("agent-%d", i+1))
+		c.raftAddrs = append(c.raftAddrs, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	}
+	makeCerts(t, c.tlsDir, names...)
+	for i, name := range names {
+		e := newEnv(t, envOpts{name: name, fleetsDir: c.fleetsDir, raftAddr: c.raftAddrs[i],
+			cluster: clusterBlock(c.tlsDir, name, c.raftAddrs, n),
+			extra:   fmt.Sprintf("provider \"local\" {\n  dir = %q\n}\n%s", c.localDir, extra)})
+		c.agents = append(c.agents, e)
+	}
+	t.Cleanup(func() {
+		for _, e := range c.agents {
+			e.kill9()
+		}
+		for _, pid := range processesUnder(c.localDir) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	return c
+}
+
+func (c *cluster) start() {
+	c.t.Helper()
+	for _, e := range c.agents {
+		e.launch()
+	}
+	for _, e := range c.agents {
+		e.waitReady(60 * time.Second)
+	}
+}
+
+func (c *cluster) writeFleet(file, content string) { c.agents[0].writeFleet(file, content) }
+
+// leader returns the index of the agent that reports itself leader, as
+// seen by all running agents (waits until they agree).
+func (c *cluster) leader(down ...int) int {
+	c.t.Helper()
+	idx := -1
+	c.agents[0].waitFor("one agreed leader", 30*time.Second, func() (bool, string) {
+		leaders := map[string]int{}
+		var leaderName string
+		views := 0
+		for i, e := range c.agents {
+			if contains(down, i) {
+				continue
+			}
+			st, err := e.trystatus()
+			if err != nil {
+				return false, fmt.Sprintf("agent %d: %v", i, err)
+			}
+			views++
+			if st.IsLeader {
+				idx = i
+				leaderName = st.Node
+			}
+			leaders[st.Leader]++
+		}
+		return idx >= 0 && len(leaders) == 1 && leaders[""] == 0 && leaderName != "", fmt.Sprintf("leaders seen %v", leaders)
+	})
+	return idx
+}
+
+func contains(xs []int, x int) bool {
+	for _, y := range xs {
+		if x == y {
+			return true
+		}
+	}
+	return false
+}
+
+// consistent returns the leader's status through agent i.
+func (c *cluster) consistent(i int) (api.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return c.agents[i].client.Status(ctx, true)
+}
+
+func (c *cluster) waitHealthy(name string, n int, down ...int) api.Fleet {
+	c.t.Helper()
+	for i := range c.agents {
+		if !contains(down, i) {
+			return c.agents[i].waitHealthyConsistent(name, n, 60*time.Second)
+		}
+	}
+	return api.Fleet{}
+}
+
+// waitHealthyConsistent is waitHealthy through the leader.
+func (e *env) waitHealthyConsistent(name string, n int, timeout time.Duration, without ...string) api.Fleet {
+	e.t.Helper()
+	var f api.Fleet
+	e.waitFor(fmt.Sprintf("%d healthy instances of %s", n, name), timeout, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := e.client.Status(ctx, true)
+		if err != nil {
+			return false, err.Error()
+		}
+		f = api.Fleet{}
+		for _, x := range st.Fleets {
+			if x.Name == name {
+				f = x
+			}
+		}
+		healthy := 0
+		for _, in := range f.Instances {
+			if contains2(without, in.ID) {
+				return false, in.ID + " still listed: " + describe(f)
+			}
+			if in.State == "healthy" && in.UpToDate {
+				healthy++
+			}
+		}
+		return healthy == n && len(f.Instances) == n, describe(f)
+	})
+	return f
+}
+
+// auditIntents checks the event log: every planned intent finished
+// exactly once, and no instance id was launched twice.
+func auditIntents(t testing.TB, evs []state.Event) (planned int) {
+	t.Helper()
+	plannedOps := map[string]string{}
+	finished := map[string][]string{}
+	launched := map[string]int{}
+	for _, ev := range evs {
+		switch ev.Action {
+		case "launch_planned", "terminate_planned":
+			if _, dup := plannedOps[ev.OpID]; dup {
+				t.Errorf("op %s planned twice", ev.OpID)
+			}
+			plannedOps[ev.OpID] = ev.Action
+		case "launched", "launch_failed", "launch_abandoned", "terminated", "terminate_failed", "terminate_abandoned":
+			finished[ev.OpID] = append(finished[ev.OpID], ev.Action)
+		}
+		if ev.Action == "launched" {
+			launched[ev.InstanceID]++
+		}
+	}
+	for op, kind := range plannedOps {
+		if n := len(finished[op]); n != 1 {
+			t.Errorf("intent %s (%s) finished %d times: %v", op, kind, n, finished[op])
+		}
+	}
+	for op := range finished {
+		if _, ok := plannedOps[op]; !ok && op != "" {
+			t.Errorf("intent %s finished but never planned", op)
+		}
+	}
+	for id, n := range launched {
+		if n > 1 {
+			t.Errorf("instance %s launched %d times", id, n)
+		}
+	}
+	return len(plannedOps)
+}
+
+// sampler counts instance processes under dir every 20ms and records the
+// maximum, until stopped.
+type sampler struct {
+	stop chan struct{}
+	done chan struct{}
+	max  atomic.Int64
+}
+
+func sampleProcesses(dir string) *sampler {
+	s := &sampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			n := int64(len(processesUnder(dir)))
+			if n > s.max.Load() {
+				s.max.Store(n)
+			}
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *sampler) finish() int {
+	close(s.stop)
+	<-s.done
+	return int(s.max.Load())
+}
+
+// TestClusterLeaderKilledTenTimesDuringRollout kills the leader with
+// SIGKILL ten times while a rolling replacement runs, restarting it each
+// time: never more instances than size+max_surge, no instance launched
+// twice, every intent finished exactly once, and the fleet converges.
+func TestClusterLeaderKilledTenTimesDuringRollout(t *testing.T) {
+	c := newCluster(t, 3, "")
+	c.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
+	c.start()
+	c.waitHealthy("web", 3)
+
+	s := sampleProcesses(c.localDir)
+	// Roll v1 -> v2 -> v1 ... so there is always a rollout to interrupt.
+	versions := []string{"v2", "v1"}
+	for kill := 0; kill < 10; kill++ {
+		if kill%4 == 0 {
+			c.writeFleet("web.hcl", fleetFile("web", 3, versions[(kill/4)%2], ""))
+		}
+		time.Sleep(time.Duration(150+kill*70) * time.Millisecond)
+		l := c.leader()
+		c.agents[l].kill9()
+		c.leader(l)
+		c.agents[l].launch()
+		c.agents[l].waitReady(30 * time.Second)
+	}
+	f := c.waitHealthy("web", 3)
+	maxProcs := s.finish()
+	if maxProcs > 4 {
+		t.Fatalf("at one moment %d instance processes existed, more than size 3 + max_surge 1", maxProcs)
+	}
+	time.Sleep(2 * time.Second)
+	if n := len(processesUnder(c.localDir)); n != 3 {
+		t.Fatalf("%d instance processes after convergence, want 3: %s", n, describe(f))
+	}
+	evs := c.agents[c.leader()].events()
+	planned := auditIntents(t, evs)
+	ready := 0
+	for _, ev := range evs {
+		if ev.Action == "leader_ready" {
+			ready++
+		}
+	}
+	t.Logf("max %d processes, %d intents audited, %d leader terms became ready", maxProcs, planned, ready)
+	if ready < 10 {
+		t.Fatalf("only %d leader_ready events for 10 leader kills", ready)
+	}
+}
+
+// TestClusterAgentCutOffFromInstancesKillsNothing cuts one agent's probes
+// off (fault injection), first a follower, then the leader: the instances
+// are seen failing by that agent only, and nothing is terminated.
+func TestClusterAgentCutOffFromInstancesKillsNothing(t *testing.T) {
+	c := newCluster(t, 3, "")
+	c.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
+	c.start()
+	before := ids(c.waitHealthy("web", 2))
+	for _, which := range []string{"follower", "leader"} {
+		l := c.leader()
+		victim := (l + 1) % 3
+		if which == "leader" {
+			victim = l
+		}
+		fault := filepath.Join(c.agents[victim].dataDir, "faults", "probes-cut")
+		if err := os.MkdirAll(filepath.Dir(fault), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(fault, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("agent-%d", victim+1)
+		// The cluster sees that agent's failures, and does nothing.
+		c.agents[l].waitFor("the cut-off agent's failures to reach the leader", 15*time.Second, func() (bool, string) {
+			st, err := c.consistent(l)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, f := range st.Fleets {
+				for _, in := range f.Instances {
+					if contains2(in.FailingOn, name) {
+						return true, ""
+					}
+				}
+			}
+			return false, describe(st.Fleets[0])
+		})
+		time.Sleep(6 * time.Second) // well past 3 x 300ms probes
+		st, err := c.consistent(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ids(st.Fleets[0]); len(got) != 2 || !got[keys(before)[0]] || !got[keys(before)[1]] {
+			t.Fatalf("%s cut off: instances changed: before %v now %s", which, keys(before), describe(st.Fleets[0]))
+		}
+		for _, in := range st.Fleets[0].Instances {
+			if in.State != "healthy" {
+				t.Fatalf("%s cut off: instance %s judged %s (failing on %v, healthy on %v)", which, in.ID, in.State, in.FailingOn, in.HealthyOn)
+			}
+		}
+		for _, ev := range c.agents[l].events() {
+			if ev.Action == "terminate_planned" {
+				t.Fatalf("%s cut off: a termination was planned: %+v", which, ev)
+			}
+		}
+		if err := os.Remove(fault); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A real failure seen by every agent is still remediated.
+	victim := c.waitHealthy("web", 2).Instances[0]
+	resp, err := http.Post("http://"+victim.Address+"/fail", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	c.agents[c.leader()].waitHealthyConsistent("web", 2, 60*time.Second, victim.ID)
+	ev := findEvent(c.agents[c.leader()].events(), "terminated", victim.ID)
+	if ev == nil || ev.Reason != "unhealthy" {
+		t.Fatalf("a failure seen by all agents was not remediated: %+v", ev)
+	}
+}
+
+func contains2(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// TestClusterWithoutQuorumChangesNothing stops two of three agents: the
+// survivor makes no change and says so; once they are back the fleet
+// converges.
+func TestClusterWithoutQuorumChangesNothing(t *testing.T) {
+	c := newCluster(t, 3, "")
+	c.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
+	c.start()
+	f := c.waitHealthy("web", 2)
+	l := c.leader()
+	a, b := (l+1)%3, (l+2)%3
+	c.agents[a].stop()
+	c.agents[b].stop()
+	survivor := c.agents[l]
+	survivor.waitFor("the survivor to see no leader", 15*time.Second, func() (bool, string) {
+		st, err := survivor.trystatus()
+		return err == nil && st.Leader == "" && !st.IsLeader, fmt.Sprintf("%+v", err)
+	})
+	gen := survivor.status().Generation
+	evsBefore := len(survivor.events())
+	// Give it something to fix: kill an instance, and edit the fleet file.
+	pid, _ := strconv.Atoi(f.Instances[0].ProviderRef)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	c.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
+	time.Sleep(5 * time.Second)
+	st := survivor.status()
+	if st.Generation != gen || len(survivor.events()) != evsBefore {
+		t.Fatalf("the survivor changed state without quorum: generation %d -> %d", gen, st.Generation)
+	}
+	if n := len(processesUnder(c.localDir)); n != 1 {
+		t.Fatalf("%d instance processes without quorum, want the 1 left alive", n)
+	}
+	out, _ := runCLI("status", "-addr", survivor.httpAddr)
+	if !strings.Contains(out, "NO LEADER") {
+		t.Fatalf("status does not say there is no quorum:\n%s", out)
+	}
+	resp, err := http.Get("http://" + survivor.httpAddr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz without quorum: %d", resp.StatusCode)
+	}
+	if m := get(t, "http://"+survivor.httpAddr+"/metrics"); !strings.Contains(m, `immutd_remediation_blocked{cause="no_quorum",fleet="web"} 1`) {
+		t.Fatal("no_quorum is not exported")
+	}
+	c.agents[a].launch()
+	c.agents[b].launch()
+	c.waitHealthy("web", 3)
+	auditIntents(t, c.agents[c.leader()].events())
+}
+
+// TestClusterRefusesAgentWithUntrustedCertificate starts a fourth agent
+// whose certificate comes from another CA: it never becomes a member.
+func TestClusterRefusesAgentWithUntrustedCertificate(t *testing.T) {
+	c := newCluster(t, 3, "")
+	c.start()
+	l := c.leader()
+	rogueTLS := t.TempDir()
+	makeCerts(t, rogueTLS, "rogue")
+	rogue := newEnv(t, envOpts{name: "rogue", cluster: clusterBlock(rogueTLS, "rogue", c.raftAddrs, 3)})
+	rogue.launch()
+	time.Sleep(5 * time.Second)
+	ms, err := c.agents[l].client.Members(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 3 {
+		t.Fatalf("members after a rogue join attempt: %+v", ms)
+	}
+	for _, m := range ms {
+		if m.Name == "rogue" || m.Address == rogue.raftAddr {
+			t.Fatalf("rogue agent became a member: %+v", m)
+		}
+	}
+	logs, _ := os.ReadFile(filepath.Join(c.agents[l].dir, "agent.log"))
+	if !strings.Contains(string(logs), "connection rejected") {
+		t.Fatal("the leader did not log the rejected connection")
+	}
+	out, code := runCLI("cluster", "members", "-addr", c.agents[(l+1)%3].httpAddr)
+	if code != 0 || strings.Count(out, "agent-") != 3 {
+		t.Fatalf("cluster members via a follower: exit %d\n%s", code, out)
+	}
+}
+
+// TestClusterMembershipCommands: remove a member, let it rejoin through
+// `immutd cluster join` (after wiping its state, as a replaced machine
+// would), and leave.
+func TestClusterMembershipCommands(t *testing.T) {
+	c := newCluster(t, 3, "")
+	c.start()
+	l := c.leader()
+	victim := (l + 1) % 3
+	name := fmt.Sprintf("agent-%d", victim+1)
+	c.agents[victim].kill9()
+	if out, code := runCLI("cluster", "remove", name, "-addr", c.agents[l].httpAddr); code != 0 {
+		t.Fatalf("remove: %s", out)
+	}
+	if ms, _ := c.agents[l].client.Members(context.Background()); len(ms) != 2 {
+		t.Fatalf("members after remove: %+v", ms)
+	}
+	// The machine comes back wiped: new identity, no raft state. It must
+	// not bootstrap a second cluster; it joins the existing one.
+	if err := os.RemoveAll(c.agents[victim].dataDir); err != nil {
+		t.Fatal(err)
+	}
+	c.agents[victim].launch()
+	c.agents[victim].waitReady(60 * time.Second)
+	c.agents[l].waitFor("the wiped agent to rejoin and be promoted", 60*time.Second, func() (bool, string) {
+		ms, err := c.agents[l].client.Members(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		voters := 0
+		for _, m := range ms {
+			if m.Suffrage == "voter" {
+				voters++
+			}
+		}
+		return len(ms) == 3 && voters == 3, fmt.Sprintf("%+v", ms)
+	})
+	st := c.agents[victim].status()
+	if st.Leader == "" || st.Generation != c.agents[l].status().Generation {
+		t.Fatalf("rejoined agent does not follow the cluster: %+v", st)
+	}
+	// Graceful leave of a follower.
+	leaver := (l + 2) % 3
+	if out, code := runCLI("cluster", "leave", "-addr", c.agents[leaver].httpAddr); code != 0 {
+		t.Fatalf("leave: %s", out)
+	}
+	c.agents[l].waitFor("the leaver to be gone", 20*time.Second, func() (bool, string) {
+		ms, err := c.agents[l].client.Members(context.Background())
+		return err == nil && len(ms) == 2, fmt.Sprintf("%+v %v", ms, err)
+	})
+	done := make(chan struct{})
+	go func() { c.agents[leaver].cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		c.agents[leaver].cmd = nil
+	case <-time.After(20 * time.Second):
+		t.Fatal("agent did not stop after leaving")
+	}
+}
+
