@@ -27,7 +27,7 @@ type faultLayer struct {
 	conns     []net.Conn
 }
 
-func newFaultLayer(t *testing.T) *faultLayer {
+func newFaultLayer(t testing.TB) *faultLayer {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,12 +82,12 @@ func (l *faultLayer) partition() {
 func (l *faultLayer) heal() { l.down.Store(false) }
 
 type testCluster struct {
-	t      *testing.T
+	t      testing.TB
 	nodes  []*Node
 	layers []*faultLayer
 }
 
-func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
+func newTestCluster(t testing.TB, n int, tweak func(*Config)) *testCluster {
 	t.Helper()
 	tc := &testCluster{t: t}
 	var servers []raft.Server

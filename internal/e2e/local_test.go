@@ -220,7 +220,7 @@ func keys(m map[string]bool) []string {
 	return out
 }
 
-func get(t *testing.T, url string) string {
+func get(t testing.TB, url string) string {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {

@@ -143,6 +143,7 @@ func (s *State) commitIntents(c *CommitIntents) Result {
 		cp := *it
 		cp.CreatedAt = c.At
 		s.Intents[it.OpID] = &cp
+		s.intentIndex()[it.InstanceID] = it.OpID
 		res.Accepted = append(res.Accepted, it.OpID)
 		if it.Kind == Terminate {
 			if rec := s.Instances[it.InstanceID]; rec != nil && !rec.EverHealthy && countsAsLaunchFailure(it.Reason) {
@@ -199,6 +200,7 @@ func (s *State) completeIntent(c *CompleteIntent) Result {
 		return Result{Err: fmt.Sprintf("intent %s is owned by term %d, completion from term %d", c.OpID, it.Term, c.Term), Generation: s.Generation}
 	}
 	delete(s.Intents, c.OpID)
+	delete(s.intentIndex(), it.InstanceID)
 	s.Finished[string(c.Outcome)]++
 	ev := Event{Time: c.At, Fleet: it.Fleet, InstanceID: it.InstanceID, Reason: it.Reason, Node: c.Node, OpID: it.OpID}
 	switch {

@@ -13,7 +13,8 @@ import (
 	"github.com/immutd/immutd/internal/config"
 )
 
-// MaxEvents bounds the replicated event log.
+// MaxEvents is how many events the replicated log keeps at least; it holds
+// at most a quarter more before the oldest are dropped.
 const MaxEvents = 2000
 
 // DesiredFleet is one fleet's desired state as committed.
@@ -135,6 +136,10 @@ type State struct {
 	NextEventID uint64                   `json:"next_event_id"`
 	// Finished counts intents finished by outcome, for audits.
 	Finished map[string]uint64 `json:"finished"`
+
+	// byInstance indexes open intents by instance id (derived, not
+	// serialised; rebuilt on demand).
+	byInstance map[string]string
 }
 
 // New returns an empty state.
@@ -174,12 +179,22 @@ func (s *State) InstancesOf(fleet string) []*Instance {
 
 // OpenIntentFor returns the open intent on an instance, if any.
 func (s *State) OpenIntentFor(instanceID string) *Intent {
-	for _, it := range s.Intents {
-		if it.InstanceID == instanceID {
-			return it
-		}
+	if op, ok := s.intentIndex()[instanceID]; ok {
+		return s.Intents[op]
 	}
 	return nil
+}
+
+// intentIndex returns the instance-to-intent index, building it after a
+// restore.
+func (s *State) intentIndex() map[string]string {
+	if s.byInstance == nil {
+		s.byInstance = make(map[string]string, len(s.Intents))
+		for op, it := range s.Intents {
+			s.byInstance[it.InstanceID] = op
+		}
+	}
+	return s.byInstance
 }
 
 // SortedIntents returns the open intents ordered by creation.
@@ -212,8 +227,9 @@ func (s *State) addEvent(e Event) {
 	e.Seq = s.NextEventID
 	s.NextEventID++
 	s.Events = append(s.Events, e)
-	if over := len(s.Events) - MaxEvents; over > 0 {
-		s.Events = append(s.Events[:0:0], s.Events[over:]...)
+	// Trim in chunks so that adding an event stays O(1) amortised.
+	if len(s.Events) >= MaxEvents+MaxEvents/4 {
+		s.Events = append(s.Events[:0:0], s.Events[len(s.Events)-MaxEvents:]...)
 	}
 }
 
