@@ -65,15 +65,17 @@ type Agent struct {
 	// latest valid fleet set read from the fleets directory.
 	fleets     *config.FleetSet
 	fleetsHash string
-	// startHash is the hash of the first valid fleet set this process read.
-	startHash  string
-	configErr  *ConfigStatus
-	lastStatus *Status
-	autoDrain  bool
-	interval   time.Duration
-	firstSeen  map[string]time.Time
-	lastPass   time.Time
-	token      string
+	// startHash is the hash of the first valid fleet set this process read;
+	// settledHash the last one the leader judged (committed or not needed).
+	startHash   string
+	settledHash string
+	configErr   *ConfigStatus
+	lastStatus  *Status
+	autoDrain   bool
+	interval    time.Duration
+	firstSeen   map[string]time.Time
+	lastPass    time.Time
+	token       string
 	// knownFleets have metric series exported.
 	knownFleets map[string]bool
 }

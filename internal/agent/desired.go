@@ -20,47 +20,51 @@ const resolveRetry = 10 * time.Second
 
 // Proposal is one agent's fleet files, sent to the leader to be committed.
 type Proposal struct {
-	ProposerID   string          `json:"proposer_id"`
-	ProposerName string          `json:"proposer_name"`
-	Hash         string          `json:"hash"`
-	Fleets       []*config.Fleet `json:"fleets"`
+	ProposerID   string `json:"proposer_id"`
+	ProposerName string `json:"proposer_name"`
+	Hash         string `json:"hash"`
+	// StartHash is the hash of the files the proposer read when it
+	// started: an agent that never proposed is not taken to have changed
+	// its files until they differ from that.
+	StartHash string          `json:"start_hash"`
+	Fleets    []*config.Fleet `json:"fleets"`
 }
 
-// wantProposal says whether this agent's fleet files must be proposed: only
-// when they changed since this agent last proposed (or, for an agent that
-// never proposed, since it started), or when nothing was ever committed.
-// An agent whose files merely differ from the committed ones does not
-// override them; status and immutd_config_diverged report the difference.
+// wantProposal returns this agent's fleet files when the leader has not
+// judged them yet. The leader decides with the authoritative state (see
+// needsCommit); a follower's own copy may lag, e.g. right after a restart.
 func (a *Agent) wantProposal() (*Proposal, bool) {
 	a.mu.Lock()
-	set, hash, startHash := a.fleets, a.fleetsHash, a.startHash
-	a.mu.Unlock()
-	if set == nil {
+	defer a.mu.Unlock()
+	if a.fleets == nil || a.fleetsHash == a.settledHash {
 		return nil, false
 	}
-	var last string
-	var ok bool
-	var gen uint64
-	var committed string
-	a.node.Read(func(st *state.State) {
-		last, ok = st.Proposed[a.node.ID()]
-		gen, committed = st.Generation, st.SourceHash
-	})
-	a.setDiverged(hash != committed && gen > 0)
-	if !ok {
-		if gen == 0 {
-			return a.proposal(set, hash), true
-		}
-		last = startHash
+	fleets := make([]*config.Fleet, 0, len(a.fleets.Fleets))
+	for _, f := range a.fleets.Fleets {
+		cp := *f
+		// Where a fleet is written is this agent's business; identical
+		// fleets from two agents must compare equal.
+		cp.Pos = config.Pos{}
+		fleets = append(fleets, &cp)
 	}
-	if hash == last {
-		return nil, false
-	}
-	return a.proposal(set, hash), true
+	return &Proposal{ProposerID: a.node.ID(), ProposerName: a.cfg.NodeName, Hash: a.fleetsHash, StartHash: a.startHash, Fleets: fleets}, true
 }
 
-func (a *Agent) proposal(set *config.FleetSet, hash string) *Proposal {
-	return &Proposal{ProposerID: a.node.ID(), ProposerName: a.cfg.NodeName, Hash: hash, Fleets: set.Fleets}
+// needsCommit says whether a proposal changes anything the cluster should
+// act on: only files that changed since their agent last proposed them
+// (or, for an agent that never proposed, since it started), or the very
+// first desired state. So agents whose directories differ never flip-flop
+// the desired state; status and immutd_config_diverged report the
+// difference.
+func needsCommit(st *state.State, p *Proposal) bool {
+	if st.Generation == 0 {
+		return true
+	}
+	last, ok := st.Proposed[p.ProposerID]
+	if !ok {
+		last = p.StartHash
+	}
+	return p.Hash != last
 }
 
 func (a *Agent) setDiverged(d bool) {
@@ -79,11 +83,15 @@ func (a *Agent) proposeLoop(ctx context.Context) error {
 	backoff := time.Duration(0)
 	for {
 		changes := a.node.Changes()
+		a.updateDiverged()
 		if p, ok := a.wantProposal(); ok {
 			err := a.propose(ctx, p)
 			switch {
 			case err == nil:
 				backoff = 0
+				a.mu.Lock()
+				a.settledHash = p.Hash
+				a.mu.Unlock()
 			case ctx.Err() != nil:
 				return ctx.Err()
 			default:
@@ -106,6 +114,15 @@ func (a *Agent) proposeLoop(ctx context.Context) error {
 	}
 }
 
+func (a *Agent) updateDiverged() {
+	a.mu.Lock()
+	hash := a.fleetsHash
+	a.mu.Unlock()
+	var committed string
+	a.node.Read(func(st *state.State) { committed = st.SourceHash })
+	a.setDiverged(hash != "" && committed != "" && hash != committed)
+}
+
 func (a *Agent) propose(ctx context.Context, p *Proposal) error {
 	if a.node.IsLeader() {
 		return a.commitProposal(ctx, p)
@@ -124,6 +141,11 @@ func (a *Agent) commitProposal(ctx context.Context, p *Proposal) error {
 		return errNotReady
 	}
 	for attempt := 0; attempt < 3; attempt++ {
+		needed := true
+		a.node.Read(func(st *state.State) { needed = needsCommit(st, p) })
+		if !needed {
+			return nil
+		}
 		v := a.readView()
 		fleets := make([]*state.DesiredFleet, 0, len(p.Fleets))
 		for _, f := range p.Fleets {

@@ -68,6 +68,13 @@ func clusterBlock(tlsDir, name string, join []string, expect int) string {
 
 func newCluster(t testing.TB, n int, extra string) *cluster {
 	t.Helper()
+	return newClusterOpts(t, n, extra, false)
+}
+
+// newClusterOpts can give every agent its own fleets directory
+// (separateFleets) instead of one shared directory.
+func newClusterOpts(t testing.TB, n int, extra string, separateFleets bool) *cluster {
+	t.Helper()
 	base := t.TempDir()
 	c := &cluster{t: t, fleetsDir: filepath.Join(base, "fleets.d"), localDir: filepath.Join(base, "local"), tlsDir: filepath.Join(base, "tls")}
 	for _, d := range []string{c.fleetsDir, c.localDir, c.tlsDir} {
@@ -82,7 +89,11 @@ func newCluster(t testing.TB, n int, extra string) *cluster {
 	}
 	makeCerts(t, c.tlsDir, names...)
 	for i, name := range names {
-		e := newEnv(t, envOpts{name: name, fleetsDir: c.fleetsDir, raftAddr: c.raftAddrs[i],
+		fleets := c.fleetsDir
+		if separateFleets {
+			fleets = ""
+		}
+		e := newEnv(t, envOpts{name: name, fleetsDir: fleets, raftAddr: c.raftAddrs[i],
 			cluster: clusterBlock(c.tlsDir, name, c.raftAddrs, n),
 			extra:   fmt.Sprintf("provider \"local\" {\n  dir = %q\n}\n%s", c.localDir, extra)})
 		c.agents = append(c.agents, e)
@@ -543,3 +554,56 @@ func TestClusterMembershipCommands(t *testing.T) {
 	}
 }
 
+
+// TestClusterDivergentFleetDirsDoNotFlipFlop gives each agent its own
+// fleets directory. An edit on a follower is forwarded and committed; the
+// agents whose files now differ report it, and repeated leader changes
+// never bring their older files back.
+func TestClusterDivergentFleetDirsDoNotFlipFlop(t *testing.T) {
+	c := newClusterOpts(t, 3, "", true)
+	for _, e := range c.agents {
+		e.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
+	}
+	c.start()
+	c.waitHealthy("web", 2)
+	l := c.leader()
+	f := (l + 1) % 3
+	c.agents[f].writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
+	c.waitHealthy("web", 3)
+	gen := c.agents[l].status().Generation
+	for i, e := range c.agents {
+		st := e.status()
+		if want := i != f; st.Diverged != want {
+			t.Fatalf("agent %d diverged=%v, want %v (committed from %s)", i, st.Diverged, want, st.SourceNode)
+		}
+	}
+	out, _ := runCLI("status", "-addr", c.agents[l].httpAddr)
+	if !strings.Contains(out, "fleet files differ") {
+		t.Fatalf("status does not report the divergence:\n%s", out)
+	}
+	for k := 0; k < 3; k++ {
+		l = c.leader()
+		c.agents[l].kill9()
+		c.leader(l)
+		c.agents[l].launch()
+		c.agents[l].waitReady(30 * time.Second)
+	}
+	l = c.leader()
+	time.Sleep(2 * time.Second)
+	st, err := c.consistent(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Generation != gen || st.Fleets[0].Size != 3 {
+		dumpDesiredEvents(t, c.agents[l])
+		t.Fatalf("desired state flip-flopped after leader changes: generation %d -> %d, size %d", gen, st.Generation, st.Fleets[0].Size)
+	}
+}
+
+func dumpDesiredEvents(t *testing.T, e *env) {
+	for _, ev := range e.events() {
+		if strings.HasPrefix(ev.Action, "desired") || strings.HasPrefix(ev.Action, "fleet_") {
+			t.Logf("%s %s %s %s %v", ev.Time.Format("15:04:05.000"), ev.Node, ev.Action, ev.Reason, ev.Evidence)
+		}
+	}
+}
