@@ -111,13 +111,24 @@ func New(opts Options) (*Provider, error) {
 	return p, nil
 }
 
+// leftoverAge is how old a staging directory or temporary file must be
+// before New removes it. Several agents of one cluster may share the
+// directory (one host), so a young one may be another agent's import or
+// write in progress.
+const leftoverAge = time.Hour
+
 // removeLeftovers deletes staging directories and temporary metadata
 // files that a crash in the middle of an import or a write left behind.
 func (p *Provider) removeLeftovers() {
+	old := func(path string) bool {
+		fi, err := os.Lstat(path)
+		return err == nil && time.Since(fi.ModTime()) > leftoverAge
+	}
 	if des, err := os.ReadDir(p.imagesDir); err == nil {
 		for _, de := range des {
-			if strings.HasPrefix(de.Name(), stagingPrefix) {
-				if err := removeTree(filepath.Join(p.imagesDir, de.Name())); err != nil {
+			path := filepath.Join(p.imagesDir, de.Name())
+			if strings.HasPrefix(de.Name(), stagingPrefix) && old(path) {
+				if err := removeTree(path); err != nil {
 					p.log.Warn("remove leftover staging directory failed", zap.String("path", de.Name()), zap.Error(err))
 				}
 			}
@@ -129,8 +140,9 @@ func (p *Provider) removeLeftovers() {
 			continue
 		}
 		for _, de := range des {
-			if n := de.Name(); strings.HasPrefix(n, ".") && strings.HasSuffix(n, tmpSuffix) {
-				_ = os.Remove(filepath.Join(d, n))
+			path := filepath.Join(d, de.Name())
+			if n := de.Name(); strings.HasPrefix(n, ".") && strings.HasSuffix(n, tmpSuffix) && old(path) {
+				_ = os.Remove(path)
 			}
 		}
 	}

@@ -588,3 +588,29 @@ func TestSampleAppFailAfter(t *testing.T) {
 		return code == 500
 	})
 }
+
+// TestNewKeepsYoungLeftovers: agents of one cluster may share the
+// directory, so New removes only staging directories old enough that no
+// import can still be running.
+func TestNewKeepsYoungLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	p, _ := newProvider(t, dir)
+	oldStage := filepath.Join(p.imagesDir, stagingPrefix+"old")
+	youngStage := filepath.Join(p.imagesDir, stagingPrefix+"young")
+	for _, d := range []string{oldStage, youngStage} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-2 * leftoverAge)
+	if err := os.Chtimes(oldStage, past, past); err != nil {
+		t.Fatal(err)
+	}
+	newProvider(t, dir)
+	if _, err := os.Stat(oldStage); !os.IsNotExist(err) {
+		t.Errorf("old staging directory kept: %v", err)
+	}
+	if _, err := os.Stat(youngStage); err != nil {
+		t.Errorf("young staging directory removed: %v", err)
+	}
+}
