@@ -69,7 +69,7 @@ type Agent struct {
 	// settledHash the last one the leader judged (committed or not needed).
 	startHash   string
 	settledHash string
-	configErr   *ConfigStatus
+	configErr   *api.ConfigStatus
 	lastStatus  *Status
 	autoDrain   bool
 	interval    time.Duration
@@ -78,16 +78,6 @@ type Agent struct {
 	token       string
 	// knownFleets have metric series exported.
 	knownFleets map[string]bool
-}
-
-// ConfigStatus is the state of the fleet files as this agent last read them.
-type ConfigStatus struct {
-	OK       bool      `json:"ok"`
-	Error    string    `json:"error,omitempty"`
-	At       time.Time `json:"at"`
-	Hash     string    `json:"hash,omitempty"`
-	Fleets   int       `json:"fleets"`
-	Rejected int       `json:"rejected_total"`
 }
 
 // NewLogger builds the agent's JSON logger.
@@ -383,7 +373,7 @@ func (a *Agent) consumeConfig(ctx context.Context, updates <-chan config.Update)
 		case u := <-updates:
 			a.mu.Lock()
 			prev := a.configErr
-			st := &ConfigStatus{At: u.At, Hash: u.Hash}
+			st := &api.ConfigStatus{At: u.At, Hash: u.Hash}
 			if prev != nil {
 				st.Rejected = prev.Rejected
 			}

@@ -146,8 +146,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	}
 	a.mu.Lock()
 	if a.configErr != nil {
-		c := *a.configErr
-		s.Config = api.ConfigStatus{OK: c.OK, Error: c.Error, At: c.At, Hash: c.Hash, Fleets: c.Fleets, Rejected: c.Rejected}
+		s.Config = *a.configErr
 	}
 	last := a.lastStatus
 	s.LastPass = a.lastPass

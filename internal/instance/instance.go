@@ -4,6 +4,9 @@
 package instance
 
 import (
+	"fmt"
+	"sort"
+	"strconv"
 	"time"
 
 	"github.com/immutd/immutd/internal/config"
@@ -61,4 +64,47 @@ const (
 type Finding struct {
 	Kind     string   `json:"kind"`
 	Evidence []string `json:"evidence"`
+}
+
+// The environment every provider gives an instance. The fleet's launch env
+// cannot set these (the config refuses them).
+const (
+	EnvInstanceID  = "IMMUTD_INSTANCE_ID"
+	EnvFleet       = "IMMUTD_FLEET"
+	EnvImageDigest = "IMMUTD_IMAGE_DIGEST"
+	EnvPort        = "PORT"
+)
+
+// Env returns the instance's environment as sorted KEY=value pairs: base
+// (the provider's own defaults), then the fleet's launch env, then the
+// variables immutd sets, each overriding the ones before.
+func (r LaunchRequest) Env(base map[string]string, port int) []string {
+	vars := make(map[string]string, len(base)+len(r.Launch.Env)+4)
+	for k, v := range base {
+		vars[k] = v
+	}
+	for k, v := range r.Launch.Env {
+		vars[k] = v
+	}
+	vars[EnvInstanceID] = r.InstanceID
+	vars[EnvFleet] = r.Fleet
+	vars[EnvImageDigest] = r.ImageDigest
+	vars[EnvPort] = strconv.Itoa(port)
+	out := make([]string, 0, len(vars))
+	for k, v := range vars {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// MaxEvidence caps the evidence items of a drift finding.
+const MaxEvidence = 20
+
+// CapEvidence keeps the first MaxEvidence items and counts the rest.
+func CapEvidence(items []string) []string {
+	if n := len(items); n > MaxEvidence {
+		return append(items[:MaxEvidence:MaxEvidence], fmt.Sprintf("... and %d more", n-MaxEvidence))
+	}
+	return items
 }

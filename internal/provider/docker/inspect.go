@@ -13,9 +13,6 @@ import (
 	"github.com/immutd/immutd/internal/pathmatch"
 )
 
-// maxEvidence caps the evidence items of a finding; the rest are counted.
-const maxEvidence = 20
-
 // Inspect asks the engine which files of the instance's container differ
 // from its image (the container's writable layer, as `docker diff`
 // shows it) and returns nil when none do, or a finding of kind
@@ -69,7 +66,7 @@ func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []
 // changeEvidence turns the engine's change list into evidence items:
 // directories marked modified only because of changes beneath them are
 // dropped, ignored paths are dropped, the rest is sorted by path and
-// capped at maxEvidence items.
+// capped at instance.MaxEvidence items.
 func changeEvidence(changes []container.FilesystemChange, ign *pathmatch.Set) []string {
 	// Every proper parent directory of a changed path.
 	parents := map[string]bool{}
@@ -100,15 +97,11 @@ func changeEvidence(changes []container.FilesystemChange, ign *pathmatch.Set) []
 		items = append(items, item{c.Path, changeVerb(c.Kind) + " " + c.Path})
 	}
 	sort.SliceStable(items, func(i, j int) bool { return items[i].path < items[j].path })
-	out := make([]string, 0, min(len(items), maxEvidence+1))
-	for i, it := range items {
-		if i == maxEvidence {
-			out = append(out, fmt.Sprintf("... and %d more", len(items)-maxEvidence))
-			break
-		}
+	out := make([]string, 0, len(items))
+	for _, it := range items {
 		out = append(out, it.text)
 	}
-	return out
+	return instance.CapEvidence(out)
 }
 
 func changeVerb(k container.ChangeType) string {

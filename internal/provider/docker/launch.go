@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -218,22 +217,7 @@ func checkEnv(env map[string]string) error {
 
 // buildEnv returns the container's environment, sorted. The image's own
 // ENV still applies to names not set here.
-func buildEnv(req instance.LaunchRequest, port int) []string {
-	vars := map[string]string{}
-	for k, v := range req.Launch.Env {
-		vars[k] = v
-	}
-	vars[EnvInstanceID] = req.InstanceID
-	vars[EnvFleet] = req.Fleet
-	vars[EnvImageDigest] = req.ImageDigest
-	vars[EnvPort] = strconv.Itoa(port)
-	out := make([]string, 0, len(vars))
-	for k, v := range vars {
-		out = append(out, k+"="+v)
-	}
-	sort.Strings(out)
-	return out
-}
+func buildEnv(req instance.LaunchRequest, port int) []string { return req.Env(nil, port) }
 
 // freePort asks the kernel for a free TCP port on the publish host.
 func (p *Provider) freePort() (int, error) {

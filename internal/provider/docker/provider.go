@@ -12,6 +12,8 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/go-connections/tlsconfig"
 	"go.uber.org/zap"
+
+	"github.com/immutd/immutd/internal/instance"
 )
 
 // DefaultHost is the engine endpoint when Options.Host is empty.
@@ -43,10 +45,10 @@ const (
 // Environment variables the provider sets in every container; they win
 // over the fleet's launch env.
 const (
-	EnvInstanceID  = "IMMUTD_INSTANCE_ID"
-	EnvFleet       = "IMMUTD_FLEET"
-	EnvImageDigest = "IMMUTD_IMAGE_DIGEST"
-	EnvPort        = "PORT"
+	EnvInstanceID  = instance.EnvInstanceID
+	EnvFleet       = instance.EnvFleet
+	EnvImageDigest = instance.EnvImageDigest
+	EnvPort        = instance.EnvPort
 )
 
 // NamePrefix starts the name of every container immutd launches; the

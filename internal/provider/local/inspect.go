@@ -10,9 +10,6 @@ import (
 	"github.com/immutd/immutd/internal/pathmatch"
 )
 
-// maxEvidence caps the evidence items of a finding; the rest are counted.
-const maxEvidence = 20
-
 // Inspect compares the instance root with the per-entry manifest of its
 // image and returns nil when they match, or a finding of kind
 // instance.DriftMutated whose evidence lists, in path order, items like
@@ -73,10 +70,7 @@ func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []
 	if len(evidence) == 0 {
 		return nil, nil
 	}
-	if n := len(evidence); n > maxEvidence {
-		evidence = append(evidence[:maxEvidence:maxEvidence], fmt.Sprintf("... and %d more", n-maxEvidence))
-	}
-	return &instance.Finding{Kind: instance.DriftMutated, Evidence: evidence}, nil
+	return &instance.Finding{Kind: instance.DriftMutated, Evidence: instance.CapEvidence(evidence)}, nil
 }
 
 // diffEntries lists the differences between two path-sorted entry lists,

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,10 +25,10 @@ const basePATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 // Environment variables the provider sets for every instance; they win
 // over the fleet's launch env.
 const (
-	EnvInstanceID  = "IMMUTD_INSTANCE_ID"
-	EnvFleet       = "IMMUTD_FLEET"
-	EnvImageDigest = "IMMUTD_IMAGE_DIGEST"
-	EnvPort        = "PORT"
+	EnvInstanceID  = instance.EnvInstanceID
+	EnvFleet       = instance.EnvFleet
+	EnvImageDigest = instance.EnvImageDigest
+	EnvPort        = instance.EnvPort
 )
 
 func zapID(id string) zap.Field  { return zap.String("instance_id", id) }
@@ -253,24 +252,7 @@ func checkEnv(env map[string]string) error {
 
 // buildEnv returns the instance's environment, sorted.
 func buildEnv(req instance.LaunchRequest, root, tmp string, port int) []string {
-	vars := map[string]string{
-		"PATH":   basePATH,
-		"HOME":   root,
-		"TMPDIR": tmp,
-	}
-	for k, v := range req.Launch.Env {
-		vars[k] = v
-	}
-	vars[EnvInstanceID] = req.InstanceID
-	vars[EnvFleet] = req.Fleet
-	vars[EnvImageDigest] = req.ImageDigest
-	vars[EnvPort] = strconv.Itoa(port)
-	out := make([]string, 0, len(vars))
-	for k, v := range vars {
-		out = append(out, k+"="+v)
-	}
-	sort.Strings(out)
-	return out
+	return req.Env(map[string]string{"PATH": basePATH, "HOME": root, "TMPDIR": tmp}, port)
 }
 
 func envValue(env []string, key string) string {

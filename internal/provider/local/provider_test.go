@@ -547,7 +547,7 @@ func TestInspectCapsEvidence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f == nil || len(f.Evidence) != maxEvidence+1 || f.Evidence[maxEvidence] != "... and 6 more" || f.Evidence[0] != "added junk" {
+	if f == nil || len(f.Evidence) != instance.MaxEvidence+1 || f.Evidence[instance.MaxEvidence] != "... and 6 more" || f.Evidence[0] != "added junk" {
 		t.Fatalf("finding = %+v", f)
 	}
 }
