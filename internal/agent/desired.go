@@ -124,10 +124,27 @@ func (a *Agent) updateDiverged() {
 }
 
 func (a *Agent) propose(ctx context.Context, p *Proposal) error {
-	if a.node.IsLeader() {
-		return a.commitProposal(ctx, p)
+	if !a.node.IsLeader() {
+		err := a.forwardProposal(ctx, p)
+		if !errors.Is(err, errBecameLeader) {
+			return err
+		}
 	}
-	return a.forwardProposal(ctx, p)
+	for {
+		err := a.commitProposal(ctx, p)
+		if !errors.Is(err, errNotReady) {
+			return err
+		}
+		// Leading, but the barrier is not through yet: a moment.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if !a.node.IsLeader() {
+			return errNotReady
+		}
+	}
 }
 
 // errNotReady: this node leads but has not established leadership yet.
@@ -246,7 +263,9 @@ func (t *term) pin(ctx context.Context, f *config.Fleet, old *state.DesiredFleet
 // Drain starts draining an unconfigured fleet.
 func (a *Agent) Drain(ctx context.Context, fleet string) error {
 	if !a.node.IsLeader() {
-		return a.forwardJSON(ctx, "/cluster/v1/drain", map[string]string{"fleet": fleet}, nil)
+		if err := a.forwardJSON(ctx, "/cluster/v1/drain", map[string]string{"fleet": fleet}, nil); !errors.Is(err, errBecameLeader) {
+			return err
+		}
 	}
 	res, err := a.node.Apply(ctx, &state.DrainFleet{Fleet: fleet, At: time.Now(), Node: a.cfg.NodeName})
 	if err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -232,7 +233,9 @@ func (t *term) checkRefs(ctx context.Context) {
 // request after a tag moved).
 func (a *Agent) Resolve(ctx context.Context, fleet string) error {
 	if !a.node.IsLeader() {
-		return a.forwardJSON(ctx, "/cluster/v1/resolve", map[string]string{"fleet": fleet}, nil)
+		if err := a.forwardJSON(ctx, "/cluster/v1/resolve", map[string]string{"fleet": fleet}, nil); !errors.Is(err, errBecameLeader) {
+			return err
+		}
 	}
 	t := a.currentTerm()
 	if t == nil {
@@ -390,7 +393,8 @@ func (t *term) pass(ctx context.Context) error {
 	plan := reconcile.Plan(in)
 	a.m.reconcileDur.Observe(time.Since(start).Seconds())
 
-	if _, err := t.exec.Apply(ctx, v.generation, plan, v.fleets, observed); err != nil {
+	started, err := t.exec.Apply(ctx, v.generation, plan, v.fleets, observed)
+	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -399,7 +403,7 @@ func (t *term) pass(ctx context.Context) error {
 	}
 	t.markHealthy(ctx, v)
 	t.recordBlocks(ctx, plan)
-	t.publish(v, in, plan, observed)
+	t.publish(v, in, plan, started)
 	return nil
 }
 

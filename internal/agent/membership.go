@@ -100,7 +100,9 @@ func (a *Agent) addServer(ctx context.Context, req JoinRequest) error {
 		return errors.New("join: id and addr are required")
 	}
 	if !a.node.IsLeader() {
-		return a.forwardJSON(ctx, "/cluster/v1/join", req, nil)
+		if err := a.forwardJSON(ctx, "/cluster/v1/join", req, nil); !errors.Is(err, errBecameLeader) {
+			return err
+		}
 	}
 	servers, err := a.node.Servers()
 	if err != nil {
@@ -131,7 +133,9 @@ func (a *Agent) addServer(ctx context.Context, req JoinRequest) error {
 // RemoveMember removes a server by id or name (leader; followers forward).
 func (a *Agent) RemoveMember(ctx context.Context, node string) error {
 	if !a.node.IsLeader() {
-		return a.forwardJSON(ctx, "/cluster/v1/remove", map[string]string{"node": node}, nil)
+		if err := a.forwardJSON(ctx, "/cluster/v1/remove", map[string]string{"node": node}, nil); !errors.Is(err, errBecameLeader) {
+			return err
+		}
 	}
 	servers, err := a.node.Servers()
 	if err != nil {
@@ -154,8 +158,9 @@ func (a *Agent) RemoveMember(ctx context.Context, node string) error {
 func (a *Agent) Members(ctx context.Context) ([]api.Member, error) {
 	if !a.node.IsLeader() {
 		var ms []api.Member
-		err := a.forward(ctx, http.MethodGet, "/cluster/v1/members", nil, &ms)
-		return ms, err
+		if err := a.forward(ctx, http.MethodGet, "/cluster/v1/members", nil, &ms); !errors.Is(err, errBecameLeader) {
+			return ms, err
+		}
 	}
 	servers, err := a.node.Servers()
 	if err != nil {

@@ -177,6 +177,9 @@ func (a *Agent) callPeer(ctx context.Context, addr, method, path string, in, out
 
 var errNotLeaderPeer = errors.New("peer is not the leader")
 
+// errBecameLeader: a request meant for the leader found this agent leading.
+var errBecameLeader = errors.New("this agent is the leader now")
+
 // forwardJSON posts to the current leader, waiting up to rpcHoldTimeout
 // for one to be known.
 func (a *Agent) forwardJSON(ctx context.Context, path string, in, out any) error {
@@ -189,10 +192,11 @@ func (a *Agent) forward(ctx context.Context, method, path string, in, out any) e
 		addr, _ := a.node.Leader()
 		var err error
 		switch {
+		case a.node.IsLeader():
+			// The caller handles it locally instead.
+			return errBecameLeader
 		case addr == "":
 			err = errors.New("no leader: the cluster has no quorum")
-		case a.node.IsLeader():
-			err = errors.New("this agent became the leader")
 		default:
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err = a.callPeer(cctx, addr, method, path, in, out)
@@ -260,6 +264,9 @@ func (a *Agent) ConsistentStatus(ctx context.Context) (api.Status, error) {
 	}
 	var st api.Status
 	err := a.forward(ctx, http.MethodGet, "/cluster/v1/status", nil, &st)
+	if errors.Is(err, errBecameLeader) {
+		return a.Status(ctx), nil
+	}
 	return st, err
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/immutd/immutd/internal/api"
+	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
 	"github.com/immutd/immutd/internal/reconcile"
 	"github.com/immutd/immutd/internal/state"
@@ -15,13 +16,21 @@ import (
 // Status is the leader's last pass as the API shows it.
 type Status = api.Status
 
-// publish stores what the pass saw for the API and updates the metrics.
-func (t *term) publish(v view, in reconcile.Input, plan reconcile.Result, observed map[string]instance.Observed) {
+// publish stores what the pass saw, and the intents it started, for the
+// API, and updates the metrics.
+func (t *term) publish(v view, in reconcile.Input, plan reconcile.Result, started []*state.Intent) {
 	a := t.a
+	startedBy := map[string]*state.Intent{}
+	launches := map[string][]*state.Intent{}
+	for _, it := range started {
+		startedBy[it.InstanceID] = it
+		if it.Kind == state.Launch {
+			launches[it.Fleet] = append(launches[it.Fleet], it)
+		}
+	}
 	byName := map[string]reconcile.FleetStatus{}
 	for _, st := range plan.Fleets {
 		byName[st.Fleet] = st
-		a.m.publish(st)
 	}
 	verdicts := a.prober.Verdicts()
 	judged := t.judged
@@ -42,6 +51,9 @@ func (t *term) publish(v view, in reconcile.Input, plan reconcile.Result, observ
 			f.Blocked = append(f.Blocked, api.Block{Cause: b.Cause, Detail: b.Detail})
 		}
 		for _, x := range fi.Instances {
+			if x.Open == nil && startedBy[x.ID] != nil {
+				x.Open = startedBy[x.ID]
+			}
 			ai := api.Instance{ID: x.ID, Fleet: d.Spec.Name, Orphan: x.Record == nil && x.Open == nil}
 			if x.Record != nil {
 				ai.ImageDigest, ai.Address, ai.Location, ai.CreatedAt = x.Record.ImageDigest, x.Record.Address, x.Record.Location, x.Record.CreatedAt
@@ -83,6 +95,29 @@ func (t *term) publish(v view, in reconcile.Input, plan reconcile.Result, observ
 			}
 			f.Instances = append(f.Instances, ai)
 		}
+		for _, it := range launches[d.Spec.Name] {
+			f.Instances = append(f.Instances, api.Instance{ID: it.InstanceID, Fleet: it.Fleet, ImageDigest: it.ImageDigest,
+				State: "launching", Intent: "launch: " + it.Reason, CreatedAt: it.CreatedAt})
+		}
+		// The counts follow the rows: intents started in this pass count
+		// as launching or terminating already.
+		counts := map[string]int{}
+		for _, s := range reconcile.InstanceStates {
+			counts[s] = 0
+		}
+		for _, ai := range f.Instances {
+			if ai.Orphan && d.Spec.Drift.Orphans == config.OrphanIgnore {
+				continue // reported as drift only
+			}
+			if ai.State == "gone" {
+				counts["exited"]++
+			} else if _, ok := counts[ai.State]; ok {
+				counts[ai.State]++
+			}
+		}
+		f.States = counts
+		st.States = counts
+		a.m.publish(st)
 		fleets = append(fleets, f)
 	}
 	a.mu.Lock()

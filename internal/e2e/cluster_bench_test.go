@@ -114,4 +114,3 @@ func splitLinesE2E(s string) []string {
 	}
 	return out
 }
-

@@ -554,7 +554,6 @@ func TestClusterMembershipCommands(t *testing.T) {
 	}
 }
 
-
 // TestClusterDivergentFleetDirsDoNotFlipFlop gives each agent its own
 // fleets directory. An edit on a follower is forwarded and committed; the
 // agents whose files now differ report it, and repeated leader changes
