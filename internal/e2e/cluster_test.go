@@ -606,3 +606,74 @@ func dumpDesiredEvents(t *testing.T, e *env) {
 		}
 	}
 }
+
+// TestClusterDockerLeaderKilledTenTimesDuringRollout is the leader-kill
+// test with the docker provider: three agents share one engine endpoint;
+// the leader is killed ten times while the fleet rolls between two
+// images. Never more containers than size+max_surge, every intent
+// finished exactly once, no instance launched twice, convergence.
+func TestClusterDockerLeaderKilledTenTimesDuringRollout(t *testing.T) {
+	en := newEngine(t, defaultDockerHost, false)
+	v1 := en.buildSample("v1", "1", "")
+	v2 := en.buildSample("v2", "2", "")
+	fleet := dockerFleet{name: en.fleetName("ha"), size: 3, image: en.repo() + ":1"}
+	c := newCluster(t, 3, providerBlock(en.host))
+	c.writeFleet("fleet.hcl", fleet.hcl())
+	c.start()
+	c.waitHealthy(fleet.name, 3)
+
+	stop := make(chan struct{})
+	maxSeen := make(chan int, 1)
+	go func() {
+		m := 0
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if cs, err := en.containers(fleet.name); err == nil {
+				running := 0
+				for _, ct := range cs {
+					if ct.State == "running" {
+						running++
+					}
+				}
+				m = max(m, running)
+			}
+			select {
+			case <-stop:
+				maxSeen <- m
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	images := []string{":2", ":1"}
+	for kill := 0; kill < 10; kill++ {
+		if kill%4 == 0 {
+			fleet.image = en.repo() + images[(kill/4)%2]
+			c.writeFleet("fleet.hcl", fleet.hcl())
+		}
+		time.Sleep(time.Duration(200+kill*90) * time.Millisecond)
+		l := c.leader()
+		c.agents[l].kill9()
+		c.leader(l)
+		c.agents[l].launch()
+		c.agents[l].waitReady(30 * time.Second)
+	}
+	f := c.waitHealthy(fleet.name, 3)
+	close(stop)
+	if m := <-maxSeen; m > 4 {
+		t.Fatalf("at one moment %d containers of the fleet were running, more than size 3 + max_surge 1", m)
+	}
+	want := v2 // the last write was at kill 8: image :2
+	for _, in := range f.Instances {
+		if in.ImageDigest != want {
+			t.Fatalf("instance %s runs %s, want %s (v1 %s)", in.ID, in.ImageDigest, want, v1)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	if cs := en.mustContainers(fleet.name); len(cs) != 3 {
+		t.Fatalf("%d containers of the fleet after convergence, want 3", len(cs))
+	}
+	planned := auditIntents(t, c.agents[c.leader()].events())
+	t.Logf("%d intents audited", planned)
+}
