@@ -183,8 +183,10 @@ func (t *term) housekeeping(ctx context.Context) {
 	}
 }
 
-// refCheckInterval is how often the leader checks whether a fleet's image
-// reference (a docker tag, a bundle directory) now names other content.
+// refCheckInterval is how often the leader checks whether a docker fleet's
+// image reference (a tag) now names other content. Local bundles are not
+// re-hashed in the background: a bundle is re-pinned only when the fleet
+// file changes or an operator runs `immutd fleet resolve`.
 const refCheckInterval = 30 * time.Second
 
 // checkRefs resolves every fleet's image reference again without pinning
