@@ -87,8 +87,11 @@ type term struct {
 	judged map[string]judgement
 	// watching lists the providers whose event streams wake the loop.
 	watching map[string]bool
-	start    time.Time
-	passes   int
+	// mu guards listBackoff, which event streams also touch.
+	mu          sync.Mutex
+	listBackoff map[string]*listRetry
+	start       time.Time
+	passes      int
 }
 
 type driftEntry struct {
@@ -257,6 +260,68 @@ func (a *Agent) pilot() *autopilot.Autopilot {
 	return nil
 }
 
+// listRetry is a provider's List backoff while it fails: nothing of its
+// fleets is launched or terminated meanwhile.
+type listRetry struct {
+	wait  time.Duration
+	until time.Time
+	err   string
+}
+
+const (
+	listBackoffMin = 500 * time.Millisecond
+	listBackoffMax = 8 * time.Second
+)
+
+// listWaiting returns the last error and the wait when a provider's List
+// is backing off, "" when it is due.
+func (t *term) listWaiting(name string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if b := t.listBackoff[name]; b != nil && time.Now().Before(b.until) {
+		return fmt.Sprintf("%s (next attempt in %s)", b.err, time.Until(b.until).Round(100*time.Millisecond))
+	}
+	return ""
+}
+
+func (t *term) listOK(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.listBackoff[name] != nil {
+		t.log.Info("provider reachable again", zap.String("provider", name))
+		delete(t.listBackoff, name)
+	}
+}
+
+func (t *term) backOffList(name string, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.listBackoff == nil {
+		t.listBackoff = map[string]*listRetry{}
+	}
+	b := t.listBackoff[name]
+	if b == nil {
+		b = &listRetry{wait: listBackoffMin}
+		t.log.Warn("provider unreachable; nothing of its fleets is launched or terminated until it answers",
+			zap.String("provider", name), zap.String("reason", "provider_unreachable"), zap.Error(err))
+	} else {
+		b.wait = min(2*b.wait, listBackoffMax)
+	}
+	b.until, b.err = time.Now().Add(b.wait), err.Error()
+	t.listBackoff[name] = b
+}
+
+// providerEvent is a provider's event stream speaking: it is reachable,
+// so a List backoff ends.
+func (t *term) providerEvent(name string) {
+	t.mu.Lock()
+	if b := t.listBackoff[name]; b != nil {
+		b.until = time.Time{}
+	}
+	t.mu.Unlock()
+	t.a.Wake()
+}
+
 // eventSource is the optional provider capability of pushing events
 // (a container died) so the loop reacts at once; the periodic pass
 // remains the source of truth.
@@ -277,7 +342,7 @@ func (t *term) watchEvents(ctx context.Context, used map[string]bool) {
 			t.watching = map[string]bool{}
 		}
 		t.watching[name] = true
-		go src.Watch(ctx, t.a.Wake)
+		go src.Watch(ctx, func() { t.providerEvent(name) })
 	}
 }
 
@@ -356,13 +421,19 @@ func (t *term) pass(ctx context.Context) error {
 				continue
 			}
 		}
+		if wait := t.listWaiting(name); wait != "" {
+			listErr[name] = wait
+			continue
+		}
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		list, err := p.List(lctx)
 		cancel()
 		if err != nil {
 			listErr[name] = err.Error()
+			t.backOffList(name, err)
 			continue
 		}
+		t.listOK(name)
 		for _, o := range list {
 			observed[o.ID] = o
 		}

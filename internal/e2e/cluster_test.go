@@ -677,3 +677,23 @@ func TestClusterDockerLeaderKilledTenTimesDuringRollout(t *testing.T) {
 	planned := auditIntents(t, c.agents[c.leader()].events())
 	t.Logf("%d intents audited", planned)
 }
+
+// TestClusterSigtermHandsLeadershipOver: a leader stopped with SIGTERM
+// transfers leadership before it exits, and keeps its membership.
+func TestClusterSigtermHandsLeadershipOver(t *testing.T) {
+	c := newCluster(t, 3, "")
+	c.start()
+	l := c.leader()
+	c.agents[l].stop()
+	logs, _ := os.ReadFile(filepath.Join(c.agents[l].dir, "agent.log"))
+	if !strings.Contains(string(logs), "leadership handed over") {
+		t.Fatal("the stopping leader did not hand leadership over")
+	}
+	nl := c.leader(l)
+	ms, err := c.agents[nl].client.Members(context.Background())
+	if err != nil || len(ms) != 3 {
+		t.Fatalf("members after a SIGTERM (membership must be kept): %+v %v", ms, err)
+	}
+	c.agents[l].launch()
+	c.agents[l].waitReady(30 * time.Second)
+}

@@ -348,3 +348,42 @@ func TestStatusCommandIsReadable(t *testing.T) {
 		t.Errorf("version: exit %d: %s", code, out)
 	}
 }
+
+// TestAPITokenAndTLS: an agent serving its API over HTTPS with a bearer
+// token: reads work with the CA, state changes need the token, and the
+// CLI passes both.
+func TestAPITokenAndTLS(t *testing.T) {
+	dir := t.TempDir()
+	makeCerts(t, dir, "api")
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("0123456789abcdef-e2e\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOpts{extra: fmt.Sprintf("api {\n  token_file = %q\n  tls_cert_file = %q\n  tls_key_file = %q\n}\n",
+		token, filepath.Join(dir, "api.pem"), filepath.Join(dir, "api-key.pem"))})
+	e.writeFleet("web.hcl", fleetFile("web", 1, "v1", ""))
+	e.writeFleet("old.hcl", fleetFile("old", 1, "v1", ""))
+	e.launch()
+	url := "https://" + e.httpAddr
+	ca := filepath.Join(dir, "ca.pem")
+	e.waitFor("the HTTPS API", 30*time.Second, func() (bool, string) {
+		out, code := runCLI("status", "-addr", url, "-ca-file", ca)
+		return code == 0 && strings.Contains(out, "old"), out
+	})
+	if err := os.Remove(filepath.Join(e.fleetsDir, "old.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("old to be unconfigured", 10*time.Second, func() (bool, string) {
+		out, _ := runCLI("status", "-addr", url, "-ca-file", ca)
+		return strings.Contains(out, "NOT CONFIGURED"), out
+	})
+	if out, code := runCLI("fleet", "drain", "old", "-addr", url, "-ca-file", ca); code == 0 || !strings.Contains(out, "401") {
+		t.Fatalf("drain without the token: exit %d: %s", code, out)
+	}
+	if out, code := runCLI("status", "-addr", "http://"+e.httpAddr); code == 0 {
+		t.Fatalf("plain HTTP to an HTTPS API worked: %s", out)
+	}
+	if out, code := runCLI("fleet", "drain", "old", "-addr", url, "-ca-file", ca, "-token-file", token); code != 0 {
+		t.Fatalf("drain with the token: exit %d: %s", code, out)
+	}
+}

@@ -7,7 +7,7 @@ import (
 
 // startingInterval caps the probe interval of a check that is starting,
 // so that a new instance is judged healthy quickly.
-const startingInterval = 250 * time.Millisecond
+const startingInterval = 100 * time.Millisecond
 
 // nextDue returns when a check is probed next. prev is when the probe
 // that just completed was due, now is the current time.

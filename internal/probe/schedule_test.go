@@ -126,9 +126,9 @@ func TestScheduleStartingCadenceThenInterval(t *testing.T) {
 		if c.id != "a" || c.v.State != Healthy {
 			t.Fatalf("change %s %s, want a healthy", c.id, c.v.State)
 		}
-		// Probes at 0, 250ms, 500ms: healthy after the third.
-		if got := c.at.Sub(start); got != 500*time.Millisecond {
-			t.Fatalf("healthy after %v, want 500ms", got)
+		// Probes at 0, 1 and 2 starting intervals: healthy after the third.
+		if got := c.at.Sub(start); got != 2*startingInterval {
+			t.Fatalf("healthy after %v, want %v", got, 2*startingInterval)
 		}
 		if !c.v.Since.Equal(c.at) || len(c.v.Evidence) != 0 {
 			t.Fatalf("verdict %+v", c.v)

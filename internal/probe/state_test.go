@@ -218,8 +218,8 @@ func TestNextDue(t *testing.T) {
 		starting bool
 		want     time.Duration
 	}{
-		{"starting caps the interval", 10 * s, 10 * s, 2 * s, 0, true, 10*s + 250*time.Millisecond},
-		{"starting with a short interval", 10 * s, 10 * s, 100 * time.Millisecond, 0, true, 10*s + 100*time.Millisecond},
+		{"starting caps the interval", 10 * s, 10 * s, 2 * s, 0, true, 10*s + startingInterval},
+		{"starting with a shorter interval", 10 * s, 10 * s, startingInterval / 2, 0, true, 10*s + startingInterval/2},
 		{"steady on its grid", 10*s + 300*time.Millisecond, 10*s + 301*time.Millisecond, 2 * s, 300 * time.Millisecond, false, 12*s + 300*time.Millisecond},
 		{"steady joins its grid, gap below interval", 10*s + 100*time.Millisecond, 10*s + 101*time.Millisecond, 2 * s, 300 * time.Millisecond, false, 10*s + 300*time.Millisecond},
 		{"steady joins its grid, gap just under interval", 10*s + 500*time.Millisecond, 10*s + 501*time.Millisecond, 2 * s, 300 * time.Millisecond, false, 12*s + 300*time.Millisecond},
