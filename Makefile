@@ -52,7 +52,7 @@ test: ## run every test (installs promtool, starts Docker if needed)
 test-short: ## unit tests only
 	$(GO) test -short -count=1 ./...
 
-bench: build ## run the benchmarks recorded in BENCHMARKS.md (about 30 minutes; output in build/bench.txt)
+bench: build ## run the benchmarks recorded in BENCHMARKS.md (about 15 minutes; output in build/bench.txt)
 	@mkdir -p build
 	set -o pipefail; { date -u; uname -srm; grep -m1 'model name' /proc/cpuinfo; nproc; \
 	  $(GO) test -run '^$$' -bench . -benchtime 2s -count 3 -cpu 1 ./internal/reconcile/ && \
