@@ -154,8 +154,10 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 		return instance.Observed{}, fmt.Errorf("open log: %w", err)
 	}
 	cmd := &exec.Cmd{
-		Path:        exe,
-		Args:        argv,
+		Path: exe,
+		// argv[0] is the absolute path, so `ps` shows which instance a
+		// process belongs to.
+		Args:        append([]string{exe}, argv[1:]...),
 		Dir:         root,
 		Env:         env,
 		Stdout:      logf,
