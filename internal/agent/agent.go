@@ -270,7 +270,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	run("config", func(ctx context.Context) error { return a.consumeConfig(ctx, watcher.Updates()) })
 	run("probe", a.prober.Run)
 	run("leadership", a.leadership)
-	run("probe-targets", a.syncProbeTargets)
+	run("follow-state", a.followState)
 	run("systemd", a.notifySystemd)
 	run("propose", a.proposeLoop)
 	run("report-verdicts", a.reportVerdicts)
@@ -476,14 +476,16 @@ func (a *Agent) notifySystemd(ctx context.Context) error {
 	}
 }
 
-// syncProbeTargets keeps the prober's targets equal to the recorded
-// instances, on every agent.
-func (a *Agent) syncProbeTargets(ctx context.Context) error {
+// followState follows the replicated state on every agent: the prober's
+// targets are the recorded instances, and the desired-state metrics are
+// the committed ones.
+func (a *Agent) followState(ctx context.Context) error {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
 		changes := a.node.Changes()
 		a.setProbeTargets()
+		a.publishDesired()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -124,7 +124,6 @@ func (t *term) publish(v view, in reconcile.Input, plan reconcile.Result, starte
 	a.lastStatus = &Status{Fleets: fleets}
 	a.lastPass = time.Now()
 	a.mu.Unlock()
-	a.publishDesired(v)
 }
 
 func fleetHeader(d *state.DesiredFleet, st state.FleetStats) api.Fleet {
@@ -135,25 +134,30 @@ func fleetHeader(d *state.DesiredFleet, st state.FleetStats) api.Fleet {
 }
 
 // publishDesired exports the replicated desired sizes (every agent).
-func (a *Agent) publishDesired(v view) {
-	a.m.desiredGen.Set(float64(v.generation))
-	a.m.intentsOpen.Set(float64(len(v.intents)))
-	for name, f := range v.fleets {
-		size := f.Spec.Size
-		if f.Draining {
-			size = 0
+func (a *Agent) publishDesired() {
+	sizes := map[string]int{}
+	a.node.Read(func(st *state.State) {
+		a.m.desiredGen.Set(float64(st.Generation))
+		a.m.intentsOpen.Set(float64(len(st.Intents)))
+		for name, f := range st.Fleets {
+			sizes[name] = f.Spec.Size
+			if f.Draining {
+				sizes[name] = 0
+			}
 		}
+	})
+	for name, size := range sizes {
 		a.m.fleetDesired.WithLabelValues(name).Set(float64(size))
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for name := range a.knownFleets {
-		if v.fleets[name] == nil {
+		if _, ok := sizes[name]; !ok {
 			a.m.forgetFleet(name)
 			delete(a.knownFleets, name)
 		}
 	}
-	for name := range v.fleets {
+	for name := range sizes {
 		if !a.knownFleets[name] {
 			a.knownFleets[name] = true
 			a.m.initFleet(name)
@@ -165,7 +169,6 @@ func (a *Agent) publishDesired(v view) {
 // agent serves its replicated copy, marked stale.
 func (a *Agent) Status(ctx context.Context) api.Status {
 	v := a.readView()
-	a.publishDesired(v)
 	leaderAddr, leaderID := a.node.Leader()
 	s := api.Status{Node: a.cfg.NodeName, NodeID: a.node.ID(), IsLeader: a.node.IsLeader(), Leader: leaderAddr, LeaderID: leaderID,
 		Term: a.node.Term(), AppliedIndex: a.node.AppliedIndex(), Generation: v.generation, Version: Version}
