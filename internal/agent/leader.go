@@ -456,10 +456,17 @@ func (t *term) pass(ctx context.Context) error {
 		}
 	}
 	if len(orphaned) > 0 {
-		if err := t.exec.Resume(ctx, orphaned, v.fleets, observed); err != nil {
+		n, err := t.exec.Resume(ctx, orphaned, v.fleets, observed)
+		if err != nil {
 			return err
 		}
-		v = a.readView()
+		if n > 0 {
+			// Plan in a fresh pass: the state must be read before the
+			// provider is observed, never after (an intent that finished in
+			// between would make its instance look unexplained).
+			a.Wake()
+			return nil
+		}
 	}
 
 	in := t.buildInput(v, observed, listErr)

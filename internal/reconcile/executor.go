@@ -313,7 +313,8 @@ func (e *Executor) complete(ctx context.Context, log *zap.Logger, it *state.Inte
 // each one idempotently. A launch whose instance already exists is
 // completed; a launch decided for a desired generation that is no longer
 // current is abandoned; everything else is driven again.
-func (e *Executor) Resume(ctx context.Context, open []*state.Intent, fleets map[string]*state.DesiredFleet, observed map[string]instance.Observed) error {
+// It returns how many intents it took over.
+func (e *Executor) Resume(ctx context.Context, open []*state.Intent, fleets map[string]*state.DesiredFleet, observed map[string]instance.Observed) (int, error) {
 	var ids []string
 	for _, it := range open {
 		if !e.Driving(it.OpID) {
@@ -321,12 +322,12 @@ func (e *Executor) Resume(ctx context.Context, open []*state.Intent, fleets map[
 		}
 	}
 	if len(ids) == 0 {
-		return nil
+		return 0, nil
 	}
 	term := e.journal.Term()
 	res, err := e.journal.Apply(ctx, &state.ClaimIntents{OpIDs: ids, Term: term, At: e.now(), Node: e.node})
 	if err != nil {
-		return fmt.Errorf("reconcile: claim intents: %w", err)
+		return 0, fmt.Errorf("reconcile: claim intents: %w", err)
 	}
 	claimed := map[string]bool{}
 	for _, id := range res.Accepted {
@@ -358,5 +359,5 @@ func (e *Executor) Resume(ctx context.Context, open []*state.Intent, fleets map[
 		log.Info("resuming intent", zap.String("kind", string(it.Kind)), zap.Int("attempts", it.Attempts+1))
 		e.Drive(ctx, &cp, d)
 	}
-	return nil
+	return len(claimed), nil
 }
