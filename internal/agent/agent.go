@@ -48,8 +48,6 @@ type Agent struct {
 	rpcClient *http.Client
 	votes     *votes
 	names     nameBook
-	// localMarker is the local provider directory, when it is in use.
-	localMarker string
 
 	wake           chan struct{}
 	proposeNow     chan struct{}
@@ -115,7 +113,6 @@ func New(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel) (*Agent, err
 			return nil, fmt.Errorf("agent: local provider: %w", err)
 		}
 		a.providers["local"] = lp
-		a.localMarker = cfg.Local.Dir
 	}
 	dp, err := docker.New(docker.Options{Host: cfg.Docker.Host, CertPath: cfg.Docker.CertPath, TLSVerify: cfg.Docker.TLSVerify,
 		PublishHost: cfg.Docker.PublishHost, Logger: log})
@@ -208,7 +205,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 		return err
 	}
 	a.node = node
-	if a.localMarker != "" {
+	if a.providers["local"] != nil {
 		if err := a.writeLocalMarker(); err != nil {
 			a.log.Warn("could not record this agent in the local provider directory", zap.Error(err))
 		}

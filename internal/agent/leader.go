@@ -364,7 +364,6 @@ func (t *term) Finished(it *state.Intent, outcome state.Outcome, took time.Durat
 // view is a consistent copy of what a pass needs from the state.
 type view struct {
 	generation uint64
-	sourceHash string
 	fleets     map[string]*state.DesiredFleet
 	records    map[string]state.Instance
 	intents    []*state.Intent
@@ -374,7 +373,7 @@ type view struct {
 func (a *Agent) readView() view {
 	var v view
 	a.node.Read(func(st *state.State) {
-		v.generation, v.sourceHash = st.Generation, st.SourceHash
+		v.generation = st.Generation
 		v.fleets = make(map[string]*state.DesiredFleet, len(st.Fleets))
 		for n, f := range st.Fleets {
 			v.fleets[n] = f // desired fleets are replaced, never mutated, by the state

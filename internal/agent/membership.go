@@ -44,7 +44,7 @@ func (a *Agent) info() NodeInfo {
 	st := a.node.Stats()
 	hasState := a.node.HadState() || st["last_log_index"] != "0" && st["last_log_index"] != ""
 	return NodeInfo{ID: a.node.ID(), Name: a.cfg.NodeName, RaftAddr: a.node.LocalAddr(), HasState: hasState, Leader: leader,
-		BootstrapExpect: a.cfg.Cluster.BootstrapExpect, Version: Version, LocalMarker: a.localMarker}
+		BootstrapExpect: a.cfg.Cluster.BootstrapExpect, Version: Version}
 }
 
 // clusterRPC adds the membership endpoints to the agent-to-agent mux.

@@ -32,9 +32,6 @@ type NodeInfo struct {
 	Leader          string `json:"leader"`
 	BootstrapExpect int    `json:"bootstrap_expect"`
 	Version         string `json:"version"`
-	// LocalMarker identifies the local provider directory this agent uses,
-	// so agents can tell whether they share one.
-	LocalMarker string `json:"local_marker,omitempty"`
 }
 
 // VerdictReport is one agent's probe verdicts, pushed to the leader.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -131,7 +132,7 @@ func (c *cluster) leader(down ...int) int {
 		var leaderName string
 		views := 0
 		for i, e := range c.agents {
-			if contains(down, i) {
+			if slices.Contains(down, i) {
 				continue
 			}
 			st, err := e.trystatus()
@@ -150,15 +151,6 @@ func (c *cluster) leader(down ...int) int {
 	return idx
 }
 
-func contains(xs []int, x int) bool {
-	for _, y := range xs {
-		if x == y {
-			return true
-		}
-	}
-	return false
-}
-
 // consistent returns the leader's status through agent i.
 func (c *cluster) consistent(i int) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -169,7 +161,7 @@ func (c *cluster) consistent(i int) (api.Status, error) {
 func (c *cluster) waitHealthy(name string, n int, down ...int) api.Fleet {
 	c.t.Helper()
 	for i := range c.agents {
-		if !contains(down, i) {
+		if !slices.Contains(down, i) {
 			return c.agents[i].waitHealthyConsistent(name, n, 60*time.Second)
 		}
 	}
@@ -179,32 +171,12 @@ func (c *cluster) waitHealthy(name string, n int, down ...int) api.Fleet {
 // waitHealthyConsistent is waitHealthy through the leader.
 func (e *env) waitHealthyConsistent(name string, n int, timeout time.Duration, without ...string) api.Fleet {
 	e.t.Helper()
-	var f api.Fleet
-	e.waitFor(fmt.Sprintf("%d healthy instances of %s", n, name), timeout, func() (bool, string) {
+	read := func() (api.Status, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		st, err := e.client.Status(ctx, true)
-		if err != nil {
-			return false, err.Error()
-		}
-		f = api.Fleet{}
-		for _, x := range st.Fleets {
-			if x.Name == name {
-				f = x
-			}
-		}
-		healthy := 0
-		for _, in := range f.Instances {
-			if contains2(without, in.ID) {
-				return false, in.ID + " still listed: " + describe(f)
-			}
-			if in.State == "healthy" && in.UpToDate {
-				healthy++
-			}
-		}
-		return healthy == n && len(f.Instances) == n, describe(f)
-	})
-	return f
+		return e.client.Status(ctx, true)
+	}
+	return e.waitFleetHealthy(read, name, n, "", timeout, without...)
 }
 
 // auditIntents checks the event log: every planned intent finished
@@ -358,7 +330,7 @@ func TestClusterAgentCutOffFromInstancesKillsNothing(t *testing.T) {
 			}
 			for _, f := range st.Fleets {
 				for _, in := range f.Instances {
-					if contains2(in.FailingOn, name) {
+					if slices.Contains(in.FailingOn, name) {
 						return true, ""
 					}
 				}
@@ -399,15 +371,6 @@ func TestClusterAgentCutOffFromInstancesKillsNothing(t *testing.T) {
 	if ev == nil || ev.Reason != "unhealthy" {
 		t.Fatalf("a failure seen by all agents was not remediated: %+v", ev)
 	}
-}
-
-func contains2(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // TestClusterWithoutQuorumChangesNothing stops two of three agents: the

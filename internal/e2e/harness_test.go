@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -387,9 +388,15 @@ func (e *env) waitFor(what string, timeout time.Duration, cond func() (bool, str
 // on the given image and nothing else, none of them one of without.
 func (e *env) waitHealthy(name string, n int, digestPrefix string, timeout time.Duration, without ...string) api.Fleet {
 	e.t.Helper()
+	return e.waitFleetHealthy(e.trystatus, name, n, digestPrefix, timeout, without...)
+}
+
+// waitFleetHealthy is waitHealthy on the status that read returns.
+func (e *env) waitFleetHealthy(read func() (api.Status, error), name string, n int, digestPrefix string, timeout time.Duration, without ...string) api.Fleet {
+	e.t.Helper()
 	var f api.Fleet
 	e.waitFor(fmt.Sprintf("%d healthy instances of %s", n, name), timeout, func() (bool, string) {
-		st, err := e.trystatus()
+		st, err := read()
 		if err != nil {
 			return false, err.Error()
 		}
@@ -401,10 +408,8 @@ func (e *env) waitHealthy(name string, n int, digestPrefix string, timeout time.
 		}
 		healthy := 0
 		for _, in := range f.Instances {
-			for _, w := range without {
-				if in.ID == w {
-					return false, in.ID + " still listed: " + describe(f)
-				}
+			if slices.Contains(without, in.ID) {
+				return false, in.ID + " still listed: " + describe(f)
 			}
 			if in.State == "healthy" && in.UpToDate && strings.HasPrefix(in.ImageDigest, digestPrefix) {
 				healthy++

@@ -605,11 +605,11 @@ func (p *Prober) History(instanceID string) []Result {
 }
 
 func (t *target) aggregate() State {
-	s := Healthy
+	states := make([]State, 0, len(t.jobs))
 	for _, j := range t.jobs {
-		s = worse(s, j.m.st.State)
+		states = append(states, j.m.st.State)
 	}
-	return s
+	return aggregate(states...)
 }
 
 // verdict is a copy of t's verdict.
