@@ -115,16 +115,22 @@ func TestRolloutNeverDropsBelowDesired(t *testing.T) {
 		// Healthy instances as the probes see them, checked independently
 		// by asking each one ourselves.
 		healthy := 0
+		var silent []string
 		for _, in := range f.Instances {
-			if in.State == "healthy" && answers(in.Address) {
-				healthy++
+			if in.State != "healthy" {
+				continue
 			}
+			if err := answerErr(in.Address); err != nil {
+				silent = append(silent, in.ID+": "+err.Error())
+				continue
+			}
+			healthy++
 		}
 		procs := len(processesUnder(e.dataDir))
 		maxProcs = max(maxProcs, procs)
 		samples++
 		if healthy < 3 {
-			t.Fatalf("sample %d: only %d healthy instances during the rollout: %s", samples, healthy, describe(f))
+			t.Fatalf("sample %d: only %d healthy instances during the rollout: %s; judged healthy but not answering: %v", samples, healthy, describe(f), silent)
 		}
 		if procs > 4 {
 			t.Fatalf("sample %d: %d instance processes, more than size 3 + max_surge 1", samples, procs)
@@ -153,14 +159,19 @@ func TestRolloutNeverDropsBelowDesired(t *testing.T) {
 	}
 }
 
-func answers(addr string) bool {
+func answers(addr string) bool { return answerErr(addr) == nil }
+
+func answerErr(addr string) error {
 	c := http.Client{Timeout: time.Second}
 	resp, err := c.Get("http://" + addr + "/healthz")
 	if err != nil {
-		return false
+		return err
 	}
 	resp.Body.Close()
-	return resp.StatusCode == 200
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
 }
 
 func TestBrokenFleetFileChangesNothing(t *testing.T) {
