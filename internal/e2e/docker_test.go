@@ -95,7 +95,7 @@ func TestDockerFleetComesUpHealthy(t *testing.T) {
 		if !strings.Contains(body, "sampleapp 1.0.0") || !strings.Contains(body, "instance: "+in.ID) || !strings.Contains(body, "fleet: "+s.fleet.name) {
 			t.Errorf("instance %s at %s answers:\n%s", in.ID, in.Address, body)
 		}
-		if !answersWithin(in.Address, 2*time.Second) {
+		if answerErr(in.Address) != nil {
 			t.Errorf("instance %s at %s does not answer /healthz", in.ID, in.Address)
 		}
 	}
@@ -200,16 +200,13 @@ func (s *dockerSetup) waitTerminated(id string) *state.Event {
 
 // rolloutSample is what one sample of a rollout saw.
 type rolloutSample struct {
-	healthy    int // healthy in the status
-	serving    int // healthy in the status and answering /healthz
+	servingCheck
 	containers int // containers of the fleet on the engine, any state
 	byImage    map[string]int
 }
 
-// sample reads the status and the engine's containers of the fleet at
-// the same time, then asks every instance the status calls healthy
-// whether it answers (all at once; the timeout is generous so that a
-// loaded machine does not make a healthy instance look down).
+// sample lists the engine's containers of the fleet while it checks
+// which instances are healthy and answering (see servingCheck).
 func (s *dockerSetup) sample(t testing.TB) (rolloutSample, api.Fleet) {
 	t.Helper()
 	type listed struct {
@@ -221,32 +218,16 @@ func (s *dockerSetup) sample(t testing.TB) (rolloutSample, api.Fleet) {
 		cs, err := s.en.containers(s.fleet.name)
 		lc <- listed{cs, err}
 	}()
-	st, err := s.e.trystatus()
+	r := rolloutSample{servingCheck: s.e.checkServing(s.fleet.name), byImage: map[string]int{}}
 	l := <-lc
-	if err != nil {
-		t.Fatal(err)
-	}
 	if l.err != nil {
 		t.Fatalf("list containers: %v", l.err)
 	}
-	f, _ := fleetOf(st, s.fleet.name)
-	r := rolloutSample{containers: len(l.cs), byImage: map[string]int{}}
+	r.containers = len(l.cs)
 	for _, c := range l.cs {
 		r.byImage[c.ImageID]++
 	}
-	answered := make(chan bool, len(f.Instances))
-	for _, in := range f.Instances {
-		if in.State == "healthy" {
-			r.healthy++
-			go func(addr string) { answered <- answersWithin(addr, 2*time.Second) }(in.Address)
-		}
-	}
-	for i := 0; i < r.healthy; i++ {
-		if <-answered {
-			r.serving++
-		}
-	}
-	return r, f
+	return r, r.after
 }
 
 // TestDockerRolloutIsSurgeFirst changes the fleet's image tag and samples
@@ -263,13 +244,18 @@ func TestDockerRolloutIsSurgeFirst(t *testing.T) {
 	s.e.writeFleet("fleet.hcl", next.hcl())
 	start := time.Now()
 	deadline := start.Add(90 * time.Second)
-	samples, maxContainers, minHealthy := 0, 0, 99
+	samples, unsettled, maxContainers, minHealthy := 0, 0, 0, 99
 	for {
 		r, f := s.sample(t)
-		samples++
-		maxContainers, minHealthy = max(maxContainers, r.containers), min(minHealthy, r.serving)
-		if r.healthy < 3 || r.serving < 3 {
-			t.Fatalf("sample %d: only %d healthy instances (%d of them answering) during the rollout: %s", samples, r.healthy, r.serving, describe(f))
+		maxContainers = max(maxContainers, r.containers)
+		if !r.settled {
+			unsettled++
+		} else {
+			samples++
+			minHealthy = min(minHealthy, r.serving)
+			if r.healthy < 3 || r.serving < 3 {
+				t.Fatalf("sample %d: only %d healthy instances (%d of them answering) during the rollout: %s; not answering: %v", samples, r.healthy, r.serving, describe(f), r.silent)
+			}
 		}
 		if r.containers > 4 {
 			t.Fatalf("sample %d: %d containers of the fleet, more than size 3 + max_surge 1: %s", samples, r.containers, describe(f))
@@ -286,7 +272,10 @@ func TestDockerRolloutIsSurgeFirst(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Logf("rollout finished after %d samples in %v: at least %d healthy and answering, at most %d containers", samples, time.Since(start).Round(time.Millisecond), minHealthy, maxContainers)
+	if samples < 5 {
+		t.Fatalf("only %d settled samples (%d unsettled): the rollout was not observed", samples, unsettled)
+	}
+	t.Logf("rollout finished in %v: %d settled samples (%d taken across a health change), at least %d healthy and answering, at most %d containers", time.Since(start).Round(time.Millisecond), samples, unsettled, minHealthy, maxContainers)
 	n := 0
 	for _, ev := range s.e.events() {
 		if ev.Action == "terminated" && old[ev.InstanceID] {
@@ -337,7 +326,7 @@ func TestDockerBrokenImageDoesNotTakeTheFleetDown(t *testing.T) {
 		}
 		healthyOld := 0
 		for _, in := range f.Instances {
-			if old[in.ID] && in.State == "healthy" && answersWithin(in.Address, 2*time.Second) {
+			if old[in.ID] && in.State == "healthy" && answerErr(in.Address) == nil {
 				healthyOld++
 			}
 			if !old[in.ID] {
@@ -405,7 +394,7 @@ func TestDockerEngineUnreachable(t *testing.T) {
 	e.start()
 	before := e.waitHealthy(f.name, 2, v1, 60*time.Second)
 	for _, in := range before.Instances {
-		if !strings.HasPrefix(in.Address, "127.0.0.1:") || !answersWithin(in.Address, 2*time.Second) {
+		if !strings.HasPrefix(in.Address, "127.0.0.1:") || answerErr(in.Address) != nil {
 			t.Fatalf("instance %s with host networking does not answer at %q", in.ID, in.Address)
 		}
 	}
@@ -427,7 +416,7 @@ func TestDockerEngineUnreachable(t *testing.T) {
 			}
 		}
 		for _, in := range before.Instances {
-			if !answersWithin(in.Address, 2*time.Second) {
+			if answerErr(in.Address) != nil {
 				t.Fatalf("instance %s stopped serving while the engine was down", in.ID)
 			}
 		}

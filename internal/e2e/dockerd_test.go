@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -383,17 +382,6 @@ func fleetOf(st api.Status, name string) (api.Fleet, bool) {
 		}
 	}
 	return api.Fleet{}, false
-}
-
-// answersWithin reports whether addr's /healthz answers 200 within timeout.
-func answersWithin(addr string, timeout time.Duration) bool {
-	c := http.Client{Timeout: timeout}
-	resp, err := c.Get("http://" + addr + "/healthz")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == 200
 }
 
 // publishedAddr is the 127.0.0.1 address a container's port is published

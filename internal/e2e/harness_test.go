@@ -465,3 +465,108 @@ func findEvent(evs []state.Event, action, instanceID string) *state.Event {
 	}
 	return nil
 }
+
+// servingCheck is one availability sample of a fleet: the status, a
+// direct /healthz request to every instance the status calls healthy
+// (all at once), and the status again.
+type servingCheck struct {
+	before, after api.Fleet
+	healthy       int      // instances healthy in both readings
+	serving       int      // of those, the ones that answered 200
+	silent        []string // healthy in both readings but not answering, and why
+	// stopped are instances healthy in the first reading that did not
+	// answer and were no longer healthy in the second, with their state.
+	stopped []string
+	// settled is false when an instance became or stopped being healthy
+	// between the two readings. Such a sample says nothing: immutd may
+	// have terminated an old instance in between, right after a new one
+	// was judged healthy, so the requests and the first reading disagree
+	// without anything being wrong. A terminate is journalled as an open
+	// intent before the provider is called, so an instance immutd stopped
+	// during the requests is "terminating" or gone in the second reading.
+	settled bool
+}
+
+func (e *env) checkServing(fleet string) servingCheck {
+	e.t.Helper()
+	read := func() api.Fleet {
+		st, err := e.trystatus()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, f := range st.Fleets {
+			if f.Name == fleet {
+				return f
+			}
+		}
+		return api.Fleet{Name: fleet}
+	}
+	var c servingCheck
+	c.before = read()
+	type answer struct {
+		id  string
+		err error
+	}
+	asked := map[string]bool{}
+	answers := make(chan answer, len(c.before.Instances))
+	for _, in := range c.before.Instances {
+		if in.State == "healthy" {
+			asked[in.ID] = true
+			go func() { answers <- answer{in.ID, answerErr(in.Address)} }()
+		}
+	}
+	got := map[string]error{}
+	for range asked {
+		a := <-answers
+		got[a.id] = a.err
+	}
+	c.after = read()
+	c.settled = true
+	healthyAfter := map[string]bool{}
+	for _, in := range c.after.Instances {
+		if in.State == "healthy" {
+			healthyAfter[in.ID] = true
+			c.settled = c.settled && asked[in.ID]
+		}
+	}
+	for id, err := range got {
+		if !healthyAfter[id] {
+			c.settled = false
+			if err != nil {
+				c.stopped = append(c.stopped, id+"="+stateOf(c.after, id))
+			}
+			continue
+		}
+		c.healthy++
+		if err != nil {
+			c.silent = append(c.silent, id+": "+err.Error())
+			continue
+		}
+		c.serving++
+	}
+	slices.Sort(c.silent)
+	return c
+}
+
+func stateOf(f api.Fleet, id string) string {
+	for _, in := range f.Instances {
+		if in.ID == id {
+			return in.State
+		}
+	}
+	return "gone"
+}
+
+// answerErr asks addr's /healthz and says why it did not answer 200.
+func answerErr(addr string) error {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + addr + "/healthz")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}

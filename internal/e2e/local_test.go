@@ -85,8 +85,9 @@ func TestUnhealthyInstanceIsReplaced(t *testing.T) {
 }
 
 // TestRolloutNeverDropsBelowDesired changes the image and samples the
-// fleet all along: at no sample are fewer than size instances healthy,
-// and never more than size+max_surge instance processes exist.
+// fleet all along: at no settled sample are fewer than size instances
+// both judged healthy and answering our own request, and never more than
+// size+max_surge instance processes exist.
 func TestRolloutNeverDropsBelowDesired(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
@@ -96,48 +97,37 @@ func TestRolloutNeverDropsBelowDesired(t *testing.T) {
 
 	e.writeFleet("web.hcl", fleetFile("web", 3, "v2", ""))
 	deadline := time.Now().Add(60 * time.Second)
-	samples, maxProcs := 0, 0
-	var v2 string
+	samples, midway, unsettled, maxProcs := 0, 0, 0, 0
 	for {
-		st, err := e.trystatus()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var f api.Fleet
-		for _, x := range st.Fleets {
-			if x.Name == "web" {
-				f = x
-			}
-		}
-		if f.ImageDigest != v1 {
-			v2 = f.ImageDigest
-		}
-		// Healthy instances as the probes see them, checked independently
-		// by asking each one ourselves.
-		healthy := 0
-		var silent []string
-		for _, in := range f.Instances {
-			if in.State != "healthy" {
-				continue
-			}
-			if err := answerErr(in.Address); err != nil {
-				silent = append(silent, in.ID+": "+err.Error())
-				continue
-			}
-			healthy++
-		}
+		c := e.checkServing("web")
 		procs := len(processesUnder(e.dataDir))
 		maxProcs = max(maxProcs, procs)
-		samples++
-		if healthy < 3 {
-			t.Fatalf("sample %d: only %d healthy instances during the rollout: %s; judged healthy but not answering: %v", samples, healthy, describe(f), silent)
-		}
 		if procs > 4 {
-			t.Fatalf("sample %d: %d instance processes, more than size 3 + max_surge 1", samples, procs)
+			t.Fatalf("%d instance processes, more than size 3 + max_surge 1: %s", procs, describe(c.after))
 		}
-		done := v2 != ""
+		f := c.after
+		mixed := false
 		for _, in := range f.Instances {
-			done = done && in.ImageDigest == v2 && in.State == "healthy"
+			mixed = mixed || in.ImageDigest != f.Instances[0].ImageDigest
+		}
+		if len(c.stopped) > 0 {
+			t.Logf("instances stopped while they were asked, as the rollout terminated them: %v", c.stopped)
+		}
+		if !c.settled {
+			unsettled++
+		} else {
+			samples++
+			if mixed {
+				midway++
+			}
+			if c.healthy < 3 || c.serving < 3 {
+				t.Fatalf("sample %d: %d instances healthy, %d of them answering, during the rollout: %s; not answering: %v",
+					samples, c.healthy, c.serving, describe(f), c.silent)
+			}
+		}
+		done := f.ImageDigest != v1
+		for _, in := range f.Instances {
+			done = done && in.ImageDigest == f.ImageDigest && in.State == "healthy"
 		}
 		if done && len(f.Instances) == 3 {
 			break
@@ -145,9 +135,14 @@ func TestRolloutNeverDropsBelowDesired(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("rollout did not finish in 60s: %s", describe(f))
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
-	t.Logf("rollout finished after %d samples, at most %d processes", samples, maxProcs)
+	// The rollout takes a few hundred ms; a run that never sampled it
+	// with old and new instances side by side checked nothing.
+	if midway < 2 {
+		t.Fatalf("only %d settled samples with old and new instances (%d settled in all, %d unsettled): the rollout was not observed", midway, samples, unsettled)
+	}
+	t.Logf("rollout finished: %d settled samples (%d with old and new instances side by side), %d taken across a health change, at most %d processes", samples, midway, unsettled, maxProcs)
 	n := 0
 	for _, ev := range e.events() {
 		if ev.Action == "terminated" && ev.Reason == "drift_image" {
@@ -157,21 +152,6 @@ func TestRolloutNeverDropsBelowDesired(t *testing.T) {
 	if n != 3 {
 		t.Fatalf("want 3 instances terminated for drift_image, got %d", n)
 	}
-}
-
-func answers(addr string) bool { return answerErr(addr) == nil }
-
-func answerErr(addr string) error {
-	c := http.Client{Timeout: time.Second}
-	resp, err := c.Get("http://" + addr + "/healthz")
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("status %d", resp.StatusCode)
-	}
-	return nil
 }
 
 func TestBrokenFleetFileChangesNothing(t *testing.T) {
