@@ -127,6 +127,7 @@ type job struct {
 	timeoutDetail string
 	kind          int // kindIndexHTTP or kindIndexTCP
 	phase         time.Duration
+	first         time.Time // when the first probe was due (monotonic)
 
 	m      machine
 	probe  entry // queued unless its probe is in flight
@@ -288,6 +289,7 @@ func (p *Prober) reset(t *target, in *Target, start, mono, now time.Time, warnin
 			j.kind = kindIndexHTTP
 			j.url = httpURL(in.Address, c.Path)
 		}
+		j.first = mono
 		j.probe = entry{due: mono, job: j, index: -1}
 		heap.Push(&p.queue, &j.probe)
 		j.expiry = entry{job: j, expiry: true, index: -1}
@@ -483,7 +485,7 @@ func (p *Prober) probe(ctx context.Context, j *job) {
 	if j.m.observe(r, now) {
 		tr = p.reaggregate(j.t, now)
 	}
-	j.probe.due = nextDue(j.probe.due, time.Now(), p.epoch, j.check.Interval, j.phase, j.m.st.State == Starting)
+	j.probe.due = nextDue(j.probe.due, time.Now(), p.epoch, j.first, j.check.Interval, j.phase, j.m.st.State == Starting)
 	heap.Push(&p.queue, &j.probe)
 	head := j.probe.index == 0
 	p.mu.Unlock()

@@ -5,25 +5,34 @@ import (
 	"time"
 )
 
-// startingInterval caps the probe interval of a check that is starting,
-// so that a new instance is judged healthy quickly.
-const startingInterval = 100 * time.Millisecond
+// A starting check is probed densely at first and then less often: the
+// gap after a probe is half the time since the job's first probe, at
+// least startingFirstGap and at most startingInterval (or the check's
+// interval when that is shorter). A new instance usually answers within
+// tens of milliseconds of its start, so it is judged healthy soon after
+// it serves; one that takes long to start costs about ten probes a
+// second.
+const (
+	startingFirstGap = 10 * time.Millisecond
+	startingInterval = 100 * time.Millisecond
+)
 
 // nextDue returns when a check is probed next. prev is when the probe
-// that just completed was due, now is the current time.
+// that just completed was due, now is the current time, first is when
+// the job's first probe was due.
 //
-// A starting check is probed every min(interval, startingInterval) after
-// prev. Any other check runs on a fixed grid: the instants epoch + phase +
-// k*interval. Each check has its own phase, so checks added at the same
-// moment do not fire in lock-step, and the grid is anchored to due times,
-// not to completions, so probe durations do not stretch the period. The
-// next grid point is the first one strictly after prev, so the gap between
-// two probes never exceeds interval. A check that fell behind (its probe
-// took longer than the gap) is probed at once rather than in a burst.
-func nextDue(prev, now, epoch time.Time, interval, phase time.Duration, starting bool) time.Time {
+// A starting check is probed on the gaps above. Any other check runs on a
+// fixed grid: the instants epoch + phase + k*interval. Each check has its
+// own phase, so checks added at the same moment do not fire in lock-step,
+// and the grid is anchored to due times, not to completions, so probe
+// durations do not stretch the period. The next grid point is the first
+// one strictly after prev, so the gap between two probes never exceeds
+// interval. A check that fell behind (its probe took longer than the gap)
+// is probed at once rather than in a burst.
+func nextDue(prev, now, epoch, first time.Time, interval, phase time.Duration, starting bool) time.Time {
 	var next time.Time
 	if starting {
-		next = prev.Add(min(interval, startingInterval))
+		next = prev.Add(startingGap(prev.Sub(first), interval))
 	} else {
 		off := prev.Sub(epoch) % interval
 		if off < 0 {
@@ -39,6 +48,12 @@ func nextDue(prev, now, epoch time.Time, interval, phase time.Duration, starting
 		return now
 	}
 	return next
+}
+
+// startingGap is the gap after a probe of a starting check made age
+// after its first one.
+func startingGap(age, interval time.Duration) time.Duration {
+	return min(max(age/2, startingFirstGap), startingInterval, interval)
 }
 
 // phaseOf spreads checks over their interval: a stable offset in

@@ -126,9 +126,9 @@ func TestScheduleStartingCadenceThenInterval(t *testing.T) {
 		if c.id != "a" || c.v.State != Healthy {
 			t.Fatalf("change %s %s, want a healthy", c.id, c.v.State)
 		}
-		// Probes at 0, 1 and 2 starting intervals: healthy after the third.
-		if got := c.at.Sub(start); got != 2*startingInterval {
-			t.Fatalf("healthy after %v, want %v", got, 2*startingInterval)
+		// Probes at 0, 10ms and 20ms: healthy after the third.
+		if got := c.at.Sub(start); got != 20*time.Millisecond {
+			t.Fatalf("healthy after %v, want 20ms", got)
 		}
 		if !c.v.Since.Equal(c.at) || len(c.v.Evidence) != 0 {
 			t.Fatalf("verdict %+v", c.v)
@@ -141,8 +141,8 @@ func TestScheduleStartingCadenceThenInterval(t *testing.T) {
 			t.Fatalf("%d probes in 20s", len(calls))
 		}
 		for i := 1; i < 3; i++ {
-			if gap := calls[i].Sub(calls[i-1]); gap != startingInterval {
-				t.Fatalf("starting gap %d = %v, want %v", i, gap, startingInterval)
+			if gap := calls[i].Sub(calls[i-1]); gap != startingFirstGap {
+				t.Fatalf("starting gap %d = %v, want %v", i, gap, startingFirstGap)
 			}
 		}
 		if gap := calls[3].Sub(calls[2]); gap <= 0 || gap > 2*time.Second {
@@ -152,6 +152,56 @@ func TestScheduleStartingCadenceThenInterval(t *testing.T) {
 			if gap := calls[i].Sub(calls[i-1]); gap != 2*time.Second {
 				t.Fatalf("steady gap %d = %v, want 2s", i, gap)
 			}
+		}
+	})
+}
+
+// An instance that answers only after a while is probed densely at
+// first, then every startingInterval: judged healthy within one
+// startingInterval of its first answer, at a cost of about ten probes a
+// second while it starts.
+func TestScheduleSlowStarterBacksOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := newFakeNet()
+		fake.setFailing("a:1", true)
+		p, changes, stop := fakeProber(t, fake, Options{})
+		defer stop()
+		start := time.Now()
+		p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []config.Check{httpCheck("ready", 5*time.Second, 1, 3, time.Minute)}}})
+
+		const answersAfter = 2 * time.Second
+		time.Sleep(answersAfter)
+		fake.setFailing("a:1", false)
+		c := next(t, changes, 10*time.Second)
+		if c.id != "a" || c.v.State != Healthy {
+			t.Fatalf("change %s %s, want a healthy", c.id, c.v.State)
+		}
+		if late := c.at.Sub(start) - answersAfter; late < 0 || late > startingInterval {
+			t.Fatalf("judged healthy %v after it answered, want within %v", late, startingInterval)
+		}
+		calls := fake.callTimes("a:1")
+		var before []time.Time
+		for _, at := range calls {
+			if at.Sub(start) < answersAfter {
+				before = append(before, at)
+			}
+		}
+		// Gaps 10, 10, 10, 15, 22.5, ... up to 100ms: 10 probes in the
+		// first 330ms, then 10 a second.
+		if n := len(before); n < 25 || n > 27 {
+			t.Fatalf("%d probes while it was not answering for %v, want 25..27 (26 on the gaps above)", n, answersAfter)
+		}
+		for i := 1; i < len(before); i++ {
+			gap, prev := before[i].Sub(before[i-1]), time.Duration(0)
+			if i > 1 {
+				prev = before[i-1].Sub(before[i-2])
+			}
+			if gap < startingFirstGap || gap > startingInterval || gap < prev {
+				t.Fatalf("starting gap %d = %v after %v: want growing, within [%v, %v]", i, gap, prev, startingFirstGap, startingInterval)
+			}
+		}
+		if last := before[len(before)-1].Sub(before[len(before)-2]); last != startingInterval {
+			t.Fatalf("gap once settled %v, want %v", last, startingInterval)
 		}
 	})
 }

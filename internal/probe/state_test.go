@@ -213,21 +213,24 @@ func TestNextDue(t *testing.T) {
 		name     string
 		prev     time.Duration
 		now      time.Duration
+		first    time.Duration
 		interval time.Duration
 		phase    time.Duration
 		starting bool
 		want     time.Duration
 	}{
-		{"starting caps the interval", 10 * s, 10 * s, 2 * s, 0, true, 10*s + startingInterval},
-		{"starting with a shorter interval", 10 * s, 10 * s, startingInterval / 2, 0, true, 10*s + startingInterval/2},
-		{"steady on its grid", 10*s + 300*time.Millisecond, 10*s + 301*time.Millisecond, 2 * s, 300 * time.Millisecond, false, 12*s + 300*time.Millisecond},
-		{"steady joins its grid, gap below interval", 10*s + 100*time.Millisecond, 10*s + 101*time.Millisecond, 2 * s, 300 * time.Millisecond, false, 10*s + 300*time.Millisecond},
-		{"steady joins its grid, gap just under interval", 10*s + 500*time.Millisecond, 10*s + 501*time.Millisecond, 2 * s, 300 * time.Millisecond, false, 12*s + 300*time.Millisecond},
-		{"behind schedule: at once, no burst", 10 * s, 13 * s, 2 * s, 0, false, 13 * s},
-		{"starting behind schedule", 10 * s, 11 * s, 2 * s, 0, true, 11 * s},
+		{"starting, first probe: the first gap", 10 * s, 10 * s, 10 * s, 2 * s, 0, true, 10*s + startingFirstGap},
+		{"starting, 60ms in: half the age", 10*s + 60*time.Millisecond, 10*s + 60*time.Millisecond, 10 * s, 2 * s, 0, true, 10*s + 90*time.Millisecond},
+		{"starting, long in: capped", 10 * s, 10 * s, 0, 2 * s, 0, true, 10*s + startingInterval},
+		{"starting with a shorter interval", 10 * s, 10 * s, 0, startingInterval / 2, 0, true, 10*s + startingInterval/2},
+		{"steady on its grid", 10*s + 300*time.Millisecond, 10*s + 301*time.Millisecond, 0, 2 * s, 300 * time.Millisecond, false, 12*s + 300*time.Millisecond},
+		{"steady joins its grid, gap below interval", 10*s + 100*time.Millisecond, 10*s + 101*time.Millisecond, 0, 2 * s, 300 * time.Millisecond, false, 10*s + 300*time.Millisecond},
+		{"steady joins its grid, gap just under interval", 10*s + 500*time.Millisecond, 10*s + 501*time.Millisecond, 0, 2 * s, 300 * time.Millisecond, false, 12*s + 300*time.Millisecond},
+		{"behind schedule: at once, no burst", 10 * s, 13 * s, 0, 2 * s, 0, false, 13 * s},
+		{"starting behind schedule", 10 * s, 11 * s, 0, 2 * s, 0, true, 11 * s},
 	}
 	for _, tc := range cases {
-		got := nextDue(epoch.Add(tc.prev), epoch.Add(tc.now), epoch, tc.interval, tc.phase, tc.starting)
+		got := nextDue(epoch.Add(tc.prev), epoch.Add(tc.now), epoch, epoch.Add(tc.first), tc.interval, tc.phase, tc.starting)
 		if want := epoch.Add(tc.want); !got.Equal(want) {
 			t.Errorf("%s: got +%v, want +%v", tc.name, got.Sub(epoch), tc.want)
 		}
@@ -240,7 +243,7 @@ func TestNextDue(t *testing.T) {
 		interval := time.Duration(1 + r.Int64N(int64(10*s)))
 		phase := time.Duration(r.Int64N(int64(interval)))
 		prev := epoch.Add(time.Duration(r.Int64N(int64(time.Hour))))
-		got := nextDue(prev, prev, epoch, interval, phase, false)
+		got := nextDue(prev, prev, epoch, epoch, interval, phase, false)
 		gap := got.Sub(prev)
 		if gap <= 0 || gap > interval || got.Sub(epoch)%interval != phase {
 			t.Fatalf("case %d: interval %v phase %v prev +%v: next +%v (gap %v)", i, interval, phase, prev.Sub(epoch), got.Sub(epoch), gap)
