@@ -293,6 +293,17 @@ func (e *env) cleanup() {
 	for _, pid := range processesUnder(e.dir) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	// IMMUTD_E2E_KEEP_LOGS=DIR keeps every agent's whole log there, named
+	// after the test, for reading a run's timeline afterwards.
+	if dir := os.Getenv("IMMUTD_E2E_KEEP_LOGS"); dir != "" {
+		if b, err := os.ReadFile(filepath.Join(e.dir, "agent.log")); err == nil {
+			name := strings.NewReplacer("/", "_", " ", "_").Replace(e.t.Name())
+			_ = os.MkdirAll(dir, 0o755)
+			if err := os.WriteFile(filepath.Join(dir, name+"-"+filepath.Base(e.dir)+".log"), b, 0o644); err != nil {
+				e.t.Logf("keep agent log: %v", err)
+			}
+		}
+	}
 	if e.t.Failed() {
 		if b, err := os.ReadFile(filepath.Join(e.dir, "agent.log")); err == nil {
 			lines := strings.Split(string(b), "\n")
