@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -153,18 +154,19 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 	if err != nil {
 		return instance.Observed{}, fmt.Errorf("open log: %w", err)
 	}
-	cmd := &exec.Cmd{
-		Path: exe,
-		// argv[0] is the absolute path, so `ps` shows which instance a
-		// process belongs to.
-		Args:        append([]string{exe}, argv[1:]...),
-		Dir:         root,
-		Env:         env,
-		Stdout:      logf,
-		Stderr:      logf,
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
-	}
-	err = cmd.Start()
+	cmd, err := startRetrying(ctx, func() *exec.Cmd {
+		return &exec.Cmd{
+			Path: exe,
+			// argv[0] is the absolute path, so `ps` shows which instance
+			// a process belongs to.
+			Args:        append([]string{exe}, argv[1:]...),
+			Dir:         root,
+			Env:         env,
+			Stdout:      logf,
+			Stderr:      logf,
+			SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+		}
+	})
 	logf.Close()
 	if err != nil {
 		return instance.Observed{}, fmt.Errorf("start %s: %w", argv[0], err)
@@ -194,6 +196,28 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 	p.log.Info("instance launched", zapID(id), zap.String("fleet", req.Fleet),
 		zap.String("image", req.ImageDigest), zapPID(pid), zap.String("address", m.Address))
 	return p.observe(m)
+}
+
+// startRetrying starts the command newCmd makes, again while exec fails
+// with ETXTBSY ("text file busy"). A launch copies the image's
+// executable; if another launch forks in the meantime, the child holds
+// the copy's write descriptor until it execs, and executing the copy
+// fails. The window is short, so a few retries over about 300ms cover it.
+func startRetrying(ctx context.Context, newCmd func() *exec.Cmd) (*exec.Cmd, error) {
+	wait := 5 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		cmd := newCmd()
+		err := cmd.Start()
+		if err == nil || !errors.Is(err, syscall.ETXTBSY) || attempt == 6 {
+			return cmd, err
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return cmd, err
+		}
+		wait *= 2
+	}
 }
 
 // reap waits for a process this provider started, so it never lingers
