@@ -4,7 +4,8 @@
 // demand:
 //
 //	GET  /         version, $IMMUTD_INSTANCE_ID, $IMMUTD_FLEET, config/app.conf
-//	GET  /healthz  200 "ok", or 500 "failing" once failing
+//	GET  /healthz  200 "ok"; 503 "starting" until -ready-after has passed;
+//	               500 "failing" once failing
 //	POST /fail     make /healthz fail from now on
 //	POST /recover  make /healthz pass again
 //
@@ -50,6 +51,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address when $PORT is not set")
 	failAfter := fs.Duration("fail-after", 0, "start failing /healthz after this long (0: never)")
+	readyAfter := fs.Duration("ready-after", 0, "answer /healthz with 503 until this long after the start, like an app warming up")
 	ignoreTerm := fs.Bool("ignore-sigterm", false, "log and ignore SIGTERM (stop only on SIGINT or SIGKILL)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	writeFile := fs.String("write-file", "", "(for tests) write -content to this file and exit")
@@ -83,6 +85,14 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		instance: getenv("IMMUTD_INSTANCE_ID"),
 		fleet:    getenv("IMMUTD_FLEET"),
 		image:    getenv("IMMUTD_IMAGE_DIGEST"),
+	}
+	if *readyAfter > 0 {
+		app.warming.Store(true)
+		t := time.AfterFunc(*readyAfter, func() {
+			app.warming.Store(false)
+			logger.Printf("ready (-ready-after %s)", *readyAfter)
+		})
+		defer t.Stop()
 	}
 	if *failAfter > 0 {
 		t := time.AfterFunc(*failAfter, func() {
@@ -141,6 +151,7 @@ type app struct {
 	fleet    string
 	image    string
 	failing  atomic.Bool
+	warming  atomic.Bool // true until -ready-after has passed
 }
 
 func (a *app) handler() http.Handler {
@@ -182,10 +193,14 @@ func (a *app) index(w http.ResponseWriter, r *http.Request) {
 
 func (a *app) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if a.failing.Load() {
+	switch {
+	case a.failing.Load():
 		w.WriteHeader(http.StatusInternalServerError)
 		fmt.Fprintln(w, "failing")
-		return
+	case a.warming.Load():
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "starting")
+	default:
+		fmt.Fprintln(w, "ok")
 	}
-	fmt.Fprintln(w, "ok")
 }

@@ -82,6 +82,19 @@ func TestFailAndRecover(t *testing.T) {
 	}
 }
 
+func TestWarmingUp(t *testing.T) {
+	a := &app{}
+	a.warming.Store(true)
+	h := a.handler()
+	if code, body := get(t, h, "GET", "/healthz"); code != 503 || body != "starting\n" {
+		t.Fatalf("while warming: %d %q, want 503 \"starting\"", code, body)
+	}
+	a.warming.Store(false)
+	if code, body := get(t, h, "GET", "/healthz"); code != 200 || body != "ok\n" {
+		t.Fatalf("once warm: %d %q, want 200 \"ok\"", code, body)
+	}
+}
+
 func TestBadFlag(t *testing.T) {
 	var stderr strings.Builder
 	if code := run([]string{"-no-such-flag"}, func(string) string { return "" }, &stderr); code != 2 {

@@ -87,15 +87,23 @@ func TestUnhealthyInstanceIsReplaced(t *testing.T) {
 // TestRolloutNeverDropsBelowDesired changes the image and samples the
 // fleet all along: at no settled sample are fewer than size instances
 // both judged healthy and answering our own request, and never more than
-// size+max_surge instance processes exist.
+// size+max_surge instance processes exist. The app answers 503 for its
+// first 300ms, like one warming up, so a new instance is not ready the
+// moment it runs: an old one stopped too early shows, and each step of
+// the rollout lasts long enough to be sampled many times.
 func TestRolloutNeverDropsBelowDesired(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
+	warming := func(version string) string {
+		return strings.Replace(fleetFile("web", 3, version, ""), `stop_grace = "2s"`,
+			`stop_grace = "2s"
+    args       = ["-ready-after", "300ms"]`, 1)
+	}
+	e.writeFleet("web.hcl", warming("v1"))
 	e.start()
 	e.waitHealthy("web", 3, "", 30*time.Second)
 	v1 := digestOf(t, e, "web")
 
-	e.writeFleet("web.hcl", fleetFile("web", 3, "v2", ""))
+	e.writeFleet("web.hcl", warming("v2"))
 	deadline := time.Now().Add(60 * time.Second)
 	samples, midway, unsettled, maxProcs := 0, 0, 0, 0
 	for {
@@ -137,9 +145,9 @@ func TestRolloutNeverDropsBelowDesired(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	// The rollout takes a few hundred ms; a run that never sampled it
-	// with old and new instances side by side checked nothing.
-	if midway < 2 {
+	// Three steps of at least 300ms: a run that did not sample them many
+	// times with old and new instances side by side checked little.
+	if midway < 10 {
 		t.Fatalf("only %d settled samples with old and new instances (%d settled in all, %d unsettled): the rollout was not observed", midway, samples, unsettled)
 	}
 	t.Logf("rollout finished: %d settled samples (%d with old and new instances side by side), %d taken across a health change, at most %d processes", samples, midway, unsettled, maxProcs)
