@@ -10,6 +10,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/go-connections/nat"
 
+	"github.com/immutd/immutd/internal/api"
 	"github.com/immutd/immutd/internal/provider/docker"
 	"github.com/immutd/immutd/internal/state"
 )
@@ -227,6 +228,23 @@ func (d *dockerBench) reportBaseline(b *testing.B) time.Duration {
 	return median(d.baseline)
 }
 
+// replacementTrials runs dockerBenchTrials trials on a healthy fleet of
+// 3: breakOne breaks the trial's victim and returns when it did (t0);
+// then the replacement is timed (see replaced) and the fleet settles.
+func (d *dockerBench) replacementTrials(b *testing.B, breakOne func(i int, victim api.Instance) time.Time) (serving, healthy []time.Duration) {
+	b.Helper()
+	for i := 0; i < dockerBenchTrials; i++ {
+		f := d.e.waitHealthy(d.fleet.name, 3, d.v1, 60*time.Second)
+		victim := f.Instances[i%3]
+		known := d.containerIDs()
+		t0 := breakOne(i, victim)
+		sv, h := d.replaced(b, t0, known, victim.ID)
+		serving, healthy = append(serving, sv), append(healthy, h)
+		d.settle(b, 3, d.v1, victim.ID)
+	}
+	return serving, healthy
+}
+
 // BenchmarkDockerKillToReplacementHealthy: `docker kill` of one of 3
 // containers; time until a new container of the fleet answers /healthz
 // (replacement_serving) and until the status shows 3 healthy instances
@@ -234,22 +252,15 @@ func (d *dockerBench) reportBaseline(b *testing.B) time.Duration {
 func BenchmarkDockerKillToReplacementHealthy(b *testing.B) {
 	for b.Loop() {
 		d := startDockerBench(b, "bkill", 3)
-		var serving, healthy []time.Duration
-		for i := 0; i < dockerBenchTrials; i++ {
-			f := d.e.waitHealthy(d.fleet.name, 3, d.v1, 60*time.Second)
-			victim := f.Instances[i%3]
-			known := d.containerIDs()
+		serving, healthy := d.replacementTrials(b, func(_ int, victim api.Instance) time.Time {
 			ctx, cancel := d.en.ctx()
+			defer cancel()
 			t0 := time.Now()
-			err := d.en.cli.ContainerKill(ctx, victim.ProviderRef, "SIGKILL")
-			cancel()
-			if err != nil {
+			if err := d.en.cli.ContainerKill(ctx, victim.ProviderRef, "SIGKILL"); err != nil {
 				b.Fatal(err)
 			}
-			sv, h := d.replaced(b, t0, known, victim.ID)
-			serving, healthy = append(serving, sv), append(healthy, h)
-			d.settle(b, 3, d.v1, victim.ID)
-		}
+			return t0
+		})
 		B := d.reportBaseline(b)
 		report(b, "replacement_serving", serving)
 		report(b, "status_healthy", healthy)
@@ -264,11 +275,7 @@ func BenchmarkDockerKillToReplacementHealthy(b *testing.B) {
 func BenchmarkDockerFailureToReplacementHealthy(b *testing.B) {
 	for b.Loop() {
 		d := startDockerBench(b, "bfail", 3)
-		var serving, healthy []time.Duration
-		for i := 0; i < dockerBenchTrials; i++ {
-			f := d.e.waitHealthy(d.fleet.name, 3, d.v1, 60*time.Second)
-			victim := f.Instances[i%3]
-			known := d.containerIDs()
+		serving, healthy := d.replacementTrials(b, func(i int, victim api.Instance) time.Time {
 			// A different phase against the 1s probe interval each trial.
 			time.Sleep(time.Duration(i) * 200 * time.Millisecond)
 			t0 := time.Now()
@@ -277,10 +284,8 @@ func BenchmarkDockerFailureToReplacementHealthy(b *testing.B) {
 				b.Fatal(err)
 			}
 			resp.Body.Close()
-			sv, h := d.replaced(b, t0, known, victim.ID)
-			serving, healthy = append(serving, sv), append(healthy, h)
-			d.settle(b, 3, d.v1, victim.ID)
-		}
+			return t0
+		})
 		B := d.reportBaseline(b)
 		report(b, "replacement_serving", serving)
 		report(b, "status_healthy", healthy)

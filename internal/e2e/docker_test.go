@@ -168,7 +168,7 @@ func TestDockerInPlaceChangeIsReplaced(t *testing.T) {
 	// (a) A file of the image changed by a process run in the container.
 	victim := f.Instances[0]
 	s.en.execIn(victim.ProviderRef, "/bin/sampleapp", "-write-file", "/config/app.conf", "-content", "x")
-	ev := s.waitTerminated(victim.ID)
+	ev := s.e.waitTerminated(s.fleet.name, victim.ID)
 	if ev.Reason != "drift_mutated" || !strings.Contains(strings.Join(ev.Evidence, "\n"), "modified /config/app.conf") {
 		t.Fatalf("want reason drift_mutated with evidence naming /config/app.conf, got %+v", ev)
 	}
@@ -177,7 +177,7 @@ func TestDockerInPlaceChangeIsReplaced(t *testing.T) {
 	// (b) A file added from outside, as `docker cp` does.
 	victim2 := f.Instances[1]
 	s.en.copyFile(victim2.ProviderRef, "/config/added-by-e2e.conf", "greeting = \"copied in\"\n")
-	ev = s.waitTerminated(victim2.ID)
+	ev = s.e.waitTerminated(s.fleet.name, victim2.ID)
 	if ev.Reason != "drift_mutated" || !strings.Contains(strings.Join(ev.Evidence, "\n"), "added /config/added-by-e2e.conf") {
 		t.Fatalf("want reason drift_mutated with evidence naming the added file, got %+v", ev)
 	}
@@ -185,17 +185,6 @@ func TestDockerInPlaceChangeIsReplaced(t *testing.T) {
 	if cs := s.en.mustContainers(s.fleet.name); len(cs) != 2 {
 		t.Fatalf("%d containers of the fleet, want 2", len(cs))
 	}
-}
-
-// waitTerminated waits for the terminated event of an instance.
-func (s *dockerSetup) waitTerminated(id string) *state.Event {
-	s.e.t.Helper()
-	var ev *state.Event
-	s.e.waitFor("instance "+id+" to be terminated", 60*time.Second, func() (bool, string) {
-		ev = findEvent(s.e.events(), "terminated", id)
-		return ev != nil, describe(s.e.fleet(s.fleet.name))
-	})
-	return ev
 }
 
 // rolloutSample is what one sample of a rollout saw.

@@ -468,6 +468,17 @@ func ids(f api.Fleet) map[string]bool {
 	return out
 }
 
+// waitTerminated waits for the terminated event of an instance of fleet.
+func (e *env) waitTerminated(fleet, id string) *state.Event {
+	e.t.Helper()
+	var ev *state.Event
+	e.waitFor("instance "+id+" to be terminated", 60*time.Second, func() (bool, string) {
+		ev = findEvent(e.events(), "terminated", id)
+		return ev != nil, describe(e.fleet(fleet))
+	})
+	return ev
+}
+
 func findEvent(evs []state.Event, action, instanceID string) *state.Event {
 	for i := range evs {
 		if evs[i].Action == action && (instanceID == "" || evs[i].InstanceID == instanceID) {
@@ -505,12 +516,8 @@ func (e *env) checkServing(fleet string) servingCheck {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		for _, f := range st.Fleets {
-			if f.Name == fleet {
-				return f
-			}
-		}
-		return api.Fleet{Name: fleet}
+		f, _ := fleetOf(st, fleet)
+		return f
 	}
 	var c servingCheck
 	c.before = read()

@@ -14,11 +14,6 @@ import (
 	"github.com/immutd/immutd/internal/api"
 )
 
-func digestOf(t *testing.T, e *env, name string) string {
-	t.Helper()
-	return e.fleet(name).ImageDigest
-}
-
 func TestKilledInstanceIsReplaced(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
@@ -52,11 +47,7 @@ func TestEditedFileInsideInstanceIsReplaced(t *testing.T) {
 	}
 	fmt.Fprintln(fh, `greeting = "patched by hand"`)
 	fh.Close()
-	e.waitFor("the edited instance to be terminated", 30*time.Second, func() (bool, string) {
-		ev := findEvent(e.events(), "terminated", victim.ID)
-		return ev != nil, describe(e.fleet("web"))
-	})
-	ev := findEvent(e.events(), "terminated", victim.ID)
+	ev := e.waitTerminated("web", victim.ID)
 	if ev.Reason != "drift_mutated" || !strings.Contains(strings.Join(ev.Evidence, " "), "config/app.conf") {
 		t.Fatalf("want reason drift_mutated with evidence naming config/app.conf, got %+v", ev)
 	}
@@ -74,10 +65,7 @@ func TestUnhealthyInstanceIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	e.waitFor("the failing instance to be terminated", 30*time.Second, func() (bool, string) {
-		return findEvent(e.events(), "terminated", victim.ID) != nil, describe(e.fleet("web"))
-	})
-	ev := findEvent(e.events(), "terminated", victim.ID)
+	ev := e.waitTerminated("web", victim.ID)
 	if ev.Reason != "unhealthy" || !strings.Contains(strings.Join(ev.Evidence, " "), "status 500") {
 		t.Fatalf("want reason unhealthy with the probe evidence, got %+v", ev)
 	}
@@ -101,7 +89,7 @@ func TestRolloutNeverDropsBelowDesired(t *testing.T) {
 	e.writeFleet("web.hcl", warming("v1"))
 	e.start()
 	e.waitHealthy("web", 3, "", 30*time.Second)
-	v1 := digestOf(t, e, "web")
+	v1 := e.fleet("web").ImageDigest
 
 	e.writeFleet("web.hcl", warming("v2"))
 	deadline := time.Now().Add(60 * time.Second)
