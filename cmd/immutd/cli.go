@@ -8,12 +8,13 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/immutd/immutd/internal/pki"
 	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/immutd/immutd/internal/pki"
 
 	"go.uber.org/zap"
 

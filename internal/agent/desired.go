@@ -166,7 +166,8 @@ func (a *Agent) commitProposal(ctx context.Context, p *Proposal) error {
 		v := a.readView()
 		fleets := make([]*state.DesiredFleet, 0, len(p.Fleets))
 		for _, f := range p.Fleets {
-			fleets = append(fleets, t.pin(ctx, f, v.fleets[f.Name], false))
+			spec := state.SpecOf(f)
+			fleets = append(fleets, t.pin(ctx, &spec, v.fleets[f.Name], false))
 		}
 		a.mu.Lock()
 		autoDrain := a.autoDrain
@@ -229,7 +230,7 @@ func (t *term) repin(ctx context.Context, force map[string]bool) error {
 // committed one can be kept: a fleet whose image reference did not change
 // keeps its digest, so neither an edited bundle nor a moved tag leaks into
 // a running fleet.
-func (t *term) pin(ctx context.Context, f *config.Fleet, old *state.DesiredFleet, force bool) *state.DesiredFleet {
+func (t *term) pin(ctx context.Context, f *state.FleetSpec, old *state.DesiredFleet, force bool) *state.DesiredFleet {
 	d := &state.DesiredFleet{Spec: *f, TemplateHash: f.TemplateHash()}
 	if !force && old != nil && old.ImageDigest != "" && old.ResolveError == "" &&
 		old.Spec.Image == f.Image && old.Spec.Provider == f.Provider {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/immutd/immutd/internal/api"
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
 	"github.com/immutd/immutd/internal/reconcile"
 	"github.com/immutd/immutd/internal/state"
@@ -106,7 +105,7 @@ func (t *term) publish(v view, in reconcile.Input, plan reconcile.Result, starte
 			counts[s] = 0
 		}
 		for _, ai := range f.Instances {
-			if ai.Orphan && d.Spec.Drift.Orphans == config.OrphanIgnore {
+			if ai.Orphan && d.Spec.Drift.Orphans == state.OrphanIgnore {
 				continue // reported as drift only
 			}
 			if ai.State == "gone" {

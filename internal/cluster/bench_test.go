@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -42,7 +41,7 @@ func benchCommit(b *testing.B, writers, batch int) {
 	l := tc.leader()
 	n := tc.nodes[l]
 	ctx := context.Background()
-	if _, err := n.Apply(ctx, &state.SetDesired{Fleets: []*state.DesiredFleet{{Spec: config.Fleet{Name: "web", Size: 1}, ImageDigest: "d"}}}); err != nil {
+	if _, err := n.Apply(ctx, &state.SetDesired{Fleets: []*state.DesiredFleet{{Spec: state.FleetSpec{Name: "web", Size: 1}, ImageDigest: "d"}}}); err != nil {
 		b.Fatal(err)
 	}
 	var seq atomic.Int64

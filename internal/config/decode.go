@@ -13,6 +13,8 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
+
+	"github.com/immutd/immutd/internal/quantity"
 )
 
 // decoder collects the diagnostics of one load.
@@ -515,11 +517,11 @@ func (s *section) quantity(name string, dst *Quantity) got {
 			s.fail(name, "must be %s, got %s", expect, formatBig(f))
 			return invalid
 		}
-		*dst = Count(int(n))
+		*dst = quantity.Count(int(n))
 		return valid
 	case cty.String:
 		raw := v.AsString()
-		q, err := ParseQuantity(raw)
+		q, err := quantity.Parse(raw)
 		if err != nil {
 			if strings.HasSuffix(strings.TrimSpace(raw), "%") {
 				s.fail(name, "must be a percentage from 0%% to 100%%, got %q", raw)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/immutd/immutd/internal/quantity"
 )
 
 // Every default of the agent and fleet configuration is set in this file.
@@ -155,13 +157,13 @@ func defaultDrift() Drift {
 func defaultRemediation() Remediation {
 	return Remediation{
 		Enabled:      DefaultRemediation,
-		MaxUnhealthy: Percent(DefaultMaxUnhealthyPct),
+		MaxUnhealthy: quantity.Percent(DefaultMaxUnhealthyPct),
 		MaxParallel:  DefaultMaxParallel,
 	}
 }
 
 func defaultRollout() Rollout {
-	return Rollout{MaxSurge: Count(DefaultMaxSurge), MaxUnavailable: Count(DefaultMaxUnavailable)}
+	return Rollout{MaxSurge: quantity.Count(DefaultMaxSurge), MaxUnavailable: quantity.Count(DefaultMaxUnavailable)}
 }
 
 func (o WatchOptions) withDefaults() WatchOptions {

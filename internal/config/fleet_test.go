@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/immutd/immutd/internal/quantity"
 )
 
 var update = flag.Bool("update", false, "rewrite the .err golden files of testdata/invalid and testdata/agent/invalid")
@@ -106,8 +108,8 @@ func TestLoadFleetsValid(t *testing.T) {
 	// Spelled out rather than built from the default functions, so that a
 	// changed default fails here.
 	defaultDrift := Drift{Interval: 10 * time.Second, Orphans: "adopt"}
-	defaultRemediation := Remediation{Enabled: true, MaxUnhealthy: Percent(50), MaxParallel: 1}
-	defaultRollout := Rollout{MaxSurge: Count(1), MaxUnavailable: Count(0)}
+	defaultRemediation := Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(50), MaxParallel: 1}
+	defaultRollout := Rollout{MaxSurge: quantity.Count(1), MaxUnavailable: quantity.Count(0)}
 	defaultTCP := func(name string) Check {
 		return Check{Name: name, Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second,
 			HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 60 * time.Second}
@@ -155,8 +157,8 @@ func TestLoadFleetsValid(t *testing.T) {
 					HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 60 * time.Second},
 			),
 			Drift:       Drift{Interval: time.Minute, IgnorePaths: []string{"logs/**", "*.pid", "tmp/**/cache-?", "data/[a-c]*"}, Orphans: "terminate"},
-			Remediation: Remediation{Enabled: false, MaxUnhealthy: Count(4), MaxParallel: 2},
-			Rollout:     Rollout{MaxSurge: Percent(25), MaxUnavailable: Percent(10)},
+			Remediation: Remediation{Enabled: false, MaxUnhealthy: quantity.Count(4), MaxParallel: 2},
+			Rollout:     Rollout{MaxSurge: quantity.Percent(25), MaxUnavailable: quantity.Percent(10)},
 		}}},
 		{"full_local.hcl", []*Fleet{{
 			Name: "worker", Pos: pos("full_local.hcl", 1), Size: 4, Provider: "local",
@@ -169,8 +171,8 @@ func TestLoadFleetsValid(t *testing.T) {
 			Health: defaultChecks(Check{Name: "port", Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second,
 				HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 10 * time.Second}),
 			Drift:       Drift{Interval: 10 * time.Second, Orphans: "ignore"},
-			Remediation: Remediation{Enabled: true, MaxUnhealthy: Percent(100), MaxParallel: 1},
-			Rollout:     Rollout{MaxSurge: Count(0), MaxUnavailable: Percent(50)},
+			Remediation: Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(100), MaxParallel: 1},
+			Rollout:     Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50)},
 		}}},
 		{"several.hcl", []*Fleet{
 			{
@@ -179,7 +181,7 @@ func TestLoadFleetsValid(t *testing.T) {
 				Health:      defaultChecks(defaultTCP("port")),
 				Drift:       defaultDrift,
 				Remediation: defaultRemediation,
-				Rollout:     Rollout{MaxSurge: Count(0), MaxUnavailable: Count(0)},
+				Rollout:     Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Count(0)},
 			},
 			{
 				Name: "m-1", Pos: pos("several.hcl", 25), Size: 1, Provider: "docker", Image: "localhost:5000/m1:latest",
@@ -309,24 +311,5 @@ func TestLoadFleetsEmptyAndMissing(t *testing.T) {
 	var diags Diagnostics
 	if errors.As(err, &diags) {
 		t.Errorf("missing directory reported as Diagnostics: %v", err)
-	}
-}
-
-func TestTemplateHashSeesLaunchChanges(t *testing.T) {
-	a, err := loadFleetFile(t, "testdata/valid", "full_docker.hcl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := loadFleetFile(t, "testdata/valid", "full_docker.hcl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fa, fb := a.Fleets[0], b.Fleets[0]
-	if fa.TemplateHash() != fb.TemplateHash() {
-		t.Fatal("two loads of one file hash differently")
-	}
-	fb.Launch.Env["LOG_FORMAT"] = "text"
-	if fa.TemplateHash() == fb.TemplateHash() {
-		t.Error("changing launch.env left the template hash unchanged")
 	}
 }

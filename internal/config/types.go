@@ -1,15 +1,11 @@
 package config
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"math"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/immutd/immutd/internal/quantity"
 )
 
 // Pos is a place in a configuration file.
@@ -249,66 +245,7 @@ type Rollout struct {
 }
 
 // Quantity is a count ("3", 3) or a percentage of the fleet size ("25%").
-type Quantity struct {
-	Value   int  `json:"value"`
-	Percent bool `json:"percent"`
-}
-
-// Count is a plain count.
-func Count(n int) Quantity { return Quantity{Value: n} }
-
-// Percent is a percentage of the fleet size.
-func Percent(p int) Quantity { return Quantity{Value: p, Percent: true} }
-
-// ParseQuantity parses "3" or "25%".
-func ParseQuantity(s string) (Quantity, error) {
-	s = strings.TrimSpace(s)
-	pct := strings.HasSuffix(s, "%")
-	n, err := strconv.Atoi(strings.TrimSuffix(s, "%"))
-	if err != nil || n < 0 {
-		return Quantity{}, fmt.Errorf("want a non-negative count or a percentage like \"25%%\", got %q", s)
-	}
-	if pct && n > 100 {
-		return Quantity{}, fmt.Errorf("percentage %q is above 100%%", s)
-	}
-	return Quantity{Value: n, Percent: pct}, nil
-}
-
-func (q Quantity) String() string {
-	if q.Percent {
-		return strconv.Itoa(q.Value) + "%"
-	}
-	return strconv.Itoa(q.Value)
-}
-
-// Resolve turns the quantity into a count for a fleet of the given size.
-// Percentages round up when roundUp is set, down otherwise.
-func (q Quantity) Resolve(size int, roundUp bool) int {
-	if !q.Percent {
-		return q.Value
-	}
-	f := float64(size) * float64(q.Value) / 100
-	if roundUp {
-		return int(math.Ceil(f - 1e-9))
-	}
-	return int(math.Floor(f + 1e-9))
-}
-
-// TemplateHash is the hash of everything that shapes a launched instance
-// apart from the image: provider and launch block. An instance whose
-// template hash differs from its fleet's is drifted ("template").
-func (f *Fleet) TemplateHash() string {
-	// encoding/json sorts map keys, so the encoding is canonical.
-	b, err := json.Marshal(struct {
-		Provider string `json:"provider"`
-		Launch   Launch `json:"launch"`
-	}{f.Provider, f.Launch})
-	if err != nil {
-		panic(fmt.Sprintf("config: hash launch template: %v", err))
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8])
-}
+type Quantity = quantity.Q
 
 // Names returns the fleet names in order.
 func (s *FleetSet) Names() []string {

@@ -1,6 +1,7 @@
 // Package instance holds the vocabulary that providers and the reconciler
-// share: what a provider observes about one instance, what it needs to
-// launch one, and what drift inspection finds. It has no behaviour.
+// share: what a provider observes about one instance, the launch template
+// it launches one from (part of the replicated state, with its hash), and
+// what drift inspection finds.
 package instance
 
 import (
@@ -8,8 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"time"
-
-	"github.com/immutd/immutd/internal/config"
 )
 
 // Phase is the provider's view of an instance's lifecycle.
@@ -43,11 +42,11 @@ type Observed struct {
 // Launching the same InstanceID twice must find the first instance
 // rather than create a second one.
 type LaunchRequest struct {
-	InstanceID   string        `json:"instance_id"`
-	Fleet        string        `json:"fleet"`
-	ImageDigest  string        `json:"image_digest"`
-	TemplateHash string        `json:"template_hash"`
-	Launch       config.Launch `json:"launch"`
+	InstanceID   string `json:"instance_id"`
+	Fleet        string `json:"fleet"`
+	ImageDigest  string `json:"image_digest"`
+	TemplateHash string `json:"template_hash"`
+	Launch       Launch `json:"launch"`
 }
 
 // Drift kinds.

@@ -14,7 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/state"
 )
 
 // Check kinds this package runs.
@@ -54,7 +54,7 @@ func statusDetail(code int) string {
 // zero. config applies the documented defaults; this only guards against
 // checks that skipped it (a zero interval would spin, a zero threshold
 // would never hold).
-func normalize(c config.Check) config.Check {
+func normalize(c state.Check) state.Check {
 	if c.Interval <= 0 {
 		c.Interval = 2 * time.Second
 	}
@@ -76,8 +76,8 @@ func normalize(c config.Check) config.Check {
 	return c
 }
 
-func checksEqual(a, b []config.Check) bool {
-	return slices.EqualFunc(a, b, func(x, y config.Check) bool {
+func checksEqual(a, b []state.Check) bool {
+	return slices.EqualFunc(a, b, func(x, y state.Check) bool {
 		return x.Name == y.Name && x.Kind == y.Kind && x.Path == y.Path &&
 			slices.Equal(x.ExpectStatus, y.ExpectStatus) &&
 			x.Interval == y.Interval && x.Timeout == y.Timeout &&
@@ -180,7 +180,7 @@ func clip(s string) string {
 
 // operation describes what a check does, for evidence:
 // "GET http://127.0.0.1:4012/healthz" or "dial 127.0.0.1:4012".
-func operation(c config.Check, address string) string {
+func operation(c state.Check, address string) string {
 	if c.Kind == KindHTTP {
 		return "GET " + httpURL(address, c.Path)
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/state"
 )
 
 // Both benchmarks run against the same kind of loopback fleet:
@@ -150,7 +150,7 @@ func BenchmarkProberHTTP(b *testing.B) {
 	for i, addr := range addrs {
 		targets[i] = Target{
 			InstanceID: fmt.Sprintf("bench-%d", i), Fleet: "bench", Address: addr,
-			Checks: []config.Check{{
+			Checks: []state.Check{{
 				Name: "ready", Kind: KindHTTP, Path: "/healthz", ExpectStatus: []int{200},
 				Interval: time.Microsecond, Timeout: 5 * time.Second,
 				HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: time.Minute,

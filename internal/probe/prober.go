@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/state"
 )
 
 // DefaultWorkers is the number of concurrent probes when Options.Workers
@@ -39,7 +39,7 @@ type Target struct {
 	InstanceID string
 	Fleet      string
 	Address    string // host:port
-	Checks     []config.Check
+	Checks     []state.Check
 	// Since starts the startup window: when the caller first saw the
 	// instance. Zero means when Set first sees it.
 	Since time.Time
@@ -107,8 +107,8 @@ type target struct {
 	id      string
 	fleet   string
 	address string
-	raw     []config.Check // as given to Set, to see changes
-	jobs    []*job         // one per check
+	raw     []state.Check // as given to Set, to see changes
+	jobs    []*job        // one per check
 	state   State
 	since   time.Time
 	hist    history
@@ -120,7 +120,7 @@ type target struct {
 // dropped.
 type job struct {
 	t             *target
-	check         config.Check // normalized
+	check         state.Check // normalized
 	address       string
 	url           string // http only
 	op            string // for evidence

@@ -18,7 +18,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/state"
 )
 
 // bound is how long an integration test waits for something that takes
@@ -147,8 +147,8 @@ func realProber(t *testing.T, opts Options) (*Prober, *watcher) {
 	return p, w
 }
 
-func fastHTTP(name string) config.Check {
-	return config.Check{
+func fastHTTP(name string) state.Check {
+	return state.Check{
 		Name: name, Kind: KindHTTP, Path: "/healthz", ExpectStatus: []int{200},
 		Interval: 20 * time.Millisecond, Timeout: time.Second,
 		HealthyThreshold: 2, UnhealthyThreshold: 3, StartupTimeout: time.Minute,
@@ -187,7 +187,7 @@ func TestHTTPHealthyThenUnhealthyThenHealthy(t *testing.T) {
 	a := newApp(t)
 	reg := prometheus.NewRegistry()
 	p, w := realProber(t, Options{Registerer: reg})
-	p.Set([]Target{{InstanceID: "web-1", Fleet: "web", Address: a.addr(), Checks: []config.Check{fastHTTP("ready")}}})
+	p.Set([]Target{{InstanceID: "web-1", Fleet: "web", Address: a.addr(), Checks: []state.Check{fastHTTP("ready")}}})
 
 	v := w.await(t, "web-1", Healthy)
 	st := v.Checks["ready"]
@@ -242,15 +242,15 @@ func reservePort(t *testing.T) string {
 func TestConnectionRefused(t *testing.T) {
 	addr := reservePort(t)
 	p, w := realProber(t, Options{})
-	tcp := config.Check{Name: "port", Kind: KindTCP, Interval: 20 * time.Millisecond, Timeout: time.Second,
+	tcp := state.Check{Name: "port", Kind: KindTCP, Interval: 20 * time.Millisecond, Timeout: time.Second,
 		HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: time.Second}
 	web := fastHTTP("ready")
 	web.StartupTimeout = time.Second
 	// Seen long ago: the startup window is over, the first failure judges.
 	long := time.Now().Add(-time.Hour)
 	p.Set([]Target{
-		{InstanceID: "gone-http", Address: addr, Checks: []config.Check{web}, Since: long},
-		{InstanceID: "gone-tcp", Address: addr, Checks: []config.Check{tcp}, Since: long},
+		{InstanceID: "gone-http", Address: addr, Checks: []state.Check{web}, Since: long},
+		{InstanceID: "gone-tcp", Address: addr, Checks: []state.Check{tcp}, Since: long},
 	})
 	for id, want := range map[string]string{
 		"gone-http": fmt.Sprintf(`http "ready": GET http://%s/healthz: connection refused (1 consecutive failure)`, addr),
@@ -283,7 +283,7 @@ func TestTimeout(t *testing.T) {
 	c.Timeout = 100 * time.Millisecond
 	c.Interval = 200 * time.Millisecond
 	c.StartupTimeout = 0
-	p.Set([]Target{{InstanceID: "slow", Address: srv.Listener.Addr().String(), Checks: []config.Check{c}}})
+	p.Set([]Target{{InstanceID: "slow", Address: srv.Listener.Addr().String(), Checks: []state.Check{c}}})
 
 	v := w.await(t, "slow", NeverHealthy)
 	r := v.Checks["ready"].LastFailure
@@ -317,7 +317,7 @@ func TestTCPHealthy(t *testing.T) {
 	})
 
 	p, w := realProber(t, Options{})
-	p.Set([]Target{{InstanceID: "db-1", Address: l.Addr().String(), Checks: []config.Check{{
+	p.Set([]Target{{InstanceID: "db-1", Address: l.Addr().String(), Checks: []state.Check{{
 		Name: "port", Kind: KindTCP, Interval: 20 * time.Millisecond, Timeout: time.Second,
 		HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: time.Minute,
 	}}}})
@@ -343,8 +343,8 @@ func TestRedirectIsAResult(t *testing.T) {
 	accept := fastHTTP("ready")
 	accept.ExpectStatus = []int{200, 302}
 	p.Set([]Target{
-		{InstanceID: "strict", Address: srv.Listener.Addr().String(), Checks: []config.Check{refuse}},
-		{InstanceID: "lenient", Address: srv.Listener.Addr().String(), Checks: []config.Check{accept}},
+		{InstanceID: "strict", Address: srv.Listener.Addr().String(), Checks: []state.Check{refuse}},
+		{InstanceID: "lenient", Address: srv.Listener.Addr().String(), Checks: []state.Check{accept}},
 	})
 	got := map[string]Verdict{
 		"strict":  w.await(t, "strict", NeverHealthy),
@@ -365,13 +365,13 @@ func TestSetRemovesTargets(t *testing.T) {
 	a, b := newApp(t), newApp(t)
 	p, w := realProber(t, Options{})
 	p.Set([]Target{
-		{InstanceID: "a", Address: a.addr(), Checks: []config.Check{fastHTTP("ready")}},
-		{InstanceID: "b", Address: b.addr(), Checks: []config.Check{fastHTTP("ready")}},
+		{InstanceID: "a", Address: a.addr(), Checks: []state.Check{fastHTTP("ready")}},
+		{InstanceID: "b", Address: b.addr(), Checks: []state.Check{fastHTTP("ready")}},
 	})
 	w.await(t, "a", Healthy)
 	w.await(t, "b", Healthy)
 
-	p.Set([]Target{{InstanceID: "b", Address: b.addr(), Checks: []config.Check{fastHTTP("ready")}}})
+	p.Set([]Target{{InstanceID: "b", Address: b.addr(), Checks: []state.Check{fastHTTP("ready")}}})
 	atRemoval := a.hits.Load()
 	if _, ok := p.Verdict("a"); ok {
 		t.Fatal("a has a verdict after removal")
@@ -415,7 +415,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 			}))
 			apps = append(apps, a)
 			targets = append(targets, Target{InstanceID: fmt.Sprint("i", i), Address: a.addr(),
-				Checks: []config.Check{fastHTTP("ready"), {Name: "port", Kind: KindTCP, Interval: 20 * time.Millisecond, Timeout: time.Second, HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: time.Minute}}})
+				Checks: []state.Check{fastHTTP("ready"), {Name: "port", Kind: KindTCP, Interval: 20 * time.Millisecond, Timeout: time.Second, HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: time.Minute}}})
 		}
 		defer func() {
 			for _, a := range apps {
@@ -472,7 +472,7 @@ func TestKeepAlive(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	p, _ := realProber(t, Options{})
-	p.Set([]Target{{InstanceID: "a", Address: srv.Listener.Addr().String(), Checks: []config.Check{fastHTTP("ready")}}})
+	p.Set([]Target{{InstanceID: "a", Address: srv.Listener.Addr().String(), Checks: []state.Check{fastHTTP("ready")}}})
 	deadline := time.After(bound)
 	for range 20 {
 		select {
@@ -490,7 +490,7 @@ func TestNoAddress(t *testing.T) {
 	p, w := realProber(t, Options{})
 	c := fastHTTP("ready")
 	c.StartupTimeout = 0
-	p.Set([]Target{{InstanceID: "a", Checks: []config.Check{c}}})
+	p.Set([]Target{{InstanceID: "a", Checks: []state.Check{c}}})
 	v := w.await(t, "a", NeverHealthy)
 	if want := `http "ready": GET http:///healthz: instance has no address (1 consecutive failure)`; len(v.Evidence) != 1 || v.Evidence[0] != want {
 		t.Fatalf("evidence %q, want %q", v.Evidence, want)
@@ -513,9 +513,9 @@ func TestFaultHookFailsEveryProbe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go p.Run(ctx)
-	chk := config.Check{Name: "ready", Kind: KindHTTP, Path: "/", ExpectStatus: []int{200}, Interval: 50 * time.Millisecond,
+	chk := state.Check{Name: "ready", Kind: KindHTTP, Path: "/", ExpectStatus: []int{200}, Interval: 50 * time.Millisecond,
 		Timeout: 40 * time.Millisecond, HealthyThreshold: 1, UnhealthyThreshold: 2, StartupTimeout: time.Minute}
-	p.Set([]Target{{InstanceID: "i", Address: strings.TrimPrefix(srv.URL, "http://"), Checks: []config.Check{chk}, Since: time.Now()}})
+	p.Set([]Target{{InstanceID: "i", Address: strings.TrimPrefix(srv.URL, "http://"), Checks: []state.Check{chk}, Since: time.Now()}})
 	want := func(s State) Verdict {
 		t.Helper()
 		for {

@@ -9,7 +9,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/state"
 )
 
 // fakeNet stands in for the network in scheduler tests: it answers a
@@ -106,8 +106,8 @@ func next(t *testing.T, changes <-chan change, within time.Duration) change {
 	}
 }
 
-func httpCheck(name string, interval time.Duration, healthy, unhealthy int, startup time.Duration) config.Check {
-	return config.Check{
+func httpCheck(name string, interval time.Duration, healthy, unhealthy int, startup time.Duration) state.Check {
+	return state.Check{
 		Name: name, Kind: KindHTTP, Path: "/healthz", ExpectStatus: []int{200},
 		Interval: interval, Timeout: interval / 2,
 		HealthyThreshold: healthy, UnhealthyThreshold: unhealthy, StartupTimeout: startup,
@@ -120,7 +120,7 @@ func TestScheduleStartingCadenceThenInterval(t *testing.T) {
 		p, changes, stop := fakeProber(t, fake, Options{})
 		defer stop()
 		start := time.Now()
-		p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []config.Check{httpCheck("ready", 2*time.Second, 3, 3, time.Minute)}}})
+		p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []state.Check{httpCheck("ready", 2*time.Second, 3, 3, time.Minute)}}})
 
 		c := next(t, changes, 10*time.Second)
 		if c.id != "a" || c.v.State != Healthy {
@@ -167,7 +167,7 @@ func TestScheduleSlowStarterBacksOff(t *testing.T) {
 		p, changes, stop := fakeProber(t, fake, Options{})
 		defer stop()
 		start := time.Now()
-		p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []config.Check{httpCheck("ready", 5*time.Second, 1, 3, time.Minute)}}})
+		p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []state.Check{httpCheck("ready", 5*time.Second, 1, 3, time.Minute)}}})
 
 		const answersAfter = 2 * time.Second
 		time.Sleep(answersAfter)
@@ -222,7 +222,7 @@ func TestScheduleUnhealthyDeadline(t *testing.T) {
 				fake.setDelay("a:1", probeDur)
 				p, changes, stop := fakeProber(t, fake, Options{})
 				defer stop()
-				p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []config.Check{httpCheck("ready", interval, 1, 3, time.Minute)}}})
+				p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []state.Check{httpCheck("ready", interval, 1, 3, time.Minute)}}})
 				if c := next(t, changes, 5*time.Second); c.v.State != Healthy {
 					t.Fatalf("got %s, want healthy", c.v.State)
 				}
@@ -261,8 +261,8 @@ func TestScheduleStartupWindowExpiresOnTime(t *testing.T) {
 		start := time.Now()
 		check := httpCheck("ready", 2*time.Second, 1, 3, 5*time.Second)
 		p.Set([]Target{
-			{InstanceID: "a", Address: "a:1", Checks: []config.Check{check}},
-			{InstanceID: "b", Address: "b:1", Checks: []config.Check{check}, Since: start.Add(-3 * time.Second)},
+			{InstanceID: "a", Address: "a:1", Checks: []state.Check{check}},
+			{InstanceID: "b", Address: "b:1", Checks: []state.Check{check}, Since: start.Add(-3 * time.Second)},
 		})
 		want := map[string]time.Duration{"b": 2 * time.Second, "a": 5 * time.Second}
 		for range 2 {
@@ -291,7 +291,7 @@ func TestScheduleSpreadsSteadyProbes(t *testing.T) {
 		for i := range 50 {
 			targets = append(targets, Target{
 				InstanceID: fmt.Sprintf("web-%d", i), Address: fmt.Sprintf("web-%d:80", i),
-				Checks: []config.Check{httpCheck("ready", time.Second, 1, 3, time.Minute)},
+				Checks: []state.Check{httpCheck("ready", time.Second, 1, 3, time.Minute)},
 			})
 		}
 		start := time.Now()
@@ -326,8 +326,8 @@ func TestScheduleRemoveStopsProbing(t *testing.T) {
 		p, _, stop := fakeProber(t, fake, Options{})
 		defer stop()
 		check := httpCheck("ready", 2*time.Second, 1, 3, time.Minute)
-		a := Target{InstanceID: "a", Address: "a:1", Checks: []config.Check{check}}
-		b := Target{InstanceID: "b", Address: "b:1", Checks: []config.Check{check}}
+		a := Target{InstanceID: "a", Address: "a:1", Checks: []state.Check{check}}
+		b := Target{InstanceID: "b", Address: "b:1", Checks: []state.Check{check}}
 		p.Set([]Target{a, b})
 		time.Sleep(3500 * time.Millisecond)
 		synctest.Wait()
@@ -376,7 +376,7 @@ func TestScheduleOnChangeSequence(t *testing.T) {
 		fake := newFakeNet()
 		p, changes, stop := fakeProber(t, fake, Options{})
 		defer stop()
-		p.Set([]Target{{InstanceID: "a", Fleet: "web", Address: "a:1", Checks: []config.Check{
+		p.Set([]Target{{InstanceID: "a", Fleet: "web", Address: "a:1", Checks: []state.Check{
 			httpCheck("ready", time.Second, 2, 2, time.Minute),
 			{Name: "port", Kind: KindTCP, Interval: time.Second, Timeout: 500 * time.Millisecond, HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: time.Minute},
 		}}})
@@ -419,7 +419,7 @@ func TestScheduleOnChangeSequence(t *testing.T) {
 		// cleared, then healthy.
 		changed := httpCheck("ready", time.Second, 2, 2, time.Minute)
 		changed.Path = "/ready"
-		p.Set([]Target{{InstanceID: "a", Fleet: "web", Address: "a:1", Checks: []config.Check{changed}}})
+		p.Set([]Target{{InstanceID: "a", Fleet: "web", Address: "a:1", Checks: []state.Check{changed}}})
 		if h := p.History("a"); len(h) != 0 {
 			t.Fatalf("history after reset: %+v", h)
 		}
@@ -430,7 +430,7 @@ func TestScheduleOnChangeSequence(t *testing.T) {
 		}
 
 		// Same target again: nothing changes.
-		p.Set([]Target{{InstanceID: "a", Fleet: "web", Address: "a:1", Checks: []config.Check{changed}}})
+		p.Set([]Target{{InstanceID: "a", Fleet: "web", Address: "a:1", Checks: []state.Check{changed}}})
 		time.Sleep(10 * time.Second)
 		select {
 		case c := <-changes:
@@ -446,7 +446,7 @@ func TestScheduleRunAgain(t *testing.T) {
 		fake.setDelay("a:1", 300*time.Millisecond)
 		p := New(Options{})
 		p.runCheck = fake.run
-		p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []config.Check{httpCheck("ready", time.Second, 1, 3, time.Minute)}}})
+		p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []state.Check{httpCheck("ready", time.Second, 1, 3, time.Minute)}}})
 
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
@@ -482,7 +482,7 @@ func TestScheduleRunAgain(t *testing.T) {
 func TestSetSkipsWhatItCannotJudge(t *testing.T) {
 	p := New(Options{})
 	p.Set([]Target{
-		{InstanceID: "a", Address: "a:1", Checks: []config.Check{
+		{InstanceID: "a", Address: "a:1", Checks: []state.Check{
 			{Name: "x", Kind: "grpc"},
 			httpCheck("ready", time.Second, 1, 3, time.Minute),
 			httpCheck("ready", time.Second, 1, 3, time.Minute),
@@ -509,7 +509,7 @@ func TestInjectedClock(t *testing.T) {
 		fake := newFakeNet()
 		p, changes, stop := fakeProber(t, fake, Options{Now: func() time.Time { return clock }})
 		defer stop()
-		p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []config.Check{httpCheck("ready", time.Second, 1, 3, time.Minute)}}})
+		p.Set([]Target{{InstanceID: "a", Address: "a:1", Checks: []state.Check{httpCheck("ready", time.Second, 1, 3, time.Minute)}}})
 		if v, _ := p.Verdict("a"); !v.Since.Equal(clock) {
 			t.Fatalf("since %v, want the injected %v", v.Since, clock)
 		}

@@ -11,7 +11,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
 	"github.com/immutd/immutd/internal/state"
 )
@@ -262,7 +261,7 @@ func planFleet(fi *FleetInput, now time.Time) ([]Action, FleetStatus) {
 		if c.inst.Open != nil || c.live {
 			continue
 		}
-		if c.inst.Record == nil && orphanPolicy == config.OrphanIgnore {
+		if c.inst.Record == nil && orphanPolicy == state.OrphanIgnore {
 			continue
 		}
 		acts = append(acts, Action{Kind: ActTerminate, Fleet: spec.Name, InstanceID: c.inst.ID, Reason: c.reason, Evidence: c.evidence})
@@ -324,7 +323,7 @@ func planFleet(fi *FleetInput, now time.Time) ([]Action, FleetStatus) {
 
 	// Adopt the orphans this pass does not terminate: adopting changes
 	// records, not instances.
-	if orphanPolicy == config.OrphanAdopt {
+	if orphanPolicy == state.OrphanAdopt {
 		killed := map[string]bool{}
 		for _, a := range acts {
 			killed[a.InstanceID] = true
@@ -440,7 +439,7 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus) *class {
 	orphan := in.Record == nil && in.Observed != nil && (in.Open == nil || in.Open.Kind != state.Launch)
 	if orphan {
 		st.Drifted[instance.DriftOrphan]++
-		if d.Spec.Drift.Orphans == config.OrphanIgnore {
+		if d.Spec.Drift.Orphans == state.OrphanIgnore {
 			return nil
 		}
 	}
@@ -476,7 +475,7 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus) *class {
 	image := in.Observed.ImageDigest
 	tmpl := in.Observed.TemplateHash
 	switch {
-	case orphan && d.Spec.Drift.Orphans == config.OrphanTerminate:
+	case orphan && d.Spec.Drift.Orphans == state.OrphanTerminate:
 		c.reason = ReasonOrphan
 		c.evidence = []string{"no record explains this instance", "drift.orphans = terminate"}
 	case d.ImageDigest != "" && image != d.ImageDigest:

@@ -7,17 +7,17 @@ import (
 
 	"pgregory.net/rapid"
 
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/quantity"
 	"github.com/immutd/immutd/internal/state"
 )
 
 // genQuantity draws a count or a percentage.
-func genQuantity(t *rapid.T, label string, maxCount int) config.Quantity {
+func genQuantity(t *rapid.T, label string, maxCount int) quantity.Q {
 	if rapid.Bool().Draw(t, label+"_pct") {
-		return config.Percent(rapid.IntRange(0, 100).Draw(t, label+"_p"))
+		return quantity.Percent(rapid.IntRange(0, 100).Draw(t, label+"_p"))
 	}
-	return config.Count(rapid.IntRange(0, maxCount).Draw(t, label+"_n"))
+	return quantity.Count(rapid.IntRange(0, maxCount).Draw(t, label+"_n"))
 }
 
 func genDesired(t *rapid.T) *state.DesiredFleet {
@@ -26,12 +26,12 @@ func genDesired(t *rapid.T) *state.DesiredFleet {
 	d.Spec.Rollout.MaxSurge = genQuantity(t, "surge", 3)
 	d.Spec.Rollout.MaxUnavailable = genQuantity(t, "unavail", 3)
 	if size > 0 && d.Spec.Rollout.MaxSurge.Resolve(size, true) == 0 && d.Spec.Rollout.MaxUnavailable.Resolve(size, false) == 0 {
-		d.Spec.Rollout.MaxSurge = config.Count(1) // config validation forbids both 0
+		d.Spec.Rollout.MaxSurge = quantity.Count(1) // config validation forbids both 0
 	}
 	d.Spec.Remediation.MaxUnhealthy = genQuantity(t, "maxunhealthy", 8)
 	d.Spec.Remediation.MaxParallel = rapid.IntRange(1, 3).Draw(t, "maxparallel")
 	d.Spec.Remediation.Enabled = rapid.Float64Range(0, 1).Draw(t, "enabled") < 0.85
-	d.Spec.Drift.Orphans = rapid.SampledFrom([]string{config.OrphanAdopt, config.OrphanTerminate, config.OrphanIgnore}).Draw(t, "orphans")
+	d.Spec.Drift.Orphans = rapid.SampledFrom([]string{state.OrphanAdopt, state.OrphanTerminate, state.OrphanIgnore}).Draw(t, "orphans")
 	switch rapid.IntRange(0, 9).Draw(t, "lifecycle") {
 	case 0:
 		d.Unconfigured = true
@@ -86,7 +86,7 @@ func genFleet(t *rapid.T) FleetInput {
 
 // Independent definitions of the quantities the invariants talk about.
 func ignored(fi *FleetInput, in *Inst) bool {
-	return in.Record == nil && in.Open == nil && fi.Desired.Spec.Drift.Orphans == config.OrphanIgnore
+	return in.Record == nil && in.Open == nil && fi.Desired.Spec.Drift.Orphans == state.OrphanIgnore
 }
 
 func isLive(in *Inst) bool {
@@ -253,7 +253,7 @@ func TestPlanConverges(t *testing.T) {
 		fi.Stats = state.FleetStats{}
 		fi.Desired.Unconfigured, fi.Desired.Draining = false, false
 		fi.Desired.Spec.Remediation.Enabled = true
-		fi.Desired.Spec.Remediation.MaxUnhealthy = config.Percent(100)
+		fi.Desired.Spec.Remediation.MaxUnhealthy = quantity.Percent(100)
 		// Instances that exist now settle on a verdict: unknown ones are judged.
 		for i := range fi.Instances {
 			if fi.Instances[i].Health == Unknown || fi.Instances[i].Health == Starting {

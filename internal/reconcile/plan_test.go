@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/quantity"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -23,11 +23,11 @@ const (
 
 func desired(size int, mut ...func(*state.DesiredFleet)) *state.DesiredFleet {
 	d := &state.DesiredFleet{
-		Spec: config.Fleet{
+		Spec: state.FleetSpec{
 			Name: "web", Size: size, Provider: "local", Image: "/img",
-			Drift:       config.Drift{Interval: 10 * time.Second, Orphans: config.OrphanAdopt},
-			Remediation: config.Remediation{Enabled: true, MaxUnhealthy: config.Percent(50), MaxParallel: 1},
-			Rollout:     config.Rollout{MaxSurge: config.Count(1), MaxUnavailable: config.Count(0)},
+			Drift:       state.DriftSpec{Interval: 10 * time.Second, Orphans: state.OrphanAdopt},
+			Remediation: state.RemediationSpec{Enabled: true, MaxUnhealthy: quantity.Percent(50), MaxParallel: 1},
+			Rollout:     state.RolloutSpec{MaxSurge: quantity.Count(1), MaxUnavailable: quantity.Count(0)},
 		},
 		ImageDigest: imgNew, TemplateHash: tmplCur, Generation: 1,
 	}
@@ -127,7 +127,7 @@ func TestPlanTable(t *testing.T) {
 			want:    []string{"launch:replacement"},
 			blocked: []string{CauseTooManyUnhealthy}},
 		{name: "max_unhealthy as a count", desired: desired(4, func(d *state.DesiredFleet) {
-			d.Spec.Remediation.MaxUnhealthy = config.Count(2)
+			d.Spec.Remediation.MaxUnhealthy = quantity.Count(2)
 			d.Spec.Remediation.MaxParallel = 2
 		}),
 			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy)), inst("d", health(Unhealthy))},
@@ -135,7 +135,7 @@ func TestPlanTable(t *testing.T) {
 		{name: "percent max_unhealthy lets a single instance heal", desired: desired(1),
 			insts: []Inst{inst("a", health(Unhealthy))},
 			want:  []string{"launch:replacement", "terminate:a:unhealthy"}},
-		{name: "max_parallel bounds kills in flight", desired: desired(4, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxUnhealthy = config.Count(4) }),
+		{name: "max_parallel bounds kills in flight", desired: desired(4, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxUnhealthy = quantity.Count(4) }),
 			insts: []Inst{inst("a"), inst("b", health(Unhealthy), opening(state.Terminate)), inst("c", health(Unhealthy)), inst("d")},
 			want:  []string{"launch:replacement"}},
 		{name: "provider list failure blocks everything", desired: desired(3), obsErr: "dial unix /run/docker.sock: connection refused",
@@ -150,8 +150,8 @@ func TestPlanTable(t *testing.T) {
 			insts: []Inst{inst("a", oldImage, age(2*time.Hour)), inst("b", oldImage, age(3*time.Hour)), inst("c", oldImage), inst("n1")},
 			want:  []string{"terminate:b:drift_image"}},
 		{name: "rollout with max_unavailable 1 and no surge kills first", desired: desired(3, func(d *state.DesiredFleet) {
-			d.Spec.Rollout.MaxSurge = config.Count(0)
-			d.Spec.Rollout.MaxUnavailable = config.Count(1)
+			d.Spec.Rollout.MaxSurge = quantity.Count(0)
+			d.Spec.Rollout.MaxUnavailable = quantity.Count(1)
 		}),
 			insts: []Inst{inst("a", oldImage, age(3*time.Hour)), inst("b", oldImage), inst("c", oldImage)},
 			want:  []string{"terminate:a:drift_image"}},
@@ -184,10 +184,10 @@ func TestPlanTable(t *testing.T) {
 		{name: "orphan is adopted by default", desired: desired(1),
 			insts: []Inst{inst("a", orphan)},
 			want:  []string{"adopt:a:orphan"}},
-		{name: "orphan terminated under terminate policy", desired: desired(1, func(d *state.DesiredFleet) { d.Spec.Drift.Orphans = config.OrphanTerminate }),
+		{name: "orphan terminated under terminate policy", desired: desired(1, func(d *state.DesiredFleet) { d.Spec.Drift.Orphans = state.OrphanTerminate }),
 			insts: []Inst{inst("a"), inst("x", orphan)},
 			want:  []string{"terminate:x:orphan"}},
-		{name: "orphan ignored is left alone", desired: desired(1, func(d *state.DesiredFleet) { d.Spec.Drift.Orphans = config.OrphanIgnore }),
+		{name: "orphan ignored is left alone", desired: desired(1, func(d *state.DesiredFleet) { d.Spec.Drift.Orphans = state.OrphanIgnore }),
 			insts: []Inst{inst("a"), inst("x", orphan)}},
 		{name: "remediation disabled only reports", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
 			insts:   []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c")},

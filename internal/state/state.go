@@ -9,8 +9,6 @@ package state
 import (
 	"sort"
 	"time"
-
-	"github.com/immutd/immutd/internal/config"
 )
 
 // MaxEvents is how many events the replicated log keeps at least; it holds
@@ -19,7 +17,7 @@ const MaxEvents = 2000
 
 // DesiredFleet is one fleet's desired state as committed.
 type DesiredFleet struct {
-	Spec config.Fleet `json:"spec"`
+	Spec FleetSpec `json:"spec"`
 	// ImageDigest pins the golden image: the local store digest or the
 	// docker image id. Instances are judged against it, never against
 	// Spec.Image, so a moved tag or an edited bundle cannot leak in.

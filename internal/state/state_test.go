@@ -9,14 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 func fleet(name string, size int, digest string) *DesiredFleet {
-	return &DesiredFleet{Spec: config.Fleet{Name: name, Size: size, Provider: "local", Image: "/img/" + digest}, ImageDigest: digest, TemplateHash: "t1"}
+	return &DesiredFleet{Spec: FleetSpec{Name: name, Size: size, Provider: "local", Image: "/img/" + digest}, ImageDigest: digest, TemplateHash: "t1"}
 }
 
 func mustApply(t *testing.T, s *State, c Command) Result {

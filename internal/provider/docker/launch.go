@@ -12,7 +12,6 @@ import (
 	"github.com/docker/go-connections/nat"
 	"go.uber.org/zap"
 
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
 )
 
@@ -140,7 +139,7 @@ type network struct {
 	port int    // the container port (bridge)
 }
 
-func networkOf(d *config.DockerLaunch) (network, error) {
+func networkOf(d *instance.DockerLaunch) (network, error) {
 	n := network{mode: defaultNetworkMode, port: DefaultPort}
 	if d == nil {
 		return n, nil

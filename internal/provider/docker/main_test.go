@@ -22,7 +22,6 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
 )
 
@@ -234,7 +233,7 @@ func removeContainers(t *testing.T, p *Provider, f filters.KeyValuePair) {
 }
 
 // request is a launch request for the run's v1 image.
-func request(fleet, id string, l config.Launch) instance.LaunchRequest {
+func request(fleet, id string, l instance.Launch) instance.LaunchRequest {
 	return instance.LaunchRequest{InstanceID: id, Fleet: fleet, ImageDigest: imageV1, TemplateHash: "tmpl-1", Launch: l}
 }
 

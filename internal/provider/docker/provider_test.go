@@ -17,7 +17,6 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
 	"github.com/immutd/immutd/internal/pathmatch"
 )
@@ -74,9 +73,9 @@ func TestLaunchBridge(t *testing.T) {
 	p := needEngine(t)
 	fleet := testFleet(t, p)
 	id := fleet + "-1"
-	req := request(fleet, id, config.Launch{
+	req := request(fleet, id, instance.Launch{
 		Env: map[string]string{"GREETING": "hi", "PORT": "1"}, // PORT is the provider's
-		Docker: &config.DockerLaunch{
+		Docker: &instance.DockerLaunch{
 			Port: 8080, NetworkMode: "bridge", ReadOnly: true,
 			MemoryBytes: 64 << 20, NanoCPUs: 500_000_000,
 		},
@@ -151,9 +150,9 @@ func TestLaunchHostNetwork(t *testing.T) {
 	id := fleet + "-1"
 	// The app listens on $HOST:$PORT; on the host's network it must stay
 	// on loopback.
-	obs := launch(t, p, request(fleet, id, config.Launch{
+	obs := launch(t, p, request(fleet, id, instance.Launch{
 		Env:    map[string]string{"HOST": "127.0.0.1"},
-		Docker: &config.DockerLaunch{NetworkMode: "host"},
+		Docker: &instance.DockerLaunch{NetworkMode: "host"},
 	}))
 	host, port, err := net.SplitHostPort(obs.Address)
 	if err != nil || host != "127.0.0.1" {
@@ -178,7 +177,7 @@ func TestLaunchStartsCreatedContainer(t *testing.T) {
 	p := needEngine(t)
 	fleet := testFleet(t, p)
 	id := fleet + "-1"
-	req := request(fleet, id, config.Launch{})
+	req := request(fleet, id, instance.Launch{})
 	// What a launch interrupted between create and start leaves behind.
 	nw, err := networkOf(req.Launch.Docker)
 	if err != nil {
@@ -205,9 +204,9 @@ func TestLaunchCommandAndArgs(t *testing.T) {
 	fleet := testFleet(t, p)
 
 	// Args only: the image's entrypoint with the args as its command.
-	a := launch(t, p, request(fleet, fleet+"-args", config.Launch{Args: []string{"-fail-after", "1h"}}))
+	a := launch(t, p, request(fleet, fleet+"-args", instance.Launch{Args: []string{"-fail-after", "1h"}}))
 	// Command and args: the command replaces the entrypoint.
-	b := launch(t, p, request(fleet, fleet+"-cmd", config.Launch{Command: []string{"/bin/sampleapp", "-ignore-sigterm"}, Args: []string{"-fail-after", "2h"}}))
+	b := launch(t, p, request(fleet, fleet+"-cmd", instance.Launch{Command: []string{"/bin/sampleapp", "-ignore-sigterm"}, Args: []string{"-fail-after", "2h"}}))
 	for _, tc := range []struct {
 		obs        instance.Observed
 		entrypoint []string
@@ -246,7 +245,7 @@ func TestLaunchRefusesForeignContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Launch(testCtx(t), request(fleet, id, config.Launch{})); err == nil || !strings.Contains(err.Error(), "is not immutd's container") {
+	if _, err := p.Launch(testCtx(t), request(fleet, id, instance.Launch{})); err == nil || !strings.Contains(err.Error(), "is not immutd's container") {
 		t.Fatalf("launch over a foreign container: %v", err)
 	}
 	if err := p.Terminate(testCtx(t), id, time.Second); err == nil || !strings.Contains(err.Error(), "is not immutd's container") {
@@ -260,7 +259,7 @@ func TestLaunchRefusesForeignContainer(t *testing.T) {
 func TestLaunchMissingImage(t *testing.T) {
 	p := needEngine(t)
 	fleet := testFleet(t, p)
-	req := request(fleet, fleet+"-1", config.Launch{})
+	req := request(fleet, fleet+"-1", instance.Launch{})
 	req.ImageDigest = "sha256:" + strings.Repeat("0", 64)
 	_, err := p.Launch(testCtx(t), req)
 	if err == nil || !strings.HasPrefix(err.Error(), "docker: launch "+req.InstanceID+": image sha256:000") {
@@ -271,9 +270,9 @@ func TestLaunchMissingImage(t *testing.T) {
 func TestListExited(t *testing.T) {
 	p := needEngine(t)
 	fleet := testFleet(t, p)
-	killed := launch(t, p, request(fleet, fleet+"-killed", config.Launch{}))
+	killed := launch(t, p, request(fleet, fleet+"-killed", instance.Launch{}))
 	// A command that fails at once: sampleapp exits 2 on a bad flag.
-	failed := launch(t, p, request(fleet, fleet+"-failed", config.Launch{Args: []string{"-no-such-flag"}}))
+	failed := launch(t, p, request(fleet, fleet+"-failed", instance.Launch{Args: []string{"-no-such-flag"}}))
 	if err := p.cli.ContainerKill(testCtx(t), killed.ProviderRef, "SIGKILL"); err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +319,7 @@ func TestPhaseOf(t *testing.T) {
 func TestTerminate(t *testing.T) {
 	p := needEngine(t)
 	fleet := testFleet(t, p)
-	obs := launch(t, p, request(fleet, fleet+"-1", config.Launch{}))
+	obs := launch(t, p, request(fleet, fleet+"-1", instance.Launch{}))
 	if err := p.Terminate(testCtx(t), obs.ID, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +336,7 @@ func TestTerminate(t *testing.T) {
 		}
 	}
 	// An exited container is removed too.
-	exited := launch(t, p, request(fleet, fleet+"-2", config.Launch{Args: []string{"-no-such-flag"}}))
+	exited := launch(t, p, request(fleet, fleet+"-2", instance.Launch{Args: []string{"-no-such-flag"}}))
 	if err := p.Terminate(testCtx(t), exited.ID, time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +362,7 @@ func TestStopSeconds(t *testing.T) {
 func TestInspect(t *testing.T) {
 	p := needEngine(t)
 	fleet := testFleet(t, p)
-	obs := launch(t, p, request(fleet, fleet+"-1", config.Launch{}))
+	obs := launch(t, p, request(fleet, fleet+"-1", instance.Launch{}))
 	httpGet(t, obs.Address, "/healthz")
 	ctx := testCtx(t)
 	if f, err := p.Inspect(ctx, obs, nil); err != nil || f != nil {

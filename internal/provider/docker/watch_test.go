@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/instance"
 )
 
 // startWatch runs p.watch until the test ends and returns channels that
@@ -68,7 +68,7 @@ func drain(ch <-chan struct{}) {
 func TestWatchNotifiesOnKill(t *testing.T) {
 	p := needEngine(t)
 	fleet := testFleet(t, p)
-	obs := launch(t, p, request(fleet, fleet+"-1", config.Launch{}))
+	obs := launch(t, p, request(fleet, fleet+"-1", instance.Launch{}))
 	notified, subscribed, stop := startWatch(t, p)
 	receive(t, subscribed, "the event subscription")
 	drain(notified)

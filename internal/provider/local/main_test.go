@@ -20,7 +20,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
-	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
 )
 
@@ -176,7 +175,7 @@ func launch(t *testing.T, p *Provider, id, digest string, args ...string) instan
 	return obs
 }
 
-func launchArgs(args ...string) (l config.Launch) {
+func launchArgs(args ...string) (l instance.Launch) {
 	l.Args = args
 	l.Env = map[string]string{"APP_MODE": "test", "PORT": "1"}
 	return l

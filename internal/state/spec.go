@@ -1,0 +1,120 @@
+package state
+
+import (
+	"slices"
+	"time"
+
+	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/quantity"
+)
+
+// FleetSpec is a fleet's settings as committed in the desired state. It
+// is immutd's own replicated type, not the config package's: config
+// structs may change with every release, this encoding may not. The JSON
+// names are those release dbf9177 wrote (from config.Fleet), so its
+// snapshots and log entries decode unchanged; the rules on
+// instance.Launch apply to every type here: new fields are omitted when
+// zero and their zero value means the old behaviour.
+// testdata/release-dbf9177 pins the encoding.
+type FleetSpec struct {
+	Name string `json:"name"`
+	// Size is the desired number of instances.
+	Size     int    `json:"size"`
+	Provider string `json:"provider"`
+	// Image is the image reference as written in the fleet file (a local
+	// bundle's absolute path, or a docker reference); instances are judged
+	// against the pinned DesiredFleet.ImageDigest, never against it.
+	Image       string          `json:"image"`
+	Launch      instance.Launch `json:"launch"`
+	Health      HealthSpec      `json:"health"`
+	Drift       DriftSpec       `json:"drift"`
+	Remediation RemediationSpec `json:"remediation"`
+	Rollout     RolloutSpec     `json:"rollout"`
+}
+
+// HealthSpec is the set of checks that judge an instance.
+type HealthSpec struct {
+	Checks []Check `json:"checks"`
+}
+
+// Check is one health check.
+type Check struct {
+	Name string `json:"name"`
+	// Kind is "http" or "tcp".
+	Kind string `json:"kind"`
+	// Path and ExpectStatus are for http checks only.
+	Path               string        `json:"path,omitempty"`
+	ExpectStatus       []int         `json:"expect_status,omitempty"`
+	Interval           time.Duration `json:"interval"`
+	Timeout            time.Duration `json:"timeout"`
+	HealthyThreshold   int           `json:"healthy_threshold"`
+	UnhealthyThreshold int           `json:"unhealthy_threshold"`
+	StartupTimeout     time.Duration `json:"startup_timeout"`
+}
+
+// DriftSpec configures in-place drift detection.
+type DriftSpec struct {
+	Interval    time.Duration `json:"interval"`
+	IgnorePaths []string      `json:"ignore_paths,omitempty"`
+	// Orphans is "adopt", "terminate" or "ignore".
+	Orphans string `json:"orphans"`
+}
+
+// RemediationSpec bounds health- and drift-driven replacement.
+type RemediationSpec struct {
+	Enabled      bool       `json:"enabled"`
+	MaxUnhealthy quantity.Q `json:"max_unhealthy"`
+	MaxParallel  int        `json:"max_parallel"`
+}
+
+// RolloutSpec bounds replacement when the desired image or template changes.
+type RolloutSpec struct {
+	MaxSurge       quantity.Q `json:"max_surge"`
+	MaxUnavailable quantity.Q `json:"max_unavailable"`
+}
+
+// Orphan policies (DriftSpec.Orphans).
+const (
+	OrphanAdopt     = config.OrphanAdopt
+	OrphanTerminate = config.OrphanTerminate
+	OrphanIgnore    = config.OrphanIgnore
+)
+
+// SpecOf is the one conversion from a decoded fleet file block to its
+// replicated form. Where it was written (config.Fleet.Pos) is not part of
+// the desired state: identical fleets from two agents are equal.
+func SpecOf(f *config.Fleet) FleetSpec {
+	s := FleetSpec{
+		Name:     f.Name,
+		Size:     f.Size,
+		Provider: f.Provider,
+		Image:    f.Image,
+		Launch: instance.Launch{
+			Command:   slices.Clone(f.Launch.Command),
+			Args:      slices.Clone(f.Launch.Args),
+			StopGrace: f.Launch.StopGrace,
+		},
+		Drift:       DriftSpec{Interval: f.Drift.Interval, IgnorePaths: slices.Clone(f.Drift.IgnorePaths), Orphans: f.Drift.Orphans},
+		Remediation: RemediationSpec{Enabled: f.Remediation.Enabled, MaxUnhealthy: f.Remediation.MaxUnhealthy, MaxParallel: f.Remediation.MaxParallel},
+		Rollout:     RolloutSpec{MaxSurge: f.Rollout.MaxSurge, MaxUnavailable: f.Rollout.MaxUnavailable},
+	}
+	if len(f.Launch.Env) > 0 {
+		s.Launch.Env = make(map[string]string, len(f.Launch.Env))
+		for k, v := range f.Launch.Env {
+			s.Launch.Env[k] = v
+		}
+	}
+	if d := f.Launch.Docker; d != nil {
+		s.Launch.Docker = &instance.DockerLaunch{Port: d.Port, NetworkMode: d.NetworkMode, ReadOnly: d.ReadOnly, MemoryBytes: d.MemoryBytes, NanoCPUs: d.NanoCPUs}
+	}
+	for _, c := range f.Health.Checks {
+		s.Health.Checks = append(s.Health.Checks, Check{Name: c.Name, Kind: c.Kind, Path: c.Path, ExpectStatus: slices.Clone(c.ExpectStatus),
+			Interval: c.Interval, Timeout: c.Timeout, HealthyThreshold: c.HealthyThreshold, UnhealthyThreshold: c.UnhealthyThreshold,
+			StartupTimeout: c.StartupTimeout})
+	}
+	return s
+}
+
+// TemplateHash is the fleet's launch template hash.
+func (s *FleetSpec) TemplateHash() string { return instance.TemplateHash(s.Provider, s.Launch) }
