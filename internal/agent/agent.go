@@ -6,8 +6,12 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
@@ -29,6 +33,7 @@ import (
 	"github.com/immutd/immutd/internal/provider/docker"
 	"github.com/immutd/immutd/internal/provider/local"
 	"github.com/immutd/immutd/internal/reconcile"
+	"github.com/immutd/immutd/internal/secretfile"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -62,6 +67,7 @@ type Agent struct {
 	mu sync.Mutex
 	// latest valid fleet set read from the fleets directory.
 	fleets     *config.FleetSet
+	fleetFiles []config.File
 	fleetsHash string
 	// startHash is the hash of the first valid fleet set this process read;
 	// settledHash the last one the leader judged (committed or not needed).
@@ -134,17 +140,20 @@ func New(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel) (*Agent, err
 	return a, nil
 }
 
+// loadToken reads the API token. The default token file
+// (<data_dir>/api-token) is created with a random token when it does not
+// exist yet, so that state changes need a credential in every
+// configuration; a token file the operator named must exist.
 func (a *Agent) loadToken() error {
-	if a.cfg.API.TokenFile == "" {
-		return nil
+	path := a.cfg.API.TokenFile
+	if !a.cfg.API.TokenFileSet {
+		if err := createToken(path); err != nil {
+			return fmt.Errorf("agent: api token: %w", err)
+		}
 	}
-	b, err := os.ReadFile(a.cfg.API.TokenFile)
+	tok, err := readToken("api token file", path)
 	if err != nil {
-		return fmt.Errorf("agent: api token: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if len(tok) < 16 {
-		return fmt.Errorf("agent: api token in %s is shorter than 16 characters", a.cfg.API.TokenFile)
+		return fmt.Errorf("agent: %w", err)
 	}
 	a.mu.Lock()
 	a.token = tok
@@ -152,7 +161,118 @@ func (a *Agent) loadToken() error {
 	return nil
 }
 
-// Token returns the API bearer token ("" when none is configured).
+// maxTokenFile bounds a token file.
+const maxTokenFile = 4 << 10
+
+// readToken reads a token file: owner-only permissions, 16 to 4096
+// printable characters.
+func readToken(what, path string) (string, error) {
+	b, err := secretfile.Read(what, path, maxTokenFile)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("%s %s: the token is shorter than 16 characters", what, path)
+	}
+	if strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return "", fmt.Errorf("%s %s: the token must be one line of printable characters without spaces", what, path)
+	}
+	return tok, nil
+}
+
+// createToken writes a new random token to path unless the file exists.
+func createToken(path string) error {
+	if _, err := os.Lstat(path); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return nil // exists (readToken judges it), or a problem readToken reports
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(hex.EncodeToString(raw) + "\n"); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// clusterAuth is how the cluster port authenticates peers: the cluster's
+// certificates, the token of the insecure plaintext mode, or, for a
+// single agent without either, a TLS identity made now that no other
+// process has, so that the port accepts nobody.
+func (a *Agent) clusterAuth() (mtls.Auth, error) {
+	c := a.cfg.Cluster
+	switch {
+	case c.TLS.Enabled():
+		id, err := mtls.Load(mtls.Config{CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile, ServerName: c.TLS.ServerName})
+		if err != nil {
+			return mtls.Auth{}, fmt.Errorf("agent: cluster tls: %w", err)
+		}
+		a.identity = id
+		return mtls.Auth{Identity: id}, nil
+	case c.Insecure.Enabled():
+		tok, err := readToken("cluster token file", c.Insecure.TokenFile)
+		if err != nil {
+			return mtls.Auth{}, fmt.Errorf("agent: cluster insecure_plaintext: %w", err)
+		}
+		a.log.Warn("cluster traffic is NOT encrypted: insecure_plaintext is set; anyone who can read loopback traffic on this host can learn the cluster token",
+			zap.String("token_file", c.Insecure.TokenFile))
+		return mtls.Auth{Token: []byte(tok)}, nil
+	default:
+		id, err := mtls.Ephemeral(a.cfg.NodeName, c.TLS.ServerName)
+		if err != nil {
+			return mtls.Auth{}, fmt.Errorf("agent: %w", err)
+		}
+		a.identity = id
+		return mtls.Auth{Identity: id}, nil
+	}
+}
+
+func (a *Agent) clusterAuthMode() string {
+	switch {
+	case a.cfg.Cluster.Insecure.Enabled():
+		return "insecure_plaintext_token"
+	case a.identity != nil && a.identity.IsEphemeral():
+		return "mtls_single_agent"
+	default:
+		return "mtls"
+	}
+}
+
+// newServer is an HTTP server with every timeout set, so that a slow or
+// silent client costs a connection for a bounded time only. Writes are
+// not bounded: some answers (drain, resolve) wait for the cluster.
+func newServer(h http.Handler, log *zap.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          stdLogAtDebug(log),
+	}
+}
+
+// TokenFile is where the API token is kept.
+func (a *Agent) TokenFile() string { return a.cfg.API.TokenFile }
+
+// Token returns the API bearer token.
 func (a *Agent) Token() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -173,12 +293,12 @@ func (a *Agent) currentTerm() *term { return a.term.Load() }
 // reload delivers SIGHUPs.
 func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	c := a.cfg.Cluster
-	if c.TLS.Enabled() {
-		id, err := mtls.Load(mtls.Config{CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile, ServerName: c.TLS.ServerName})
-		if err != nil {
-			return fmt.Errorf("agent: cluster tls: %w", err)
-		}
-		a.identity = id
+	auth, err := a.clusterAuth()
+	if err != nil {
+		return err
+	}
+	for _, w := range a.cfg.Warnings {
+		a.log.Warn("configuration warning", zap.String("file", a.cfg.File), zap.String("warning", w.String()))
 	}
 	apiLn, err := net.Listen("tcp", a.cfg.HTTPAddr)
 	if err != nil {
@@ -195,7 +315,12 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 		clusterLn.Close()
 		return fmt.Errorf("agent: advertise address %q: %w", c.AdvertiseAddr, err)
 	}
-	mux := mtls.NewMux(clusterLn, a.identity, advertise, a.log.Named("mux"))
+	mux, err := mtls.NewMux(clusterLn, auth, advertise, a.log.Named("mux"))
+	if err != nil {
+		apiLn.Close()
+		clusterLn.Close()
+		return err
+	}
 	a.rpcClient = &http.Client{Transport: mux.RPCTransport(), Timeout: 15 * time.Second}
 	node, err := cluster.Open(cluster.Config{DataDir: a.cfg.DataDir, Layer: mux.RaftLayer(), Bootstrap: !c.Multi(),
 		Timing: cluster.ScaledTiming(c.RaftMultiplier), Logger: a.log.Named("raft")})
@@ -211,8 +336,8 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 		}
 	}
 	a.log.Info("agent started", zap.String("node", a.cfg.NodeName), zap.String("node_id", node.ID()),
-		zap.String("http_addr", apiLn.Addr().String()), zap.String("cluster_addr", node.LocalAddr()), zap.Bool("mtls", a.identity != nil),
-		zap.String("fleets_dir", a.cfg.FleetsDir), zap.String("version", Version))
+		zap.String("http_addr", apiLn.Addr().String()), zap.String("cluster_addr", node.LocalAddr()), zap.String("cluster_auth", a.clusterAuthMode()),
+		zap.String("api_token_file", a.cfg.API.TokenFile), zap.String("fleets_dir", a.cfg.FleetsDir), zap.String("version", Version))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -253,13 +378,13 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	}()
 
 	a.api = api.New(a, a.m.reg, a.log.Named("api"))
-	apiSrv := &http.Server{Handler: a.api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	apiSrv := newServer(a.api.Handler(), a.log.Named("api"))
 	if a.cfg.API.TLSCertFile != "" {
 		serve("http", apiSrv, apiLn, a.cfg.API.TLSCertFile, a.cfg.API.TLSKeyFile)
 	} else {
 		serve("http", apiSrv, apiLn)
 	}
-	rpcSrv := &http.Server{Handler: a.rpcHandler(), ReadHeaderTimeout: 10 * time.Second}
+	rpcSrv := newServer(a.rpcHandler(), a.log.Named("rpc"))
 	serve("rpc", rpcSrv, mux.RPCListener())
 
 	watcher := config.NewWatcher(a.cfg.FleetsDir, config.WatchOptions{Logger: a.log.Named("watch")})
@@ -389,7 +514,7 @@ func (a *Agent) consumeConfig(ctx context.Context, updates <-chan config.Update)
 			st.OK = true
 			st.Fleets = len(u.Set.Fleets)
 			a.configErr = st
-			a.fleets, a.fleetsHash = u.Set, u.Hash
+			a.fleets, a.fleetFiles, a.fleetsHash = u.Set, u.Files, u.Hash
 			if a.startHash == "" {
 				a.startHash = u.Hash
 			}
@@ -569,4 +694,15 @@ func (a *Agent) watchFaults(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// stdLogAtDebug routes net/http's own messages (TLS handshake errors of
+// port scans and the like) to debug: a stranger must not be able to
+// flood the log.
+func stdLogAtDebug(log *zap.Logger) *stdlog.Logger {
+	l, err := zap.NewStdLogAt(log, zapcore.DebugLevel)
+	if err != nil {
+		return zap.NewStdLog(zap.NewNop())
+	}
+	return l
 }

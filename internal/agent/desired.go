@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -14,20 +16,30 @@ import (
 	"github.com/immutd/immutd/internal/state"
 )
 
+// maxErrorText bounds an error message kept in the replicated state.
+const maxErrorText = 2 << 10
+
 // resolveRetry is how often fleets whose image could not be resolved are
 // tried again.
 const resolveRetry = 10 * time.Second
 
-// Proposal is one agent's fleet files, sent to the leader to be committed.
+// Proposal is one agent's fleet files, sent to the leader to be
+// committed. It carries the files themselves, not what the proposer made
+// of them: the leader parses and validates them with the very rules an
+// agent applies to its own directory, so nothing reaches the desired
+// state that a fleet file could not say.
 type Proposal struct {
 	ProposerID   string `json:"proposer_id"`
 	ProposerName string `json:"proposer_name"`
-	Hash         string `json:"hash"`
+	// Dir is the proposer's fleets directory (absolute): file names in
+	// errors, and the base of relative local image paths.
+	Dir  string `json:"dir"`
+	Hash string `json:"hash"`
 	// StartHash is the hash of the files the proposer read when it
 	// started: an agent that never proposed is not taken to have changed
 	// its files until they differ from that.
-	StartHash string          `json:"start_hash"`
-	Fleets    []*config.Fleet `json:"fleets"`
+	StartHash string        `json:"start_hash"`
+	Files     []config.File `json:"files"`
 }
 
 // wantProposal returns this agent's fleet files when the leader has not
@@ -39,15 +51,41 @@ func (a *Agent) wantProposal() (*Proposal, bool) {
 	if a.fleets == nil || a.fleetsHash == a.settledHash {
 		return nil, false
 	}
-	fleets := make([]*config.Fleet, 0, len(a.fleets.Fleets))
-	for _, f := range a.fleets.Fleets {
-		cp := *f
-		// Where a fleet is written is this agent's business; identical
-		// fleets from two agents must compare equal.
-		cp.Pos = config.Pos{}
-		fleets = append(fleets, &cp)
+	return &Proposal{ProposerID: a.node.ID(), ProposerName: a.cfg.NodeName, Dir: a.cfg.FleetsDir, Hash: a.fleetsHash,
+		StartHash: a.startHash, Files: a.fleetFiles}, true
+}
+
+// parseProposal validates a proposal as the leader must before it commits
+// anything: the proposer is a server of this cluster, the hash is the
+// files' own, and the files parse and validate under the config rules.
+func (a *Agent) parseProposal(p *Proposal) ([]state.FleetSpec, error) {
+	known := false
+	if servers, err := a.node.Servers(); err == nil {
+		for _, s := range servers {
+			known = known || string(s.ID) == p.ProposerID
+		}
 	}
-	return &Proposal{ProposerID: a.node.ID(), ProposerName: a.cfg.NodeName, Hash: a.fleetsHash, StartHash: a.startHash, Fleets: fleets}, true
+	switch {
+	case !known:
+		return nil, rpcFail(http.StatusForbidden, "proposal from %.64q, which is not a server of this cluster", p.ProposerID)
+	case p.ProposerName != "" && (config.CheckNodeName(p.ProposerName) != nil || len(p.ProposerName) > maxNodeNameLen):
+		return nil, rpcFail(http.StatusBadRequest, "proposal: proposer name %.80q is not a node name", p.ProposerName)
+	case !filepath.IsAbs(p.Dir) || filepath.Clean(p.Dir) != p.Dir || len(p.Dir) > 4096:
+		return nil, rpcFail(http.StatusBadRequest, "proposal: fleets directory %.200q is not a clean absolute path", p.Dir)
+	case p.Hash != config.HashFleetFiles(p.Files):
+		return nil, rpcFail(http.StatusBadRequest, "proposal: hash %.80q does not match its files", p.Hash)
+	case len(p.StartHash) > 128:
+		return nil, rpcFail(http.StatusBadRequest, "proposal: start hash is too long")
+	}
+	set, err := config.ParseFleetFiles(p.Dir, p.Files)
+	if err != nil {
+		return nil, rpcFail(http.StatusUnprocessableEntity, "the fleet files of %s are invalid on the leader %s: %v", clip(p.ProposerName, maxNodeNameLen), a.cfg.NodeName, err)
+	}
+	specs := make([]state.FleetSpec, 0, len(set.Fleets))
+	for _, f := range set.Fleets {
+		specs = append(specs, state.SpecOf(f))
+	}
+	return specs, nil
 }
 
 // needsCommit says whether a proposal changes anything the cluster should
@@ -157,6 +195,10 @@ func (a *Agent) commitProposal(ctx context.Context, p *Proposal) error {
 	if t == nil {
 		return errNotReady
 	}
+	specs, err := a.parseProposal(p)
+	if err != nil {
+		return err
+	}
 	for attempt := 0; attempt < 3; attempt++ {
 		needed := true
 		a.node.Read(func(st *state.State) { needed = needsCommit(st, p) })
@@ -164,10 +206,10 @@ func (a *Agent) commitProposal(ctx context.Context, p *Proposal) error {
 			return nil
 		}
 		v := a.readView()
-		fleets := make([]*state.DesiredFleet, 0, len(p.Fleets))
-		for _, f := range p.Fleets {
-			spec := state.SpecOf(f)
-			fleets = append(fleets, t.pin(ctx, &spec, v.fleets[f.Name], false))
+		fleets := make([]*state.DesiredFleet, 0, len(specs))
+		pins := pinCache{}
+		for i := range specs {
+			fleets = append(fleets, t.pin(ctx, &specs[i], v.fleets[specs[i].Name], false, pins))
 		}
 		a.mu.Lock()
 		autoDrain := a.autoDrain
@@ -197,6 +239,7 @@ func (t *term) repin(ctx context.Context, force map[string]bool) error {
 	v := a.readView()
 	var fleets []*state.DesiredFleet
 	changed := false
+	pins := pinCache{}
 	for _, name := range sortedKeys(v.fleets) {
 		old := v.fleets[name]
 		if old.Unconfigured {
@@ -204,7 +247,7 @@ func (t *term) repin(ctx context.Context, force map[string]bool) error {
 		}
 		spec := old.Spec
 		if old.ResolveError != "" || force[name] {
-			d := t.pin(ctx, &spec, old, true)
+			d := t.pin(ctx, &spec, old, true, pins)
 			changed = changed || d.ImageDigest != old.ImageDigest || d.ResolveError != old.ResolveError
 			fleets = append(fleets, d)
 			continue
@@ -226,11 +269,21 @@ func (t *term) repin(ctx context.Context, force map[string]bool) error {
 	return nil
 }
 
+// pinCache remembers the images resolved while one desired state is
+// built, so that a thousand fleets sharing an image resolve it (and, for
+// a local bundle, hash it) once.
+type pinCache map[string]pinned
+
+type pinned struct {
+	digest string
+	err    error
+}
+
 // pin builds a fleet's desired state, resolving its image unless the
 // committed one can be kept: a fleet whose image reference did not change
 // keeps its digest, so neither an edited bundle nor a moved tag leaks into
 // a running fleet.
-func (t *term) pin(ctx context.Context, f *state.FleetSpec, old *state.DesiredFleet, force bool) *state.DesiredFleet {
+func (t *term) pin(ctx context.Context, f *state.FleetSpec, old *state.DesiredFleet, force bool, cache pinCache) *state.DesiredFleet {
 	d := &state.DesiredFleet{Spec: *f, TemplateHash: f.TemplateHash()}
 	if !force && old != nil && old.ImageDigest != "" && old.ResolveError == "" &&
 		old.Spec.Image == f.Image && old.Spec.Provider == f.Provider {
@@ -245,11 +298,17 @@ func (t *term) pin(ctx context.Context, f *state.FleetSpec, old *state.DesiredFl
 		d.ResolveError = fmt.Sprintf("provider %q is not configured on agent %s", f.Provider, t.a.cfg.NodeName)
 		return d
 	}
-	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	digest, err := resolver.Resolve(rctx, f.Image)
+	key := f.Provider + "\x00" + f.Image
+	res, ok := cache[key]
+	if !ok {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		res.digest, res.err = resolver.Resolve(rctx, f.Image)
+		cancel()
+		cache[key] = res
+	}
+	digest, err := res.digest, res.err
 	if err != nil {
-		d.ResolveError = err.Error()
+		d.ResolveError = clip(err.Error(), maxErrorText)
 		t.log.Error("image not resolved; the fleet stays on its last pinned image", zap.String("fleet", f.Name),
 			zap.String("image", f.Image), zap.String("reason", "image_unresolved"), zap.Error(err))
 		return d
@@ -263,6 +322,9 @@ func (t *term) pin(ctx context.Context, f *state.FleetSpec, old *state.DesiredFl
 
 // Drain starts draining an unconfigured fleet.
 func (a *Agent) Drain(ctx context.Context, fleet string) error {
+	if err := checkFleetName(fleet); err != nil {
+		return err
+	}
 	if !a.node.IsLeader() {
 		if err := a.forwardJSON(ctx, "/cluster/v1/drain", map[string]string{"fleet": fleet}, nil); !errors.Is(err, errBecameLeader) {
 			return err

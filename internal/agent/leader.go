@@ -237,6 +237,9 @@ func (t *term) checkRefs(ctx context.Context) {
 // Resolve re-pins a fleet's image reference (an operator's explicit
 // request after a tag moved).
 func (a *Agent) Resolve(ctx context.Context, fleet string) error {
+	if err := checkFleetName(fleet); err != nil {
+		return err
+	}
 	if !a.node.IsLeader() {
 		if err := a.forwardJSON(ctx, "/cluster/v1/resolve", map[string]string{"fleet": fleet}, nil); !errors.Is(err, errBecameLeader) {
 			return err
@@ -490,7 +493,9 @@ func (t *term) pass(ctx context.Context) error {
 // findings per fleet.
 func (t *term) buildInput(v view, observed map[string]instance.Observed, listErr map[string]string) reconcile.Input {
 	a := t.a
-	verdicts := a.votes.aggregate(a.cfg.NodeName, a.prober.Verdicts(), a.node.Voters(), a.quorum, time.Now())
+	voters := a.node.VoterIDs()
+	a.votes.forget(voters)
+	verdicts := a.votes.aggregate(a.cfg.NodeName, a.node.ID(), a.prober.Verdicts(), voters, a.quorum, time.Now())
 	t.judged = verdicts
 	openBy := map[string]*state.Intent{}
 	for _, it := range v.intents {

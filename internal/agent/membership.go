@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/immutd/immutd/internal/api"
+	"github.com/immutd/immutd/internal/config"
 )
 
 // Membership: forming a cluster (bootstrap_expect + join), joining an
@@ -48,8 +50,8 @@ func (a *Agent) info() NodeInfo {
 }
 
 // clusterRPC adds the membership endpoints to the agent-to-agent mux.
-func (a *Agent) clusterRPC(mux *http.ServeMux, leaderOnly func(func(http.ResponseWriter, *http.Request)) http.HandlerFunc) {
-	mux.HandleFunc("GET /cluster/v1/stats", func(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) clusterRPC(mux *http.ServeMux) {
+	mux.HandleFunc("GET /cluster/v1/stats", a.rpcGet(false, func(ctx context.Context) (any, error) {
 		st := a.node.Stats()
 		term, _ := strconv.ParseUint(st["last_log_term"], 10, 64)
 		idx, _ := strconv.ParseUint(st["last_log_index"], 10, 64)
@@ -57,47 +59,49 @@ func (a *Agent) clusterRPC(mux *http.ServeMux, leaderOnly func(func(http.Respons
 		if !a.node.IsLeader() {
 			lc = time.Since(a.node.LastContact()).Milliseconds()
 		}
-		writeRPC(w, http.StatusOK, ServerStats{LastContactMS: lc, LastTerm: term, LastIndex: idx, Name: a.cfg.NodeName})
-	})
-	mux.HandleFunc("POST /cluster/v1/join", func(w http.ResponseWriter, r *http.Request) {
-		var req JoinRequest
-		if !readRPC(w, r, &req) {
-			return
-		}
-		err := a.addServer(r.Context(), req)
-		if err != nil {
-			writeRPC(w, http.StatusServiceUnavailable, rpcError{Error: err.Error()})
-			return
-		}
-		writeRPC(w, http.StatusOK, struct{}{})
-	})
-	mux.HandleFunc("POST /cluster/v1/remove", leaderOnly(func(w http.ResponseWriter, r *http.Request) {
-		var req map[string]string
-		if !readRPC(w, r, &req) {
-			return
-		}
-		if err := a.RemoveMember(r.Context(), req["node"]); err != nil {
-			writeRPC(w, http.StatusConflict, rpcError{Error: err.Error()})
-			return
-		}
-		writeRPC(w, http.StatusOK, struct{}{})
+		return ServerStats{LastContactMS: lc, LastTerm: term, LastIndex: idx, Name: a.cfg.NodeName}, nil
 	}))
-	mux.HandleFunc("GET /cluster/v1/members", leaderOnly(func(w http.ResponseWriter, r *http.Request) {
-		ms, err := a.Members(r.Context())
-		if err != nil {
-			writeRPC(w, http.StatusServiceUnavailable, rpcError{Error: err.Error()})
-			return
-		}
-		writeRPC(w, http.StatusOK, ms)
+	// A join is forwarded to the leader by addServer itself.
+	mux.HandleFunc("POST /cluster/v1/join", rpcPost(a, false, maxSmallBody, func(ctx context.Context, req *JoinRequest) (any, error) {
+		return struct{}{}, a.addServer(ctx, *req)
 	}))
+	mux.HandleFunc("POST /cluster/v1/remove", rpcPost(a, true, maxSmallBody, func(ctx context.Context, req *removeRequest) (any, error) {
+		return struct{}{}, conflict(a.RemoveMember(ctx, req.Node))
+	}))
+	mux.HandleFunc("GET /cluster/v1/members", a.rpcGet(true, func(ctx context.Context) (any, error) {
+		return a.Members(ctx)
+	}))
+}
+
+// removeRequest names a server (by id or name) to remove.
+type removeRequest struct {
+	Node string `json:"node"`
+}
+
+// Checks of membership input: server ids are what nodeID makes (hex),
+// or any other short name of letters, digits, '-', '_' and '.'.
+var serverIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+func (r JoinRequest) check() error {
+	switch {
+	case !serverIDRE.MatchString(r.ID):
+		return fmt.Errorf("join: id %.80q is not a server id", r.ID)
+	case config.CheckDialAddr(r.Addr) != nil:
+		return fmt.Errorf("join: addr: %v", config.CheckDialAddr(r.Addr))
+	case r.Name != "" && config.CheckNodeName(r.Name) != nil:
+		return fmt.Errorf("join: name: %v", config.CheckNodeName(r.Name))
+	case len(r.Name) > maxNodeNameLen:
+		return fmt.Errorf("join: name is longer than %d bytes", maxNodeNameLen)
+	}
+	return nil
 }
 
 // addServer adds a server on the leader, or forwards the request to it.
 // A known address under a new id (a wiped and re-installed node) replaces
 // the stale entry.
 func (a *Agent) addServer(ctx context.Context, req JoinRequest) error {
-	if req.ID == "" || req.Addr == "" {
-		return errors.New("join: id and addr are required")
+	if err := req.check(); err != nil {
+		return rpcFail(http.StatusBadRequest, "%v", err)
 	}
 	if !a.node.IsLeader() {
 		if err := a.forwardJSON(ctx, "/cluster/v1/join", req, nil); !errors.Is(err, errBecameLeader) {
@@ -132,6 +136,9 @@ func (a *Agent) addServer(ctx context.Context, req JoinRequest) error {
 
 // RemoveMember removes a server by id or name (leader; followers forward).
 func (a *Agent) RemoveMember(ctx context.Context, node string) error {
+	if !serverIDRE.MatchString(node) && config.CheckNodeName(node) != nil {
+		return fmt.Errorf("%.80q is neither a server id nor a node name", node)
+	}
 	if !a.node.IsLeader() {
 		if err := a.forwardJSON(ctx, "/cluster/v1/remove", map[string]string{"node": node}, nil); !errors.Is(err, errBecameLeader) {
 			return err
@@ -236,6 +243,9 @@ func (a *Agent) leaveCluster(ctx context.Context) error {
 
 // JoinVia asks the agent at addr (a cluster address) to add this agent.
 func (a *Agent) JoinVia(ctx context.Context, addr string) error {
+	if err := config.CheckDialAddr(addr); err != nil {
+		return fmt.Errorf("join: %v", err)
+	}
 	req := JoinRequest{ID: a.node.ID(), Name: a.cfg.NodeName, Addr: a.node.LocalAddr()}
 	return a.callPeer(ctx, addr, http.MethodPost, "/cluster/v1/join", req, nil)
 }

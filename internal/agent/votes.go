@@ -15,7 +15,10 @@ import (
 // leader, which counts them as votes. An instance is judged unhealthy (or
 // healthy) only when a quorum of the cluster's agents agree, so one agent
 // cut off from the instances, or from the other agents, cannot cause a
-// single termination.
+// single termination. Reports arrive over the authenticated cluster port
+// and count only while their sender is a voter of the raft
+// configuration: a made-up node id, or a server that left, counts for
+// nothing.
 
 const (
 	// verdictReportInterval is how often followers push their verdicts
@@ -63,6 +66,18 @@ func (v *votes) report(rep VerdictReport, now time.Time) {
 	v.reports[rep.NodeID] = receivedReport{rep: rep, at: now}
 }
 
+// forget drops the reports of servers that are no longer voters, so the
+// map stays bounded by the cluster's size.
+func (v *votes) forget(voters map[string]bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for id := range v.reports {
+		if !voters[id] {
+			delete(v.reports, id)
+		}
+	}
+}
+
 func (v *votes) reset() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -77,9 +92,11 @@ type judgement struct {
 	HealthyOn []string
 }
 
-// aggregate combines this agent's own verdicts with the fresh reports of
-// the others. voters is the number of agents in the cluster.
-func (v *votes) aggregate(self string, local map[string]probe.Verdict, voters int, rule QuorumRule, now time.Time) map[string]judgement {
+// aggregate combines this agent's own verdicts (self is its name and
+// selfID its node id) with the fresh reports of the other voters; voters
+// holds the node ids of the cluster's voters.
+func (v *votes) aggregate(self, selfID string, local map[string]probe.Verdict, voterIDs map[string]bool, rule QuorumRule, now time.Time) map[string]judgement {
+	voters := max(len(voterIDs), 1)
 	type vote struct {
 		node     string
 		state    string
@@ -90,8 +107,8 @@ func (v *votes) aggregate(self string, local map[string]probe.Verdict, voters in
 		byInst[id] = append(byInst[id], vote{self, string(vd.State), vd.Evidence})
 	}
 	v.mu.Lock()
-	for _, r := range v.reports {
-		if now.Sub(r.at) > verdictFreshness || r.rep.NodeName == self {
+	for id, r := range v.reports {
+		if now.Sub(r.at) > verdictFreshness || id == selfID || !voterIDs[id] {
 			continue
 		}
 		for id, vd := range r.rep.Verdicts {
@@ -100,7 +117,7 @@ func (v *votes) aggregate(self string, local map[string]probe.Verdict, voters in
 	}
 	v.mu.Unlock()
 
-	need := rule(max(voters, 1))
+	need := rule(voters)
 	out := make(map[string]judgement, len(byInst))
 	for id, vs := range byInst {
 		sort.Slice(vs, func(i, j int) bool { return vs[i].node < vs[j].node })

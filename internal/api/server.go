@@ -31,8 +31,11 @@ type Backend interface {
 	// Ready returns nil when the agent can serve its purpose: raft has a
 	// leader and, on the leader, leadership is established.
 	Ready() error
-	// Token is the bearer token state-changing requests need ("" = none).
+	// Token is the bearer token state-changing requests need. It is
+	// never empty on a running agent; a request is refused while it is.
 	Token() string
+	// TokenFile is where the token is kept, for the hint in a refusal.
+	TokenFile() string
 }
 
 // ErrNotFound marks errors that map to 404.
@@ -148,22 +151,35 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// auth requires the bearer token, when one is configured, on requests
-// that change state.
+// maxPostBody bounds the body of a state-changing request; none of them
+// reads one, the arguments are in the path and query.
+const maxPostBody = 4 << 10
+
+// auth requires the bearer token on every request that changes state.
+// There is no configuration without a token: an agent whose api block
+// names no token file makes one in its data directory.
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		want := s.b.Token()
-		if want != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
-				s.log.Warn("request refused: missing or wrong bearer token", zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
-				w.Header().Set("WWW-Authenticate", `Bearer realm="immutd"`)
-				writeJSON(w, http.StatusUnauthorized, Error{Error: "this request changes state and needs the API token (Authorization: Bearer ...)"})
-				return
-			}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if want == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+			s.log.Warn("request refused: missing or wrong bearer token", zap.String("path", clean(r.URL.Path)), zap.String("remote", r.RemoteAddr))
+			w.Header().Set("WWW-Authenticate", `Bearer realm="immutd"`)
+			writeJSON(w, http.StatusUnauthorized, Error{Error: "this request changes state and needs the API token (Authorization: Bearer ...): pass -token-file " +
+				s.b.TokenFile() + " or set IMMUTD_TOKEN_FILE"})
+			return
 		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxPostBody)
 		h(w, r)
 	}
+}
+
+// clean bounds a request path before it is logged.
+func clean(s string) string {
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return strconv.QuoteToASCII(s)
 }
 
 func (s *Server) do(w http.ResponseWriter, err error, result string) {

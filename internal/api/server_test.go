@@ -39,6 +39,7 @@ func (f *fakeBackend) Leave(context.Context) error                { return nil }
 func (f *fakeBackend) RemoveMember(context.Context, string) error { return nil }
 func (f *fakeBackend) Ready() error                               { return f.ready }
 func (f *fakeBackend) Token() string                              { return f.token }
+func (f *fakeBackend) TokenFile() string                          { return "/data/api-token" }
 
 func TestStateChangesNeedTheToken(t *testing.T) {
 	b := &fakeBackend{token: "s3cret-token-0123456789"}
@@ -67,6 +68,13 @@ func TestStateChangesNeedTheToken(t *testing.T) {
 	if len(b.drained) != 0 {
 		t.Fatalf("drained without a token: %v", b.drained)
 	}
+	// A backend without a token refuses every change, even one that sends
+	// an empty bearer token.
+	b.token = ""
+	if code := post("/v1/fleets/web/drain", "Bearer "); code != http.StatusUnauthorized || len(b.drained) != 0 {
+		t.Fatalf("drain against an empty token: %d %v", code, b.drained)
+	}
+	b.token = "s3cret-token-0123456789"
 	if code := post("/v1/fleets/web/drain", "Bearer s3cret-token-0123456789"); code != http.StatusOK || len(b.drained) != 1 {
 		t.Fatalf("drain with the token: %d %v", code, b.drained)
 	}

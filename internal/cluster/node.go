@@ -32,6 +32,12 @@ var (
 	ErrMaybeApplied = errors.New("cluster: leadership lost, the entry may have been applied")
 )
 
+// MaxEntrySize bounds one raft log entry. The largest entry immutd
+// writes is a desired state of config.MaxFleets fleets, far below it; a
+// bigger one is a bug or an attack and is refused before it reaches the
+// log.
+const MaxEntrySize = 8 << 20
+
 // Timing is raft's timing, derived from one knob.
 type Timing struct {
 	Heartbeat   time.Duration
@@ -208,6 +214,9 @@ func (n *Node) Apply(ctx context.Context, c state.Command) (state.Result, error)
 	if err != nil {
 		return state.Result{}, err
 	}
+	if len(b) > MaxEntrySize {
+		return state.Result{}, fmt.Errorf("cluster: apply %T: entry of %d bytes exceeds the limit of %d", c, len(b), MaxEntrySize)
+	}
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
@@ -312,6 +321,22 @@ func (n *Node) Voters() int {
 		}
 	}
 	return max(v, 1)
+}
+
+// VoterIDs returns the ids of the voting servers in the configuration;
+// empty when the configuration cannot be read.
+func (n *Node) VoterIDs() map[string]bool {
+	out := map[string]bool{}
+	servers, err := n.Servers()
+	if err != nil {
+		return out
+	}
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			out[string(s.ID)] = true
+		}
+	}
+	return out
 }
 
 // BootstrapServers forms a new cluster from an identical server list on

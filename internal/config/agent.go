@@ -2,17 +2,22 @@ package config
 
 import (
 	"fmt"
+	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
 // LoadAgent reads, defaults and validates the agent configuration file.
 // Relative paths in it are resolved against the file's directory. Invalid
 // content yields Diagnostics naming the path as given.
 func LoadAgent(path string) (*Agent, error) {
-	src, err := os.ReadFile(path)
+	src, err := readAgentFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: read agent config: %w", err)
 	}
@@ -21,6 +26,35 @@ func LoadAgent(path string) (*Agent, error) {
 		return nil, fmt.Errorf("config: agent config path: %w", err)
 	}
 	return parseAgent(path, abs, src, agentEnv{hostname: os.Hostname, dockerHost: os.Getenv("DOCKER_HOST")})
+}
+
+// maxAgentFileSize bounds the agent file.
+const maxAgentFileSize = 1 << 20
+
+func readAgentFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is a %s, not a regular file", path, describeMode(fi.Mode()))
+	}
+	if fi.Size() > maxAgentFileSize {
+		return nil, fmt.Errorf("%s is %d bytes; the agent file may have at most %d (1 MiB)", path, fi.Size(), maxAgentFileSize)
+	}
+	src, err := io.ReadAll(io.LimitReader(f, maxAgentFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(src) > maxAgentFileSize {
+		return nil, fmt.Errorf("%s grew past %d bytes while it was read", path, maxAgentFileSize)
+	}
+	return src, nil
 }
 
 // parseAgent decodes the agent file src; display names it in messages and
@@ -51,14 +85,23 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 	s.duration("reconcile_interval", positive, maxReconcileInterval, &a.ReconcileInterval)
 
 	bindGot, advertiseGot := missing, missing
+	secured := false
 	var cluster *section
 	if b := s.block("cluster"); b != nil {
 		cluster = s.child(b)
-		bindGot, advertiseGot = decodeCluster(cluster, &a.Cluster)
+		bindGot, advertiseGot, secured = decodeCluster(cluster, &a.Cluster)
 	}
 	set.advertiseAddr = advertiseGot != missing
+	var api *section
 	if b := s.block("api"); b != nil {
-		decodeAPI(s.child(b), &a.API)
+		api = s.child(b)
+		set.apiToken = decodeAPI(api, &a.API)
+	}
+	if b := s.block("limits"); b != nil {
+		ls := s.child(b)
+		ls.integer("max_instances", 1, maxInstancesLimit, &a.Limits.MaxInstances)
+		ls.integer("max_launches_in_flight", 1, 10000, &a.Limits.MaxLaunchesInFlight)
+		ls.done()
 	}
 
 	var localBlock, dockerBlock *section
@@ -96,10 +139,11 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 	a.Cluster.TLS.CAFile = resolvePath(base, a.Cluster.TLS.CAFile)
 	a.Cluster.TLS.CertFile = resolvePath(base, a.Cluster.TLS.CertFile)
 	a.Cluster.TLS.KeyFile = resolvePath(base, a.Cluster.TLS.KeyFile)
+	a.Cluster.Insecure.TokenFile = resolvePath(base, a.Cluster.Insecure.TokenFile)
 	a.API.TokenFile = resolvePath(base, a.API.TokenFile)
 	a.API.TLSCertFile = resolvePath(base, a.API.TLSCertFile)
 	a.API.TLSKeyFile = resolvePath(base, a.API.TLSKeyFile)
-	if a.Cluster.Multi() && !a.Cluster.TLS.Enabled() {
+	if a.Cluster.Multi() && !secured {
 		r, field := start, "cluster.tls"
 		if cluster != nil {
 			r, field = cluster.header, cluster.field("tls")
@@ -121,11 +165,21 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 	if len(d.diags) > 0 {
 		return nil, d.diags.sorted()
 	}
+	if a.API.TLSCertFile == "" && !isLoopbackAddr(a.HTTPAddr) {
+		r := start
+		if a := body.Attributes["http_addr"]; a != nil {
+			r = a.Expr.Range()
+		}
+		a.Warnings = append(a.Warnings, Diagnostic{Pos: rangePos(r), Field: "http_addr",
+			Message: fmt.Sprintf("the API on %s is reachable from other hosts over plain HTTP: the API token travels in cleartext; set api { tls_cert_file, tls_key_file }", a.HTTPAddr)})
+	}
 	return &a, nil
 }
 
 // decodeCluster decodes the cluster block. Add new cluster settings here.
-func decodeCluster(s *section, c *ClusterConfig) (bind, advertise got) {
+// secured says whether a tls or insecure_plaintext block is present
+// (valid or not).
+func decodeCluster(s *section, c *ClusterConfig) (bind, advertise got, secured bool) {
 	bind = s.text("bind_addr", &c.BindAddr, checkListenAddr)
 	advertise = s.text("advertise_addr", &c.AdvertiseAddr, checkDialAddr)
 	s.integer("bootstrap_expect", 1, maxClusterSize, &c.BootstrapExpect)
@@ -140,8 +194,10 @@ func decodeCluster(s *section, c *ClusterConfig) (bind, advertise got) {
 	}
 	s.text("health_quorum", &c.HealthQuorum, checkHealthQuorum)
 	s.boolean("leave_on_terminate", &c.LeaveOnTerminate)
+	var tlsBlock *section
 	if b := s.block("tls"); b != nil {
 		ts := s.child(b)
+		tlsBlock = ts
 		for _, f := range []struct {
 			name string
 			dst  *string
@@ -153,19 +209,64 @@ func decodeCluster(s *section, c *ClusterConfig) (bind, advertise got) {
 		ts.text("server_name", &c.TLS.ServerName, checkNotEmpty)
 		ts.done()
 	}
+	if b := s.block("insecure_plaintext"); b != nil {
+		is := s.child(b)
+		if is.text("token_file", &c.Insecure.TokenFile, checkNotEmpty) == missing {
+			is.required("token_file", "a file with the shared cluster token, readable by the agent's user only")
+		}
+		is.done()
+		switch {
+		case tlsBlock != nil:
+			s.d.errorf(b.TypeRange, is.path, "insecure_plaintext and tls exclude each other; remove insecure_plaintext")
+		default:
+			// Plaintext is refused anywhere but on loopback: every
+			// address this agent listens on or dials must be one.
+			for _, f := range []struct {
+				name string
+				vals []string
+			}{{"bind_addr", []string{c.BindAddr}}, {"advertise_addr", []string{c.AdvertiseAddr}}, {"join", c.Join}} {
+				for _, v := range f.vals {
+					if v != "" && !isLoopbackAddr(v) {
+						s.fail(f.name, "insecure_plaintext works on loopback only (127.0.0.0/8 or ::1), got %q; use tls { ... } between hosts", v)
+						break
+					}
+				}
+			}
+		}
+	}
 	s.done()
-	return bind, advertise
+	return bind, advertise, tlsBlock != nil || s.body != nil && hasBlock(s.body, "insecure_plaintext")
 }
 
-// decodeAPI decodes the api block.
-func decodeAPI(s *section, c *APIConfig) {
-	s.text("token_file", &c.TokenFile, checkNotEmpty)
+func hasBlock(body *hclsyntax.Body, typ string) bool {
+	for _, b := range body.Blocks {
+		if b.Type == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// isLoopbackAddr says whether host:port names a loopback IP address.
+func isLoopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// decodeAPI decodes the api block; it reports whether token_file is set.
+func decodeAPI(s *section, c *APIConfig) bool {
+	tokenGot := s.text("token_file", &c.TokenFile, checkNotEmpty)
 	certGot := s.text("tls_cert_file", &c.TLSCertFile, checkNotEmpty)
 	keyGot := s.text("tls_key_file", &c.TLSKeyFile, checkNotEmpty)
 	if (certGot == missing) != (keyGot == missing) {
 		s.fail("tls_cert_file", "tls_cert_file and tls_key_file go together")
 	}
 	s.done()
+	return tokenGot == valid
 }
 
 // resolvePath makes p absolute against base; "" stays "".

@@ -41,6 +41,8 @@ func TestAgentDefaults(t *testing.T) {
 		ReconcileInterval: time.Second,
 		Cluster: ClusterConfig{BindAddr: "127.0.0.1:7980", AdvertiseAddr: "127.0.0.1:7980", BootstrapExpect: 1, RaftMultiplier: 1,
 			HealthQuorum: "majority", TLS: ClusterTLS{ServerName: "server.immutd"}},
+		API:    APIConfig{TokenFile: filepath.Join(base, "data", "api-token")},
+		Limits: Limits{MaxInstances: 10000, MaxLaunchesInFlight: 16},
 		Local:  LocalProvider{Dir: filepath.Join(base, "data", "local"), BindHost: "127.0.0.1"},
 		Docker: DockerProvider{Host: "unix:///var/run/docker.sock", PublishHost: "127.0.0.1"},
 	}
@@ -56,6 +58,12 @@ func TestAgentFull(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unexpected error:\n%v", err)
 	}
+	// The API listens on all interfaces without TLS: a warning, not an error.
+	wantWarn := path + ":3:14: http_addr: the API on 0.0.0.0:8080 is reachable from other hosts over plain HTTP: the API token travels in cleartext; set api { tls_cert_file, tls_key_file }"
+	if got.Warnings.Error() != wantWarn {
+		t.Errorf("warnings:\n got %s\nwant %s", got.Warnings.Error(), wantWarn)
+	}
+	got.Warnings = nil
 	want := &Agent{
 		File:                   abs(t, path),
 		NodeName:               "node-1",
@@ -67,7 +75,9 @@ func TestAgentFull(t *testing.T) {
 		ReconcileInterval:      500 * time.Millisecond,
 		Cluster: ClusterConfig{BindAddr: "0.0.0.0:7980", AdvertiseAddr: "10.0.0.5:7980", BootstrapExpect: 1, RaftMultiplier: 1,
 			HealthQuorum: "majority", TLS: ClusterTLS{ServerName: "server.immutd"}},
-		Local: LocalProvider{Dir: filepath.Join(base, "local-store"), BindHost: "::1", DirSet: true},
+		API:    APIConfig{TokenFile: "/var/lib/immutd/api-token"},
+		Limits: Limits{MaxInstances: 10000, MaxLaunchesInFlight: 16},
+		Local:  LocalProvider{Dir: filepath.Join(base, "local-store"), BindHost: "::1", DirSet: true},
 		Docker: DockerProvider{Host: "tcp://10.0.0.9:2376", CertPath: filepath.Join(base, "certs"),
 			TLSVerify: false, PublishHost: "10.0.0.5"},
 	}
@@ -193,11 +203,29 @@ func TestAgentClusterBlock(t *testing.T) {
 	if !reflect.DeepEqual(got.Cluster, want) {
 		t.Errorf("cluster:\n got %+v\nwant %+v", got.Cluster, want)
 	}
-	wantAPI := APIConfig{TokenFile: filepath.Join(base, "api-token"), TLSCertFile: filepath.Join(base, "tls/api.pem"), TLSKeyFile: filepath.Join(base, "tls/api-key.pem")}
+	wantAPI := APIConfig{TokenFile: filepath.Join(base, "api-token"), TokenFileSet: true, TLSCertFile: filepath.Join(base, "tls/api.pem"), TLSKeyFile: filepath.Join(base, "tls/api-key.pem")}
 	if got.API != wantAPI {
 		t.Errorf("api: got %+v want %+v", got.API, wantAPI)
 	}
 	if !got.Cluster.Multi() || !got.Cluster.TLS.Enabled() || !got.Local.DirSet {
 		t.Errorf("Multi %v, TLS %v, local dir set %v", got.Cluster.Multi(), got.Cluster.TLS.Enabled(), got.Local.DirSet)
+	}
+}
+
+func TestAgentInsecurePlaintext(t *testing.T) {
+	const path = "testdata/agent/valid/insecure.hcl"
+	base := abs(t, "testdata/agent/valid")
+	got, err := parseAgentFile(t, path, fixedEnv(""))
+	if err != nil {
+		t.Fatalf("unexpected error:\n%v", err)
+	}
+	if !got.Cluster.Insecure.Enabled() || got.Cluster.Insecure.TokenFile != filepath.Join(base, "cluster-token") || got.Cluster.TLS.Enabled() {
+		t.Errorf("cluster: %+v", got.Cluster)
+	}
+	if got.Limits != (Limits{MaxInstances: 500, MaxLaunchesInFlight: 4}) {
+		t.Errorf("limits: %+v", got.Limits)
+	}
+	if len(got.Warnings) != 0 {
+		t.Errorf("warnings on loopback: %v", got.Warnings)
 	}
 }

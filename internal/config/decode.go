@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -45,6 +46,10 @@ func (d *decoder) hclErrors(field string, fallback hcl.Range, hd hcl.Diagnostics
 // syntax errors recorded, when the file does not parse: a body that did
 // not parse would only produce follow-on errors.
 func (d *decoder) parse(src []byte, filename string) *hclsyntax.Body {
+	if pos, msg := checkText(src); msg != "" {
+		d.errorf(hcl.Range{Filename: filename, Start: pos, End: pos}, "", "%s", msg)
+		return nil
+	}
 	file, hd := hclsyntax.ParseConfig(src, filename, hcl.InitialPos)
 	if hd.HasErrors() {
 		d.hclErrors("", hcl.Range{Filename: filename, Start: hcl.InitialPos, End: hcl.InitialPos}, hd)
@@ -56,6 +61,31 @@ func (d *decoder) parse(src []byte, filename string) *hclsyntax.Body {
 		return nil
 	}
 	return body
+}
+
+// checkText finds what no HCL file may contain: bytes that are not UTF-8,
+// and control characters other than tab, newline and carriage return.
+// Checking first keeps binary garbage (a file of random bytes) from
+// costing the parser a hundred times its size in diagnostics.
+func checkText(src []byte) (hcl.Pos, string) {
+	line, col := 1, 1
+	for i := 0; i < len(src); {
+		r, size := utf8.DecodeRune(src[i:])
+		pos := hcl.Pos{Line: line, Column: col, Byte: i}
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			return pos, fmt.Sprintf("not UTF-8 text (byte 0x%02x): a configuration file must be HCL text", src[i])
+		case r < ' ' && r != '\t' && r != '\n' && r != '\r', r == 0x7f, r >= 0x80 && r < 0xa0:
+			return pos, fmt.Sprintf("control character %U: a configuration file must be HCL text", r)
+		}
+		if r == '\n' {
+			line, col = line+1, 1
+		} else {
+			col++
+		}
+		i += size
+	}
+	return hcl.Pos{}, ""
 }
 
 // got says what a getter found.

@@ -28,6 +28,10 @@ const (
 	DefaultRaftMultiplier    = 1.0
 	DefaultHealthQuorum      = "majority"
 	DefaultTLSServerName     = "server.immutd"
+	// DefaultAPITokenFile is the API token's file under data_dir.
+	DefaultAPITokenFile        = "api-token"
+	DefaultMaxInstances        = 10000
+	DefaultMaxLaunchesInFlight = 16
 )
 
 // Fleet defaults.
@@ -66,6 +70,7 @@ const (
 const (
 	maxReconcileInterval = time.Minute
 	maxClusterSize       = 9
+	maxInstancesLimit    = 1000000
 	maxFleetSize         = 10000
 	maxStopGrace         = 10 * time.Minute
 	minMemoryBytes       = 4 << 20
@@ -84,7 +89,7 @@ type agentEnv struct {
 
 // agentExplicit records which attributes with derived defaults the file set.
 type agentExplicit struct {
-	nodeName, advertiseAddr, localDir, dockerHost, tlsVerify bool
+	nodeName, advertiseAddr, localDir, dockerHost, tlsVerify, apiToken bool
 }
 
 // defaultAgent is the agent configuration before the file is applied.
@@ -95,6 +100,7 @@ func defaultAgent() Agent {
 		ReconcileInterval: DefaultReconcileInterval,
 		Cluster: ClusterConfig{BindAddr: DefaultClusterBindAddr, BootstrapExpect: DefaultBootstrapExpect,
 			RaftMultiplier: DefaultRaftMultiplier, HealthQuorum: DefaultHealthQuorum, TLS: ClusterTLS{ServerName: DefaultTLSServerName}},
+		Limits: Limits{MaxInstances: DefaultMaxInstances, MaxLaunchesInFlight: DefaultMaxLaunchesInFlight},
 		Local:  LocalProvider{BindHost: DefaultLocalBindHost},
 		Docker: DockerProvider{Host: DefaultDockerHost, PublishHost: DefaultDockerPublishHost},
 	}
@@ -109,6 +115,10 @@ func deriveAgentDefaults(a *Agent, set agentExplicit, env agentEnv) error {
 	a.Local.DirSet = set.localDir
 	if !set.localDir && a.DataDir != "" {
 		a.Local.Dir = filepath.Join(a.DataDir, DefaultLocalSubdir)
+	}
+	a.API.TokenFileSet = set.apiToken
+	if !set.apiToken && a.DataDir != "" {
+		a.API.TokenFile = filepath.Join(a.DataDir, DefaultAPITokenFile)
 	}
 	if !set.dockerHost && env.dockerHost != "" {
 		a.Docker.Host = env.dockerHost

@@ -2,9 +2,11 @@ package config
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -28,7 +30,9 @@ func (d Diagnostic) String() string {
 	if d.Pos.Line > 0 {
 		b.WriteString(":" + strconv.Itoa(d.Pos.Line) + ":" + strconv.Itoa(d.Pos.Column))
 	}
-	b.WriteString(": ")
+	if d.Pos.File != "" {
+		b.WriteString(": ")
+	}
 	if d.Field != "" {
 		b.WriteString(d.Field + ": ")
 	}
@@ -50,18 +54,64 @@ func (ds Diagnostics) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// sorted returns the diagnostics ordered by file and position; problems
-// at the same position keep the order they were found in.
+// Bounds on a report, so that what is logged, stored in events and shown
+// in status never grows with the input: at most maxDiagsPerFile problems
+// per file and maxDiags in all, each message at most maxDiagLen bytes.
+const (
+	maxDiagsPerFile = 20
+	maxDiags        = 50
+	maxDiagLen      = 400
+)
+
+// sorted returns the diagnostics ordered by file and position (problems
+// at the same position keep the order they were found in), capped: the
+// problems beyond the bounds are counted in a last line per file, and in
+// all.
 func (ds Diagnostics) sorted() Diagnostics {
-	out := slices.Clone(ds)
-	slices.SortStableFunc(out, func(a, b Diagnostic) int {
+	all := slices.Clone(ds)
+	slices.SortStableFunc(all, func(a, b Diagnostic) int {
 		return cmp.Or(
 			cmp.Compare(a.Pos.File, b.Pos.File),
 			cmp.Compare(a.Pos.Line, b.Pos.Line),
 			cmp.Compare(a.Pos.Column, b.Pos.Column),
 		)
 	})
+	var out Diagnostics
+	more := 0 // problems left out of out, beyond maxDiags
+	for i := 0; i < len(all); {
+		j := i
+		for j < len(all) && all[j].Pos.File == all[i].Pos.File {
+			j++
+		}
+		kept := min(j-i, maxDiagsPerFile, max(maxDiags-len(out), 0))
+		for _, d := range all[i : i+kept] {
+			d.Message = truncate(d.Message, maxDiagLen)
+			out = append(out, d)
+		}
+		switch {
+		case kept == 0:
+			more += j - i
+		case j-i > kept:
+			out = append(out, Diagnostic{Pos: Pos{File: all[i].Pos.File}, Message: fmt.Sprintf("... and %d more errors in this file", j-i-kept)})
+		}
+		i = j
+	}
+	if more > 0 {
+		out = append(out, Diagnostic{Message: fmt.Sprintf("... and %d more errors in other files", more)})
+	}
 	return out
+}
+
+// truncate cuts s to at most max bytes at a rune boundary, marking the cut.
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "... (cut)"
 }
 
 func rangePos(r hcl.Range) Pos {

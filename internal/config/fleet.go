@@ -6,17 +6,39 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 )
+
+// Bounds on a fleets directory. A file or directory beyond them is an
+// error that names it; nothing past a bound is read.
+const (
+	// MaxFleetFileSize is the size limit of one fleet file.
+	MaxFleetFileSize = 1 << 20
+	// MaxFleetDirSize is the limit of all fleet files together.
+	MaxFleetDirSize = 8 << 20
+	// MaxFleetFiles is how many fleet files a directory may hold.
+	MaxFleetFiles = 1000
+	// MaxFleets is how many fleets all files may define together.
+	MaxFleets = 1000
+)
+
+// File is one fleet file: its name in the fleets directory and its content.
+type File struct {
+	Name    string `json:"name"`
+	Content []byte `json:"content"`
+}
 
 // LoadFleets reads every fleet file of dir: the files directly in it whose
 // names end in ".hcl" and do not start with ".". Files are read in name
@@ -24,17 +46,26 @@ import (
 // files is a valid empty set; a missing directory is an error. Invalid
 // content anywhere yields Diagnostics for all files together.
 func LoadFleets(dir string) (*FleetSet, error) {
-	files, err := readFleetDir(dir)
+	files, err := readFleetDirSettled(dir)
 	if err != nil {
 		return nil, err
 	}
-	return parseFleetFiles(dir, files)
+	return ParseFleetFiles(dir, files)
 }
 
-// fleetFile is one fleet file's name (in the directory) and content.
-type fleetFile struct {
-	name string
-	src  []byte
+// readFleetDirSettled reads dir, again when a file vanished while it was
+// being read (an editor replacing it), a few times.
+func readFleetDirSettled(dir string) ([]File, error) {
+	var err error
+	for try := 0; try < 5; try++ {
+		var files []File
+		files, err = ReadFleetDir(dir)
+		if !errors.Is(err, ErrVanished) {
+			return files, err
+		}
+		time.Sleep(time.Duration(10<<try) * time.Millisecond)
+	}
+	return nil, err
 }
 
 // isFleetFileName says whether a directory entry is a fleet file; editor
@@ -43,76 +74,195 @@ func isFleetFileName(name string) bool {
 	return strings.HasSuffix(name, ".hcl") && !strings.HasPrefix(name, ".")
 }
 
-// readFleetDir reads the fleet files of dir in name order. A file that
-// disappears while the directory is read is skipped, as it would have been
-// had it gone a moment earlier; anything that is not a regular file (after
-// following symlinks) is skipped too.
-func readFleetDir(dir string) ([]fleetFile, error) {
+// ErrVanished is wrapped by ReadFleetDir's error when a fleet file was
+// listed but gone a moment later: the directory is changing, read it
+// again. It never means the fleet was removed.
+var ErrVanished = errors.New("a fleet file vanished while the directory was read")
+
+// ReadFleetDir reads the fleet files of dir in name order. Every entry
+// that looks like a fleet file must be one: a directory, a FIFO, a
+// socket, a device or a dangling symlink named *.hcl is an error, and so
+// is a file that cannot be read or is larger than MaxFleetFileSize, so
+// that a broken entry is never taken for a removed fleet. All such
+// problems are reported together as Diagnostics naming the file. A
+// symlink to a regular file is followed.
+func ReadFleetDir(dir string) ([]File, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("config: read fleets directory: %w", err)
 	}
-	var files []fleetFile
+	var files []File
+	var diags Diagnostics
+	total := 0
+	bad := func(p, format string, args ...any) {
+		diags = append(diags, Diagnostic{Pos: Pos{File: p}, Message: fmt.Sprintf(format, args...)})
+	}
+	n := 0
 	for _, e := range entries {
 		if !isFleetFileName(e.Name()) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		info, err := os.Stat(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
+		if n++; n > MaxFleetFiles {
+			bad(p, "more than %d fleet files in %s; put more fleets in each file", MaxFleetFiles, dir)
+			break
 		}
+		src, msg, err := readFleetFile(p)
 		if err != nil {
-			return nil, fmt.Errorf("config: read fleet file: %w", err)
+			return nil, err
 		}
-		if !info.Mode().IsRegular() {
+		if msg != "" {
+			bad(p, "%s", msg)
 			continue
 		}
-		src, err := os.ReadFile(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
+		if total += len(src); total > MaxFleetDirSize {
+			bad(p, "the fleet files of %s together exceed %d bytes", dir, MaxFleetDirSize)
+			break
 		}
-		if err != nil {
-			return nil, fmt.Errorf("config: read fleet file: %w", err)
-		}
-		files = append(files, fleetFile{name: e.Name(), src: src})
+		files = append(files, File{Name: e.Name(), Content: src})
+	}
+	if len(diags) > 0 {
+		return nil, diags.sorted()
 	}
 	return files, nil
 }
 
-// hashFleetFiles is a sha256 over the files' names and contents in name order.
-func hashFleetFiles(files []fleetFile) string {
+// readFleetFile reads one fleet file. A problem with the file itself is
+// returned as a message; err is only ErrVanished.
+func readFleetFile(p string) (src []byte, msg string, err error) {
+	lfi, lerr := os.Lstat(p)
+	if errors.Is(lerr, fs.ErrNotExist) {
+		return nil, "", fmt.Errorf("config: %s: %w", p, ErrVanished)
+	}
+	fi, serr := os.Stat(p)
+	switch {
+	case errors.Is(serr, fs.ErrNotExist) && lerr == nil && lfi.Mode()&fs.ModeSymlink != 0:
+		target, _ := os.Readlink(p)
+		return nil, fmt.Sprintf("is a symlink to %q, which does not exist: fix or remove the link (a fleet file that cannot be read never counts as a removed fleet)", target), nil
+	case errors.Is(serr, fs.ErrNotExist):
+		return nil, "", fmt.Errorf("config: %s: %w", p, ErrVanished)
+	case serr != nil:
+		return nil, "cannot be read: " + unwrapPathErr(serr).Error(), nil
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Sprintf("is a %s, not a regular file: a fleet file must be a regular file or a symlink to one", describeMode(fi.Mode())), nil
+	case fi.Size() > MaxFleetFileSize:
+		return nil, fmt.Sprintf("is %d bytes; a fleet file may have at most %d (1 MiB)", fi.Size(), MaxFleetFileSize), nil
+	}
+	// O_NONBLOCK: if a FIFO took the file's place since the Stat, opening
+	// it must not hang the watcher.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, "", fmt.Errorf("config: %s: %w", p, ErrVanished)
+	}
+	if err != nil {
+		return nil, "cannot be read: " + unwrapPathErr(err).Error(), nil
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, "changed into something other than a regular file while it was read", nil
+	}
+	src, err = io.ReadAll(io.LimitReader(f, MaxFleetFileSize+1))
+	if err != nil {
+		return nil, "cannot be read: " + unwrapPathErr(err).Error(), nil
+	}
+	if len(src) > MaxFleetFileSize {
+		return nil, fmt.Sprintf("grew past %d bytes (1 MiB) while it was read; a fleet file may have at most that", MaxFleetFileSize), nil
+	}
+	return src, "", nil
+}
+
+func unwrapPathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func describeMode(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeDevice != 0, m&fs.ModeCharDevice != 0:
+		return "device"
+	}
+	return "special file"
+}
+
+// HashFleetFiles is a sha256 over the files' names and contents in name
+// order.
+func HashFleetFiles(files []File) string {
 	sorted := slices.Clone(files)
-	slices.SortFunc(sorted, func(a, b fleetFile) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(sorted, func(a, b File) int { return strings.Compare(a.Name, b.Name) })
 	h := sha256.New()
 	var n [8]byte
 	for _, f := range sorted {
-		binary.BigEndian.PutUint64(n[:], uint64(len(f.name)))
+		binary.BigEndian.PutUint64(n[:], uint64(len(f.Name)))
 		h.Write(n[:])
-		h.Write([]byte(f.name))
-		binary.BigEndian.PutUint64(n[:], uint64(len(f.src)))
+		h.Write([]byte(f.Name))
+		binary.BigEndian.PutUint64(n[:], uint64(len(f.Content)))
 		h.Write(n[:])
-		h.Write(f.src)
+		h.Write(f.Content)
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// parseFleetFiles decodes and validates the files of dir as one set.
-func parseFleetFiles(dir string, files []fleetFile) (*FleetSet, error) {
+// CheckFiles checks that files could have come from ReadFleetDir: plain
+// fleet file names, each once, within the size and count bounds. The
+// leader runs it on fleet files another agent sent.
+func CheckFiles(files []File) error {
+	if len(files) > MaxFleetFiles {
+		return fmt.Errorf("%d fleet files, more than %d", len(files), MaxFleetFiles)
+	}
+	seen := map[string]bool{}
+	total := 0
+	for _, f := range files {
+		if !isFleetFileName(f.Name) || f.Name != filepath.Base(f.Name) || strings.ContainsAny(f.Name, "/\\\x00") || len(f.Name) > 255 {
+			return fmt.Errorf("%q is not a fleet file name", f.Name)
+		}
+		if seen[f.Name] {
+			return fmt.Errorf("fleet file %q is listed twice", f.Name)
+		}
+		seen[f.Name] = true
+		if len(f.Content) > MaxFleetFileSize {
+			return fmt.Errorf("fleet file %q is %d bytes, more than %d", f.Name, len(f.Content), MaxFleetFileSize)
+		}
+		if total += len(f.Content); total > MaxFleetDirSize {
+			return fmt.Errorf("the fleet files exceed %d bytes together", MaxFleetDirSize)
+		}
+	}
+	return nil
+}
+
+// ParseFleetFiles decodes and validates the files of dir as one set:
+// the same rules whether the files were read here or sent by another
+// agent. Relative local image paths are resolved against dir.
+func ParseFleetFiles(dir string, files []File) (*FleetSet, error) {
+	if err := CheckFiles(files); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
 	absDir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("config: fleets directory: %w", err)
 	}
 	sorted := slices.Clone(files)
-	slices.SortFunc(sorted, func(a, b fleetFile) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(sorted, func(a, b File) int { return strings.Compare(a.Name, b.Name) })
 
 	d := &decoder{}
 	set := &FleetSet{Dir: dir, Fleets: []*Fleet{}}
 	byName := map[string]*Fleet{}
 	for _, f := range sorted {
-		for _, fl := range d.fleetFile(f.src, filepath.Join(dir, f.name), absDir, dir) {
+		for _, fl := range d.fleetFile(f.Content, filepath.Join(dir, f.Name), absDir, dir) {
 			if first, dup := byName[fl.Name]; dup {
 				d.errorf(posRange(fl.Pos), "fleet "+strconv.Quote(fl.Name), "duplicate fleet name; first defined at %s", first.Pos)
+				continue
+			}
+			if len(set.Fleets) == MaxFleets {
+				d.errorf(posRange(fl.Pos), "fleet "+strconv.Quote(fl.Name), "more than %d fleets in the fleet files", MaxFleets)
 				continue
 			}
 			byName[fl.Name] = fl
@@ -125,6 +275,9 @@ func parseFleetFiles(dir string, files []fleetFile) (*FleetSet, error) {
 	slices.SortFunc(set.Fleets, func(a, b *Fleet) int { return strings.Compare(a.Name, b.Name) })
 	return set, nil
 }
+
+// ValidFleetName says whether name is a valid fleet name.
+func ValidFleetName(name string) bool { return fleetNameRE.MatchString(name) }
 
 func posRange(p Pos) hcl.Range {
 	at := hcl.Pos{Line: p.Line, Column: p.Column}

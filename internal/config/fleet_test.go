@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,7 +26,7 @@ func loadFleetFile(t *testing.T, dir, name string) (*FleetSet, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return parseFleetFiles(dir, []fleetFile{{name: name, src: src}})
+	return ParseFleetFiles(dir, []File{{Name: name, Content: src}})
 }
 
 // checkGolden compares err's text with the golden file, or rewrites it with -update.
@@ -279,10 +281,10 @@ func TestLoadFleetsSkipsNonFleetFiles(t *testing.T) {
 	for _, name := range []string{".#web.hcl", "web.hcl~", ".web.hcl.swp", "notes.txt", "web.hcl.bak", ".hidden.hcl"} {
 		writeFile(t, filepath.Join(dir, name), "this is { not a fleet")
 	}
-	if err := os.Mkdir(filepath.Join(dir, "sub.hcl"), 0o755); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(dir, "sub.hcl", "inner.hcl"), "not { read")
+	writeFile(t, filepath.Join(dir, "sub", "inner.hcl"), "not { read")
 	if err := os.Symlink(filepath.Join(dir, "web.hcl"), filepath.Join(dir, "link.hcl.txt")); err != nil {
 		t.Fatal(err)
 	}
@@ -292,6 +294,92 @@ func TestLoadFleetsSkipsNonFleetFiles(t *testing.T) {
 	}
 	if got := set.Names(); !reflect.DeepEqual(got, []string{"web"}) {
 		t.Errorf("fleets %v, want [web]", got)
+	}
+}
+
+// TestLoadFleetsRejectsBrokenEntries: anything named *.hcl that is not a
+// readable regular file within the size limit rejects the directory,
+// with every such entry named, so that it can never count as a removed
+// fleet. Nothing is read past the limit.
+func TestLoadFleetsRejectsBrokenEntries(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "web.hcl"), fleetSrc("web"))
+	if err := os.Mkdir(filepath.Join(dir, "dir.hcl"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.hcl"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(dir, "moved-away.hcl"), filepath.Join(dir, "dangling.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	// A symlink to a good file is fine.
+	writeFile(t, filepath.Join(dir, "real-api"), fleetSrc("api"))
+	if err := os.Symlink(filepath.Join(dir, "real-api"), filepath.Join(dir, "api.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	huge, err := os.Create(filepath.Join(dir, "huge.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := huge.Truncate(1 << 40); err != nil { // sparse: 1 TB that takes no disk
+		t.Fatal(err)
+	}
+	huge.Close()
+	_, err = LoadFleets(dir)
+	var diags Diagnostics
+	if !errors.As(err, &diags) {
+		t.Fatalf("got %v, want Diagnostics", err)
+	}
+	want := []string{
+		filepath.Join(dir, "dangling.hcl") + `: is a symlink to "` + filepath.Join(dir, "moved-away.hcl") + `", which does not exist: fix or remove the link (a fleet file that cannot be read never counts as a removed fleet)`,
+		filepath.Join(dir, "dir.hcl") + ": is a directory, not a regular file: a fleet file must be a regular file or a symlink to one",
+		filepath.Join(dir, "fifo.hcl") + ": is a named pipe (FIFO), not a regular file: a fleet file must be a regular file or a symlink to one",
+		filepath.Join(dir, "huge.hcl") + ": is 1099511627776 bytes; a fleet file may have at most 1048576 (1 MiB)",
+	}
+	if got := strings.Split(err.Error(), "\n"); !reflect.DeepEqual(got, want) {
+		t.Errorf("errors:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, name := range []string{"dangling.hcl", "dir.hcl", "fifo.hcl", "huge.hcl"} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set, err := LoadFleets(dir)
+	if err != nil || !reflect.DeepEqual(set.Names(), []string{"api", "web"}) {
+		t.Fatalf("after removing the broken entries: %v %v", set, err)
+	}
+}
+
+// TestFleetFileErrorsAreBounded: binary garbage is refused at once, and
+// however many errors a file has, the report holds a bounded number of
+// bounded lines.
+func TestFleetFileErrorsAreBounded(t *testing.T) {
+	garbage := make([]byte, 300<<10)
+	for i := range garbage {
+		garbage[i] = byte(i*7 + i/13)
+	}
+	_, err := ParseFleetFiles("d", []File{{Name: "bin.hcl", Content: garbage}})
+	if err == nil || err.Error() != "d/bin.hcl:1:1: not UTF-8 text (byte 0x80): a configuration file must be HCL text" && !strings.Contains(err.Error(), "control character") {
+		t.Fatalf("binary file: %v", err)
+	}
+	// Text with an error on every line.
+	var b strings.Builder
+	for i := 0; i < 4000; i++ {
+		fmt.Fprintf(&b, "attr_%d = %q\n", i, strings.Repeat("x", 200))
+	}
+	_, err = ParseFleetFiles("d", []File{{Name: "many.hcl", Content: []byte(b.String())}})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) > maxDiagsPerFile+1 || !strings.Contains(lines[len(lines)-1], "and 3980 more errors") {
+		t.Errorf("%d lines, last %q", len(lines), lines[len(lines)-1])
+	}
+	for _, l := range lines {
+		if len(l) > maxDiagLen+200 {
+			t.Errorf("line of %d bytes: %.200s", len(l), l)
+		}
 	}
 }
 

@@ -52,7 +52,7 @@ func FuzzParseFleetFile(f *testing.F) {
 	f.Add([]byte("fleet \"x\" \"y\" { rollout { max_surge = \"-0%\" } }\nfleet {}\n"))
 	const dir = "testdata/valid" // so that relative local images resolve
 	f.Fuzz(func(t *testing.T, src []byte) {
-		set, err := parseFleetFiles(dir, []fleetFile{{name: "fuzz.hcl", src: src}})
+		set, err := ParseFleetFiles(dir, []File{{Name: "fuzz.hcl", Content: src}})
 		checkOutcome(t, set != nil, err, filepath.Join(dir, "fuzz.hcl"))
 		if set == nil {
 			return

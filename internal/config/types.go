@@ -39,8 +39,25 @@ type Agent struct {
 
 	Cluster ClusterConfig  `json:"cluster"`
 	API     APIConfig      `json:"api"`
+	Limits  Limits         `json:"limits"`
 	Local   LocalProvider  `json:"local"`
 	Docker  DockerProvider `json:"docker"`
+
+	// Warnings are settings that work but that an operator should know
+	// about (for example an API token sent in cleartext). They are not
+	// errors: the file loads.
+	Warnings Diagnostics `json:"-"`
+}
+
+// Limits are the cluster-wide guards of the limits { ... } block. The
+// leader's values are in force; set the same on every agent.
+type Limits struct {
+	// MaxInstances caps the instances of all fleets together (running,
+	// launching and terminating). Default 10000.
+	MaxInstances int `json:"max_instances"`
+	// MaxLaunchesInFlight caps launches journaled but not finished, over
+	// all fleets. Default 16.
+	MaxLaunchesInFlight int `json:"max_launches_in_flight"`
 }
 
 // ClusterConfig configures raft and agent-to-agent traffic.
@@ -65,10 +82,25 @@ type ClusterConfig struct {
 	// (after handing leadership over). Default false: a restart keeps
 	// membership.
 	LeaveOnTerminate bool `json:"leave_on_terminate"`
-	// TLS secures raft and agent-to-agent RPC with mutual TLS. Required when
-	// the cluster has more than one agent.
+	// TLS secures raft and agent-to-agent RPC with mutual TLS. Without it
+	// a single agent makes a TLS identity of its own at every start, which
+	// no peer shares, so its cluster port accepts nobody. A cluster of more
+	// than one agent needs TLS (or the insecure plaintext mode).
 	TLS ClusterTLS `json:"tls"`
+	// Insecure is the insecure plaintext mode, loopback only.
+	Insecure ClusterInsecure `json:"insecure_plaintext"`
 }
+
+// ClusterInsecure is the cluster { insecure_plaintext { ... } } block:
+// raft and RPC without encryption, authenticated by a shared token, for
+// agents that all run on one host and talk over loopback.
+type ClusterInsecure struct {
+	// TokenFile holds the shared cluster token (16+ characters).
+	TokenFile string `json:"token_file,omitempty"`
+}
+
+// Enabled reports whether the insecure plaintext mode is configured.
+func (c ClusterInsecure) Enabled() bool { return c.TokenFile != "" }
 
 // Multi reports whether this agent is configured for a multi-agent cluster.
 func (c ClusterConfig) Multi() bool { return c.BootstrapExpect > 1 || len(c.Join) > 0 }
@@ -89,9 +121,11 @@ func (t ClusterTLS) Enabled() bool { return t.CertFile != "" }
 // APIConfig is the api { ... } block: the operator HTTP API.
 type APIConfig struct {
 	// TokenFile holds the bearer token required for every request that
-	// changes state. Empty: such requests are accepted from anyone who
-	// can reach http_addr (loopback by default).
+	// changes state. Default: <data_dir>/api-token, which the agent
+	// creates with a random token at its first start.
 	TokenFile string `json:"token_file,omitempty"`
+	// TokenFileSet is true when token_file was set in the file.
+	TokenFileSet bool `json:"token_file_set,omitempty"`
 	// TLSCertFile and TLSKeyFile make the API serve HTTPS.
 	TLSCertFile string `json:"tls_cert_file,omitempty"`
 	TLSKeyFile  string `json:"tls_key_file,omitempty"`

@@ -96,6 +96,13 @@ func checkNotEmpty(s string) error {
 	return nil
 }
 
+// CheckNodeName checks a node name (node_name): not empty, no spaces or
+// control characters.
+func CheckNodeName(s string) error { return checkNodeName(s) }
+
+// CheckDialAddr checks a host:port that peers can dial.
+func CheckDialAddr(s string) error { return checkDialAddr(s) }
+
 func checkNodeName(s string) error {
 	if s == "" || strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
 		return fmt.Errorf("must be a non-empty name without spaces or control characters, got %q", s)

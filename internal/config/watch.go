@@ -41,6 +41,9 @@ type Update struct {
 	Hash string
 	// At is when the directory was read.
 	At time.Time
+	// Files are the fleet files read, for proposing them to the leader;
+	// nil when Err is set.
+	Files []File
 }
 
 // Watcher follows a fleets directory and publishes its state.
@@ -238,12 +241,25 @@ func (w *Watcher) scheduleRetry() {
 // from the last one published, or always when force is set.
 func (w *Watcher) reload(force bool) {
 	var u Update
-	files, err := readFleetDir(w.dir)
-	if err != nil {
+	files, err := ReadFleetDir(w.dir)
+	switch {
+	case errors.Is(err, ErrVanished):
+		// A file went away between listing and reading: the directory is
+		// changing. Read it again once it is quiet; never publish this.
+		w.log.Debug("fleets_changing", zap.String("dir", w.dir), zap.Error(err))
+		w.schedule()
+		if w.afterReload != nil {
+			w.afterReload(false)
+		}
+		return
+	case err != nil:
 		u.Err = err
-	} else {
-		u.Hash = hashFleetFiles(files)
-		u.Set, u.Err = parseFleetFiles(w.dir, files)
+	default:
+		u.Hash = HashFleetFiles(files)
+		u.Set, u.Err = ParseFleetFiles(w.dir, files)
+		if u.Err == nil {
+			u.Files = files
+		}
 	}
 	key := u.Hash
 	if u.Err != nil {

@@ -129,11 +129,11 @@ func TestWatcherInitialUpdate(t *testing.T) {
 	if got := sizes(u); !reflect.DeepEqual(got, map[string]int{"web": 2}) {
 		t.Errorf("fleets %v", got)
 	}
-	files, err := readFleetDir(dir)
+	files, err := ReadFleetDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.Hash == "" || u.Hash != hashFleetFiles(files) {
+	if u.Hash == "" || u.Hash != HashFleetFiles(files) {
 		t.Errorf("hash %q, want the hash of the files", u.Hash)
 	}
 	if !u.At.Equal(at) {

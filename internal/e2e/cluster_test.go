@@ -468,7 +468,7 @@ func TestClusterMembershipCommands(t *testing.T) {
 	victim := (l + 1) % 3
 	name := fmt.Sprintf("agent-%d", victim+1)
 	c.agents[victim].kill9()
-	if out, code := runCLI("cluster", "remove", name, "-addr", c.agents[l].httpAddr); code != 0 {
+	if out, code := c.agents[l].cli("cluster", "remove", name); code != 0 {
 		t.Fatalf("remove: %s", out)
 	}
 	if ms, _ := c.agents[l].client.Members(context.Background()); len(ms) != 2 {
@@ -500,7 +500,7 @@ func TestClusterMembershipCommands(t *testing.T) {
 	}
 	// Graceful leave of a follower.
 	leaver := (l + 2) % 3
-	if out, code := runCLI("cluster", "leave", "-addr", c.agents[leaver].httpAddr); code != 0 {
+	if out, code := c.agents[leaver].cli("cluster", "leave"); code != 0 {
 		t.Fatalf("leave: %s", out)
 	}
 	c.agents[l].waitFor("the leaver to be gone", 20*time.Second, func() (bool, string) {

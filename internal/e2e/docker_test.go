@@ -520,7 +520,7 @@ func TestDockerMovedTagIsReportedNotRolled(t *testing.T) {
 		t.Fatalf("metrics lack immutd_image_ref_moved{fleet=%q} 1", s.fleet.name)
 	}
 
-	out, code := runCLI("fleet", "resolve", s.fleet.name, "-addr", s.e.httpAddr)
+	out, code := s.e.cli("fleet", "resolve", s.fleet.name)
 	if code != 0 {
 		t.Fatalf("fleet resolve: exit %d: %s", code, out)
 	}

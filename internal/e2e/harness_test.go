@@ -447,6 +447,15 @@ func shortDigest(d string) string {
 	return d
 }
 
+// tokenFile is the API token the agent made in its data directory.
+func (e *env) tokenFile() string { return filepath.Join(e.dataDir, "api-token") }
+
+// cli runs the immutd binary against this agent, with its address and
+// its API token.
+func (e *env) cli(args ...string) (string, int) {
+	return runCLI(append(args, "-addr", e.httpAddr, "-token-file", e.tokenFile())...)
+}
+
 // runCLI runs the immutd binary with args.
 func runCLI(args ...string) (string, int) {
 	cmd := exec.Command(filepath.Join(binDir, "immutd"), args...)

@@ -297,10 +297,10 @@ func TestRemovedFleetKeepsRunningUntilDrained(t *testing.T) {
 	if len(f.Blocked) == 0 || f.Blocked[0].Cause != "unconfigured" {
 		t.Fatalf("status does not say the fleet is unconfigured: %+v", f.Blocked)
 	}
-	if out, code := runCLI("fleet", "drain", "web", "-addr", e.httpAddr); code == 0 {
+	if out, code := e.cli("fleet", "drain", "web"); code == 0 {
 		t.Fatalf("draining a configured fleet must be refused, got: %s", out)
 	}
-	if out, code := runCLI("fleet", "drain", "api", "-addr", e.httpAddr); code != 0 {
+	if out, code := e.cli("fleet", "drain", "api"); code != 0 {
 		t.Fatalf("drain api: exit %d: %s", code, out)
 	}
 	e.waitFor("api to be drained and forgotten", 30*time.Second, func() (bool, string) {

@@ -103,6 +103,18 @@ func serialOf(t *testing.T, certPEM []byte) *big.Int {
 	return c.SerialNumber
 }
 
+// testToken is the shared secret of muxes started without an identity.
+var testToken = []byte("test cluster token")
+
+// testAuth is mutual TLS with id, or the insecure plaintext mode with
+// testToken when id is nil.
+func testAuth(id *Identity) Auth {
+	if id != nil {
+		return Auth{Identity: id}
+	}
+	return Auth{Token: testToken}
+}
+
 // startMux listens on loopback and serves a mux; the test's cleanup closes
 // it and checks that Serve returned nil.
 func startMux(t *testing.T, id *Identity, log *zap.Logger, tune func(*Mux)) *Mux {
@@ -111,7 +123,10 @@ func startMux(t *testing.T, id *Identity, log *zap.Logger, tune func(*Mux)) *Mux
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := NewMux(ln, id, nil, log)
+	m, err := NewMux(ln, testAuth(id), nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if tune != nil {
 		tune(m)
 	}

@@ -6,9 +6,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync/atomic"
+	"time"
+
+	"github.com/immutd/immutd/internal/pki"
+	"github.com/immutd/immutd/internal/secretfile"
 )
 
 // DefaultServerName is the DNS SAN every agent certificate carries unless
@@ -27,8 +32,9 @@ type Config struct {
 // Identity is an agent's certificate, key and trusted CA. It is safe for
 // concurrent use; Reload replaces the material for new handshakes.
 type Identity struct {
-	cfg Config
-	cur atomic.Pointer[material]
+	cfg       Config
+	ephemeral bool
+	cur       atomic.Pointer[material]
 }
 
 // material is one consistent, validated set of files.
@@ -49,8 +55,9 @@ func (e *errMissingSAN) Error() string {
 
 // Load reads and validates the identity: the key must match the
 // certificate, the certificate must chain to the CA for both server and
-// client use, and it must carry the ServerName SAN. Errors name the file
-// at fault.
+// client use, and it must carry the ServerName SAN. The key file must be
+// readable by its owner only (see package secretfile). Errors name the
+// file at fault.
 func Load(cfg Config) (*Identity, error) {
 	if cfg.ServerName == "" {
 		cfg.ServerName = DefaultServerName
@@ -74,6 +81,9 @@ func Load(cfg Config) (*Identity, error) {
 // handshakes, in either direction, use the new certificate and CA.
 // Established connections are not affected.
 func (id *Identity) Reload() error {
+	if id.ephemeral {
+		return nil
+	}
 	m, err := loadMaterial(id.cfg)
 	if err != nil {
 		return err
@@ -155,11 +165,50 @@ func checkSAN(c *x509.Certificate, name string) error {
 	return &errMissingSAN{want: name, have: c.DNSNames}
 }
 
+// Bounds on the files an identity is read from.
+const (
+	maxCertFile = 1 << 20
+	maxKeyFile  = 64 << 10
+)
+
 func loadMaterial(cfg Config) (*material, error) {
-	caPEM, err := os.ReadFile(cfg.CAFile)
+	caPEM, err := readBounded(cfg.CAFile, maxCertFile)
 	if err != nil {
 		return nil, fmt.Errorf("mtls: read ca file: %w", err)
 	}
+	certPEM, err := readBounded(cfg.CertFile, maxCertFile)
+	if err != nil {
+		return nil, fmt.Errorf("mtls: read cert file: %w", err)
+	}
+	keyPEM, err := secretfile.Read("mtls: key file", cfg.KeyFile, maxKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	return newMaterial(cfg, caPEM, certPEM, keyPEM)
+}
+
+// readBounded reads a regular file of at most max bytes.
+func readBounded(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if fi.Size() > max {
+		return nil, fmt.Errorf("%s is %d bytes, more than the %d a certificate file may have", path, fi.Size(), max)
+	}
+	return io.ReadAll(io.LimitReader(f, max))
+}
+
+// newMaterial validates PEM material; cfg names the files in errors.
+func newMaterial(cfg Config, caPEM, certPEM, keyPEM []byte) (*material, error) {
 	pool := x509.NewCertPool()
 	cas, err := parseCerts(caPEM)
 	if err != nil {
@@ -171,18 +220,9 @@ func loadMaterial(cfg Config) (*material, error) {
 		}
 		pool.AddCert(c)
 	}
-
-	certPEM, err := os.ReadFile(cfg.CertFile)
-	if err != nil {
-		return nil, fmt.Errorf("mtls: read cert file: %w", err)
-	}
 	chain, err := parseCerts(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("mtls: cert file %s: %w", cfg.CertFile, err)
-	}
-	keyPEM, err := os.ReadFile(cfg.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("mtls: read key file: %w", err)
 	}
 	if b, _ := pem.Decode(keyPEM); b == nil || !strings.HasSuffix(b.Type, "PRIVATE KEY") {
 		return nil, fmt.Errorf("mtls: key file %s: no PEM private key block", cfg.KeyFile)
@@ -209,6 +249,40 @@ func loadMaterial(cfg Config) (*material, error) {
 	}
 	return &material{cert: pair, pool: pool}, nil
 }
+
+// Ephemeral returns an identity made at start and kept in memory only: a
+// CA of its own and a certificate it signed, carrying serverName. No
+// other process has that CA, so a cluster port serving with it accepts
+// no connection at all: this is the identity of a single agent whose
+// cluster block sets no tls, which has no peers to talk to. Reload keeps
+// it.
+func Ephemeral(name, serverName string) (*Identity, error) {
+	if serverName == "" {
+		serverName = DefaultServerName
+	}
+	caPEM, caKey, err := pki.NewCA("immutd ephemeral CA of "+name, ephemeralValidity)
+	if err != nil {
+		return nil, fmt.Errorf("mtls: ephemeral identity: %w", err)
+	}
+	certPEM, keyPEM, err := pki.NewCert(caPEM, caKey, name, []string{serverName}, nil, ephemeralValidity)
+	if err != nil {
+		return nil, fmt.Errorf("mtls: ephemeral identity: %w", err)
+	}
+	cfg := Config{CAFile: "(ephemeral)", CertFile: "(ephemeral)", KeyFile: "(ephemeral)", ServerName: serverName}
+	m, err := newMaterial(cfg, caPEM, certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	id := &Identity{cfg: cfg, ephemeral: true}
+	id.cur.Store(m)
+	return id, nil
+}
+
+// ephemeralValidity outlasts any process; the identity is never written.
+const ephemeralValidity = 100 * 365 * 24 * time.Hour
+
+// IsEphemeral reports an identity made by Ephemeral.
+func (id *Identity) IsEphemeral() bool { return id.ephemeral }
 
 // parseCerts parses every CERTIFICATE block; there must be at least one
 // and no other kind of block.

@@ -2,6 +2,8 @@ package mtls
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -34,12 +36,36 @@ const (
 	defaultMaxPending = 1024
 )
 
-// Mux accepts connections on one listener and routes each, after the
-// optional TLS handshake, by its protocol byte to the raft layer or the
-// RPC listener.
+// Auth is how the cluster port authenticates every connection, in both
+// directions. Exactly one of its fields is set: there is no mode without
+// a credential.
+type Auth struct {
+	// Identity is mutual TLS 1.3: the peer presents a certificate of the
+	// cluster CA that carries the cluster's ServerName SAN.
+	Identity *Identity
+	// Token is the insecure plaintext mode: nothing is encrypted, and
+	// every connection proves that it knows this shared secret by sending
+	// a digest of it right after its protocol byte. Anyone who can read
+	// the traffic learns the digest, so the mode accepts connections from
+	// loopback addresses only.
+	Token []byte
+}
+
+// tokenDigest is what a connection sends in the insecure plaintext mode.
+func tokenDigest(token []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte("immutd cluster token v1\x00"))
+	h.Write(token)
+	return h.Sum(nil)
+}
+
+// Mux accepts connections on one listener and routes each, once it is
+// authenticated, by its protocol byte to the raft layer or the RPC
+// listener.
 type Mux struct {
 	ln        net.Listener
 	id        *Identity
+	token     []byte // digest, in the insecure plaintext mode
 	serverTLS *tls.Config
 	advertise net.Addr
 	log       *zap.Logger
@@ -58,11 +84,14 @@ type Mux struct {
 	done    chan struct{}
 }
 
-// NewMux takes an open listener; id nil means plaintext (single-node or
-// development). advertise is the address raft peers dial, returned by the
-// raft layer's Addr(); nil means the listener's address. log nil discards.
-// Call Serve to start accepting.
-func NewMux(ln net.Listener, id *Identity, advertise net.Addr, log *zap.Logger) *Mux {
+// NewMux takes an open listener and how to authenticate its connections.
+// advertise is the address raft peers dial, returned by the raft layer's
+// Addr(); nil means the listener's address. log nil discards. Call Serve
+// to start accepting.
+func NewMux(ln net.Listener, auth Auth, advertise net.Addr, log *zap.Logger) (*Mux, error) {
+	if (auth.Identity == nil) == (len(auth.Token) == 0) {
+		return nil, errors.New("mtls: the cluster port needs exactly one way to authenticate peers: a TLS identity or a token")
+	}
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -71,7 +100,7 @@ func NewMux(ln net.Listener, id *Identity, advertise net.Addr, log *zap.Logger) 
 	}
 	m := &Mux{
 		ln:               ln,
-		id:               id,
+		id:               auth.Identity,
 		advertise:        advertise,
 		log:              log,
 		handshakeTimeout: defaultHandshakeTimeout,
@@ -79,8 +108,10 @@ func NewMux(ln net.Listener, id *Identity, advertise net.Addr, log *zap.Logger) 
 		pending:          make(map[net.Conn]struct{}),
 		done:             make(chan struct{}),
 	}
-	if id != nil {
-		m.serverTLS = id.ServerTLS()
+	if auth.Identity != nil {
+		m.serverTLS = auth.Identity.ServerTLS()
+	} else {
+		m.token = tokenDigest(auth.Token)
 	}
 	m.raft = newSubListener(m, advertise)
 	m.rpc = newSubListener(m, ln.Addr())
@@ -96,7 +127,7 @@ func NewMux(ln net.Listener, id *Identity, advertise net.Addr, log *zap.Logger) 
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
-	return m
+	return m, nil
 }
 
 // Serve accepts connections until Close, handling each in its own
@@ -193,6 +224,13 @@ func (m *Mux) handle(raw net.Conn) {
 		m.reject(remote, classifyRead(err), err)
 		return
 	}
+	if m.token != nil {
+		if err := m.checkToken(conn, remote); err != "" {
+			conn.Close()
+			m.reject(remote, err, nil)
+			return
+		}
+	}
 	var dst *subListener
 	switch b[0] {
 	case ProtoRaft:
@@ -215,6 +253,22 @@ func (m *Mux) handle(raw net.Conn) {
 	dst.handoff(conn)
 }
 
+// checkToken reads and checks the token digest of the insecure plaintext
+// mode; it returns the reason for a refusal, or "".
+func (m *Mux) checkToken(conn net.Conn, remote net.Addr) string {
+	if ta, ok := remote.(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+		return "not_loopback"
+	}
+	got := make([]byte, len(m.token))
+	if _, err := io.ReadFull(conn, got); err != nil {
+		return classifyRead(err)
+	}
+	if subtle.ConstantTimeCompare(got, m.token) != 1 {
+		return "wrong_token"
+	}
+	return ""
+}
+
 // reject logs a refused connection. Certificate and protocol problems are
 // warnings; peers that go away or stay silent are routine (port scans,
 // load balancer checks) and logged at debug.
@@ -228,7 +282,11 @@ func (m *Mux) reject(remote net.Addr, reason string, err error) {
 		lvl = zap.DebugLevel
 	}
 	if ce := m.log.Check(lvl, "connection rejected"); ce != nil {
-		ce.Write(zap.Stringer("remote_addr", remote), zap.String("reason", reason), zap.Error(err))
+		fields := []zap.Field{zap.Stringer("remote_addr", remote), zap.String("reason", reason)}
+		if err != nil {
+			fields = append(fields, zap.Error(err))
+		}
+		ce.Write(fields...)
 	}
 }
 
@@ -310,7 +368,11 @@ func (m *Mux) dial(ctx context.Context, network, addr string, proto byte) (net.C
 		}
 		conn = tc
 	}
-	if _, err := conn.Write([]byte{proto}); err != nil {
+	hello := []byte{proto}
+	if m.token != nil {
+		hello = append(hello, m.token...)
+	}
+	if _, err := conn.Write(hello); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("mtls: write protocol byte to %s: %w", addr, err)
 	}
@@ -332,8 +394,8 @@ func (m *Mux) RPCListener() net.Listener { return m.rpc }
 
 // RPCTransport returns the HTTP transport for RPC to other agents. Use
 // plain http:// URLs with a peer's raft address as host; the transport's
-// dialer does TLS (when the mux has an identity) and writes the RPC
-// protocol byte. Keep-alives are on. The same transport is returned on
+// dialer authenticates (TLS, or the token) and writes the RPC protocol
+// byte. Keep-alives are on. The same transport is returned on
 // every call.
 func (m *Mux) RPCTransport() *http.Transport { return m.rpcT }
 

@@ -460,7 +460,7 @@ func TestTooManyPendingHandshakes(t *testing.T) {
 	waitRejected(t, logs, "too_many_pending_handshakes", second.LocalAddr())
 	// The first is still waiting for its protocol byte and gets through.
 	raftConns := acceptAll(server.RaftLayer())
-	if _, err := first.Write([]byte{ProtoRaft}); err != nil {
+	if _, err := first.Write(append([]byte{ProtoRaft}, tokenDigest(testToken)...)); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -553,7 +553,10 @@ func TestAddrs(t *testing.T) {
 		t.Fatal(err)
 	}
 	adv := &net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 7000}
-	m := NewMux(ln, nil, adv, nil)
+	m, err := NewMux(ln, testAuth(nil), adv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer m.Close()
 	if got := m.RaftLayer().Addr().String(); got != "10.1.2.3:7000" {
 		t.Errorf("raft Addr %s, want the advertise address", got)
@@ -580,4 +583,63 @@ func waitHandedOff(t *testing.T, m *Mux) {
 		}
 	}
 	t.Fatal("connection still in the handshake")
+}
+
+// TestTokenMode: in the insecure plaintext mode a connection gets through
+// only with the token's digest, and only from loopback.
+func TestTokenMode(t *testing.T) {
+	if _, err := NewMux(nil, Auth{}, nil, nil); err == nil {
+		t.Fatal("a mux without any credential was made")
+	}
+	log, logs := newChanLogger()
+	server := startMux(t, nil, log, func(m *Mux) { m.handshakeTimeout = 300 * time.Millisecond })
+	addr := server.ln.Addr().String()
+	rpc := acceptAll(server.RPCListener())
+	for _, c := range []struct {
+		name   string
+		hello  []byte
+		reason string
+	}{
+		{"no token", []byte{ProtoRPC}, "timeout"},
+		{"wrong token", append([]byte{ProtoRPC}, tokenDigest([]byte("guessed"))...), "wrong_token"},
+		{"raw token instead of its digest", append([]byte{ProtoRPC}, []byte("test cluster token\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00")...), "wrong_token"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := net.DialTimeout("tcp", addr, guard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := conn.Write(c.hello); err != nil {
+				t.Fatal(err)
+			}
+			expectClosedByPeer(t, conn)
+			waitRejected(t, logs, c.reason, conn.LocalAddr())
+		})
+	}
+	select {
+	case ac := <-rpc:
+		t.Fatalf("a connection without the right token was accepted from %s", ac.RemoteAddr())
+	default:
+	}
+	client := startMux(t, nil, nil, nil)
+	conn, err := client.dial(context.Background(), "tcp", addr, ProtoRPC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	select {
+	case ac := <-rpc:
+		defer ac.Close()
+		exchange(t, conn, ac)
+	case <-time.After(guard):
+		t.Fatal("a connection with the token was not accepted")
+	}
+	// A remote address that is not loopback is refused before anything is read.
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if got := server.checkToken(a, &net.TCPAddr{IP: net.ParseIP("10.0.0.7"), Port: 4000}); got != "not_loopback" {
+		t.Errorf("token check from 10.0.0.7: %q, want not_loopback", got)
+	}
 }

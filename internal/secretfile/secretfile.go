@@ -1,0 +1,59 @@
+// Package secretfile reads files that hold secrets (the API token, TLS
+// private keys) the way ssh reads a private key: a file that its group
+// or others may read or write is refused, with an error that says how to
+// fix it, and so is anything that is not a regular file or is larger than
+// the caller expects. A symlink is followed and its target is checked.
+package secretfile
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+)
+
+// Read returns the content of the secret file at path, at most max bytes.
+// what names the file in errors ("api token file").
+func Read(what, path string, max int64) ([]byte, error) {
+	// O_NONBLOCK: a FIFO put in the file's place must not hang the reader.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := Check(what, path, fi); err != nil {
+		return nil, err
+	}
+	if fi.Size() > max {
+		return nil, fmt.Errorf("%s %s is %d bytes; a secret file holds at most %d", what, path, fi.Size(), max)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s %s grew past %d bytes while being read", what, path, max)
+	}
+	return b, nil
+}
+
+// ErrTooOpen is wrapped by the error for a file others may read or write.
+var ErrTooOpen = errors.New("permissions are too open")
+
+// Check refuses a secret file that is not a regular file or whose mode
+// lets its group or others read or write it.
+func Check(what, path string, fi os.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s %s is not a regular file (%s)", what, path, fi.Mode().Type())
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%s %s: %w: mode %04o lets group or others read or write it; it must be readable by the agent's user only (chmod 600 %s)",
+			what, path, ErrTooOpen, perm, path)
+	}
+	return nil
+}
