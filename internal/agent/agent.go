@@ -77,6 +77,7 @@ type Agent struct {
 	lastStatus  *Status
 	autoDrain   bool
 	interval    time.Duration
+	limits      config.Limits
 	firstSeen   map[string]time.Time
 	lastPass    time.Time
 	token       string
@@ -106,7 +107,7 @@ func New(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel) (*Agent, err
 	a := &Agent{cfg: cfg, log: log, level: level, m: newMetrics(), quorum: q, votes: newVotes(),
 		wake: make(chan struct{}, 1), proposeNow: make(chan struct{}, 1), verdictChanged: make(chan struct{}, 1), stop: make(chan struct{}),
 		providers: map[string]reconcile.Provider{}, autoDrain: cfg.AutoDrainRemovedFleets,
-		interval: cfg.ReconcileInterval, firstSeen: map[string]time.Time{}, knownFleets: map[string]bool{}}
+		interval: cfg.ReconcileInterval, limits: cfg.Limits, firstSeen: map[string]time.Time{}, knownFleets: map[string]bool{}}
 	if err := a.m.bridgeRaftMetrics(); err != nil {
 		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
@@ -544,6 +545,7 @@ func (a *Agent) reloadAgentConfig() {
 	a.mu.Lock()
 	a.autoDrain = next.AutoDrainRemovedFleets
 	a.interval = next.ReconcileInterval
+	a.limits = next.Limits
 	a.mu.Unlock()
 	var restart []string
 	if next.DataDir != a.cfg.DataDir {
@@ -570,7 +572,8 @@ func (a *Agent) reloadAgentConfig() {
 		restart = append(restart, "provider")
 	}
 	a.log.Info("agent config reloaded", zap.String("log_level", next.LogLevel), zap.Bool("auto_drain_removed_fleets", next.AutoDrainRemovedFleets),
-		zap.Duration("reconcile_interval", next.ReconcileInterval), zap.Strings("changed_need_restart", restart))
+		zap.Duration("reconcile_interval", next.ReconcileInterval), zap.Int("max_instances", next.Limits.MaxInstances),
+		zap.Int("max_launches_in_flight", next.Limits.MaxLaunchesInFlight), zap.Strings("changed_need_restart", restart))
 	a.Wake()
 }
 

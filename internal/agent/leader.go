@@ -524,9 +524,12 @@ func (t *term) buildInput(v view, observed map[string]instance.Observed, listErr
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	a.mu.Lock()
+	lim := a.limits
+	a.mu.Unlock()
 	t.driftMu.Lock()
 	defer t.driftMu.Unlock()
-	in := reconcile.Input{Now: time.Now()}
+	in := reconcile.Input{Now: time.Now(), Limits: reconcile.Limits{MaxInstances: lim.MaxInstances, MaxLaunchesInFlight: lim.MaxLaunchesInFlight}}
 	for _, name := range names {
 		f := v.fleets[name]
 		fi := reconcile.FleetInput{Desired: f, Stats: v.stats[name], ObserveError: listErr[f.Spec.Provider]}
@@ -657,6 +660,9 @@ func (t *term) recordBlocks(ctx context.Context, plan reconcile.Result) {
 		var causes []string
 		var details []string
 		for _, b := range st.Blocked {
+			if b.Cause == reconcile.CauseLaunchLimit {
+				continue // a throttle that comes and goes every few passes: status only
+			}
 			causes = append(causes, b.Cause)
 			details = append(details, b.Cause+": "+b.Detail)
 		}

@@ -28,6 +28,7 @@ var replacementReasons = []string{
 var blockCauses = []string{
 	reconcile.CauseProviderUnreachable, reconcile.CauseTooManyUnhealthy, reconcile.CauseDisabled,
 	reconcile.CauseUnconfigured, reconcile.CauseLaunchBackoff, reconcile.CauseNoImage, CauseNoQuorum,
+	reconcile.CauseInstanceLimit, reconcile.CauseLaunchLimit,
 }
 
 // CauseNoQuorum: the cluster cannot commit, so nothing is changed.

@@ -64,12 +64,30 @@ const (
 	CauseUnconfigured        = "unconfigured"
 	CauseLaunchBackoff       = "launch_backoff"
 	CauseNoImage             = "image_unresolved"
+	// CauseInstanceLimit: limits.max_instances is reached, so the fleet
+	// launches fewer instances than it needs.
+	CauseInstanceLimit = "instance_limit"
+	// CauseLaunchLimit: limits.max_launches_in_flight launches are in
+	// flight already; the rest wait for a later pass. A throttle, not a
+	// fault.
+	CauseLaunchLimit = "launch_limit"
 )
 
 // Input is everything Plan looks at.
 type Input struct {
 	Now    time.Time
+	Limits Limits
 	Fleets []FleetInput
+}
+
+// Limits are the cluster-wide guards over all fleets together. Zero means
+// no limit.
+type Limits struct {
+	// MaxInstances caps live instances (running, launching, terminating
+	// while still running) of all fleets.
+	MaxInstances int
+	// MaxLaunchesInFlight caps open launch intents of all fleets.
+	MaxLaunchesInFlight int
 }
 
 // FleetInput is one fleet's desired state and what was observed of it.
@@ -165,12 +183,29 @@ func Backoff(n int) time.Duration {
 }
 
 // Plan decides what to do. It is pure: it reads only its input.
+//
+// Each fleet is planned in steps: tally (classify every instance and
+// count), wants (how many launches the fleet needs and has room for),
+// then, once the cluster-wide limits have shared the launches out among
+// the fleets, cleanup (records of instances that already ended), kills,
+// adoptions and launches.
 func Plan(in Input) Result {
-	var res Result
+	fps := make([]*fleetPlan, len(in.Fleets))
 	for i := range in.Fleets {
-		acts, st := planFleet(&in.Fleets[i], in.Now)
-		res.Actions = append(res.Actions, acts...)
-		res.Fleets = append(res.Fleets, st)
+		fps[i] = tally(&in.Fleets[i])
+		fps[i].wants(in.Now)
+	}
+	allocate(fps, in.Limits)
+	var res Result
+	for _, fp := range fps {
+		if !fp.frozen {
+			fp.cleanup()
+			fp.kills()
+			fp.adoptions()
+			fp.launches()
+		}
+		res.Actions = append(res.Actions, fp.acts...)
+		res.Fleets = append(res.Fleets, fp.st)
 	}
 	return res
 }
@@ -191,169 +226,301 @@ type class struct {
 	reason   string
 	evidence []string
 	created  time.Time
+	// reported: would go for its health or an in-place change, but
+	// remediation is disabled.
+	reported bool
 }
 
-func planFleet(fi *FleetInput, now time.Time) ([]Action, FleetStatus) {
+// fleetPlan is one fleet being planned.
+type fleetPlan struct {
+	fi   *FleetInput
+	d    *state.DesiredFleet
+	spec *state.FleetSpec
+	st   FleetStatus
+	cls  []*class
+	acts []Action
+
+	size, surge, unavail int
+	// remediate: health and in-place drift may cause kills and launches.
+	remediate bool
+	// frozen: nothing at all is done (unconfigured, provider unreachable).
+	frozen bool
+	// reported counts instances whose health or drift would have them
+	// replaced, kept because remediation is disabled.
+	reported int
+
+	// sick counts the failing instances (see class.failing).
+	live, counted, available, sick int
+	// killsInFlight are open terminate intents, launchesOpen open launch
+	// intents; free are live instances with no terminate in flight;
+	// coming are current instances launching or starting, not judged
+	// healthy yet.
+	killsInFlight, launchesOpen, free, coming int
+	// want is how many launches the fleet needs and has room for, launch
+	// how many the cluster-wide limits grant it this pass.
+	want, launch int
+	// limited: max_instances granted fewer launches than wanted (only a
+	// kill makes room; max_launches_in_flight only delays).
+	limited bool
+}
+
+// tally classifies every instance of the fleet and counts them.
+func tally(fi *FleetInput) *fleetPlan {
 	d := fi.Desired
 	spec := &d.Spec
-	st := FleetStatus{Fleet: spec.Name, Desired: spec.Size, States: map[string]int{}, Drifted: map[string]int{},
-		Unconfigured: d.Unconfigured, Draining: d.Draining}
+	fp := &fleetPlan{fi: fi, d: d, spec: spec, size: spec.Size,
+		st: FleetStatus{Fleet: spec.Name, Desired: spec.Size, States: map[string]int{}, Drifted: map[string]int{},
+			Unconfigured: d.Unconfigured, Draining: d.Draining},
+		remediate: spec.Remediation.Enabled || d.Draining,
+		surge:     spec.Rollout.MaxSurge.Resolve(spec.Size, true),
+		unavail:   spec.Rollout.MaxUnavailable.Resolve(spec.Size, false)}
 	for _, s := range InstanceStates {
-		st.States[s] = 0
+		fp.st.States[s] = 0
 	}
 	for _, k := range DriftKinds {
-		st.Drifted[k] = 0
+		fp.st.Drifted[k] = 0
 	}
-	size := spec.Size
 	if d.Draining {
-		size = 0
-		st.Desired = 0
+		fp.size = 0
+		fp.st.Desired = 0
 	}
-
-	var acts []Action
-	var cls []*class
-	inflight := 0
 	for i := range fi.Instances {
-		c := classify(&fi.Instances[i], d, &st)
+		c := classify(&fi.Instances[i], d, &fp.st, fp.remediate)
 		if c == nil {
 			continue
 		}
-		if c.inst.Open != nil && c.inst.Open.Kind == state.Terminate {
-			inflight++
+		if c.reportOnly() {
+			fp.reported++
 		}
-		cls = append(cls, c)
-	}
-
-	switch {
-	case d.Unconfigured && !d.Draining:
-		st.Blocked = append(st.Blocked, Block{CauseUnconfigured, "the fleet is no longer in the fleet files; its instances keep running until `immutd fleet drain " + spec.Name + "`"})
-		return nil, st
-	case fi.ObserveError != "":
-		st.Blocked = append(st.Blocked, Block{CauseProviderUnreachable, fi.ObserveError})
-		return nil, st
-	case d.ImageDigest == "":
-		st.Blocked = append(st.Blocked, Block{CauseNoImage, "no golden image is pinned yet: " + d.ResolveError})
-	}
-
-	orphanPolicy := spec.Drift.Orphans
-	remediate := spec.Remediation.Enabled || d.Draining
-	surge := spec.Rollout.MaxSurge.Resolve(spec.Size, true)
-	unavail := spec.Rollout.MaxUnavailable.Resolve(spec.Size, false)
-
-	live, counted, available, sick := 0, 0, 0, 0
-	for _, c := range cls {
+		fp.cls = append(fp.cls, c)
 		if c.live {
-			live++
+			fp.live++
 		}
 		if c.counted {
-			counted++
+			fp.counted++
+			if !c.available {
+				fp.coming++
+			}
 		}
 		if c.available {
-			available++
+			fp.available++
 		}
-		if c.sick && (c.inst.Open == nil) {
-			sick++
+		if c.failing() {
+			fp.sick++
+		}
+		switch {
+		case c.inst.Open != nil && c.inst.Open.Kind == state.Terminate:
+			fp.killsInFlight++
+		case c.inst.Open != nil:
+			fp.launchesOpen++
+			fp.free++
+		case c.live:
+			fp.free++
 		}
 	}
+	switch {
+	case d.Unconfigured && !d.Draining:
+		fp.block(CauseUnconfigured, "the fleet is no longer in the fleet files; its instances keep running until `immutd fleet drain "+spec.Name+"`")
+		fp.frozen = true
+	case fi.ObserveError != "":
+		fp.block(CauseProviderUnreachable, fi.ObserveError)
+		fp.frozen = true
+	case d.ImageDigest == "":
+		fp.block(CauseNoImage, "no golden image is pinned yet: "+d.ResolveError)
+	}
+	return fp
+}
 
-	// Clean up instances that already ended or vanished: not a kill.
-	for _, c := range cls {
+func (fp *fleetPlan) block(cause, detail string) {
+	fp.st.Blocked = append(fp.st.Blocked, Block{Cause: cause, Detail: detail})
+}
+
+// wants works out how many instances the fleet should launch: toward
+// size, never above size + max_surge live instances, not while launches
+// back off after repeated failures.
+func (fp *fleetPlan) wants(now time.Time) {
+	if fp.frozen || fp.d.ImageDigest == "" {
+		return
+	}
+	n := min(fp.size-fp.counted, fp.size+fp.surge-fp.live)
+	if n <= 0 {
+		return
+	}
+	stats := fp.fi.Stats
+	if wait := Backoff(stats.LaunchFailures); wait > 0 && now.Before(stats.LastFailureAt.Add(wait)) {
+		fp.st.BackoffUntil = stats.LastFailureAt.Add(wait)
+		fp.block(CauseLaunchBackoff, fmt.Sprintf("%d consecutive instances failed before becoming healthy (last: %s); next launch at %s",
+			stats.LaunchFailures, stats.LastFailureReason, fp.st.BackoffUntil.UTC().Format(time.RFC3339)))
+		return
+	}
+	fp.want = n
+}
+
+// allocate shares the launches the cluster-wide limits allow among the
+// fleets that want some, one at a time in turn, so that one large fleet
+// cannot starve the others.
+func allocate(fps []*fleetPlan, lim Limits) {
+	budget := -1 // unlimited
+	live, open := 0, 0
+	for _, fp := range fps {
+		live += fp.live
+		open += fp.launchesOpen
+	}
+	instanceRoom, launchRoom := -1, -1
+	if lim.MaxInstances > 0 {
+		instanceRoom = max(lim.MaxInstances-live, 0)
+		budget = instanceRoom
+	}
+	if lim.MaxLaunchesInFlight > 0 {
+		launchRoom = max(lim.MaxLaunchesInFlight-open, 0)
+		if budget < 0 || launchRoom < budget {
+			budget = launchRoom
+		}
+	}
+	if budget < 0 {
+		for _, fp := range fps {
+			fp.launch = fp.want
+		}
+		return
+	}
+	for more := true; more && budget > 0; {
+		more = false
+		for _, fp := range fps {
+			if budget > 0 && fp.launch < fp.want {
+				fp.launch++
+				budget--
+				more = true
+			}
+		}
+	}
+	for _, fp := range fps {
+		if fp.launch >= fp.want {
+			continue
+		}
+		if instanceRoom >= 0 && instanceRoom <= launchRoom || launchRoom < 0 {
+			fp.limited = true
+			fp.block(CauseInstanceLimit, fmt.Sprintf("limits.max_instances is %d and %d instances are live in all fleets: %d of the %d launches this fleet needs wait",
+				lim.MaxInstances, live, fp.want-fp.launch, fp.want))
+		} else {
+			fp.block(CauseLaunchLimit, fmt.Sprintf("limits.max_launches_in_flight is %d and %d launches are in flight in all fleets: %d of the %d launches this fleet needs wait for a later pass",
+				lim.MaxLaunchesInFlight, open, fp.want-fp.launch, fp.want))
+		}
+	}
+}
+
+// cleanup forgets instances that already ended or vanished: not a kill.
+func (fp *fleetPlan) cleanup() {
+	for _, c := range fp.cls {
 		if c.inst.Open != nil || c.live {
 			continue
 		}
-		if c.inst.Record == nil && orphanPolicy == state.OrphanIgnore {
+		if c.inst.Record == nil && fp.spec.Drift.Orphans == state.OrphanIgnore {
 			continue
 		}
-		acts = append(acts, Action{Kind: ActTerminate, Fleet: spec.Name, InstanceID: c.inst.ID, Reason: c.reason, Evidence: c.evidence})
+		fp.acts = append(fp.acts, Action{Kind: ActTerminate, Fleet: fp.spec.Name, InstanceID: c.inst.ID, Reason: c.reason, Evidence: c.evidence})
 	}
+}
 
-	// Decide kills of running instances. A percentage max_unhealthy is of
-	// the fleet's size, or of its running instances when there are more (a
-	// fleet scaled down to zero can still heal), and at least 1.
+// kills decides which running instances to terminate. Candidates come in
+// order: sick instances, then changed-in-place, orphans, outdated and
+// excess ones. An instance not judged yet is never killed: after a
+// restart nothing is killed on missing data.
+//
+//   - A healthy instance goes only while the availability budget allows:
+//     at least size - max_unavailable healthy instances stay.
+//   - An unhealthy instance goes surge-first: a verdict can be wrong, so
+//     it stays until its replacement is healthy (enough instances are
+//     available without it), unless max_surge leaves no room to launch
+//     that replacement first (or the cluster's limits refuse it), when it
+//     goes first.
+//   - A never-healthy instance goes at once: it never served.
+//   - The max_unhealthy breaker stops every kill of a sick instance,
+//     except of the instances beyond size + max_surge (a scale-down),
+//     which are needed under no verdict.
+func (fp *fleetPlan) kills() {
+	spec := fp.spec
+	// A percentage max_unhealthy is of the fleet's size, or of its running
+	// instances when there are more (a fleet scaled down can still heal),
+	// and at least 1.
 	running := 0
-	for _, c := range cls {
+	for _, c := range fp.cls {
 		if c.inst.Observed != nil && c.inst.Observed.Phase == instance.Running {
 			running++
 		}
 	}
-	maxUnhealthy := spec.Remediation.MaxUnhealthy.Resolve(max(spec.Size, running), false)
+	base := max(spec.Size, running)
+	maxUnhealthy := spec.Remediation.MaxUnhealthy.Resolve(base, false)
 	if spec.Remediation.MaxUnhealthy.Percent && maxUnhealthy < 1 {
 		maxUnhealthy = 1
 	}
-	blocked := false
-	if sick > maxUnhealthy && !d.Draining {
-		blocked = true
-		st.Blocked = append(st.Blocked, Block{CauseTooManyUnhealthy,
-			fmt.Sprintf("%d instances are unhealthy, more than max_unhealthy %d (%s of %d): nothing is terminated until fewer fail or max_unhealthy is raised", sick, maxUnhealthy, spec.Remediation.MaxUnhealthy, spec.Size)})
+	breaker := fp.sick > maxUnhealthy && !fp.d.Draining
+	if breaker {
+		fp.block(CauseTooManyUnhealthy, fmt.Sprintf("%d instances are unhealthy, more than max_unhealthy %d (%s of %d): nothing is terminated for its health until fewer fail or max_unhealthy is raised",
+			fp.sick, maxUnhealthy, spec.Remediation.MaxUnhealthy, base))
 	}
-	slots := spec.Remediation.MaxParallel - inflight
-	budget := available - max(size-unavail, 0)
-	disabledNeeded := false
-
-	// Candidates in order: sick instances (they serve nothing, so killing
-	// them costs no availability), then drifted, outdated and excess ones,
-	// which are killed only while they are healthy and the availability
-	// budget allows. Instances not judged yet are left alone until probes
-	// have a verdict: after a restart nothing is killed on missing data.
-	for _, cand := range removalCandidates(cls, size, counted, d.Draining) {
-		c := cand.c
-		if blocked || slots <= 0 {
+	if fp.reported > 0 && !fp.remediate {
+		fp.block(CauseDisabled, fmt.Sprintf("remediation is disabled for this fleet: %d unhealthy or changed instances are only reported, kept and counted toward size", fp.reported))
+	}
+	slots := spec.Remediation.MaxParallel - fp.killsInFlight
+	budget := fp.available - max(fp.size-fp.unavail, 0)
+	surplus := fp.free - (fp.size + fp.surge)
+	// The replacement of an unhealthy instance comes first when one is
+	// launched now or is on its way (launching or starting); with no room
+	// to launch one, the unhealthy instance goes first.
+	noRoom := fp.size+fp.surge-fp.live <= 0 || fp.limited
+	replacing := fp.launch > 0 || fp.coming > 0
+	for _, cand := range removalCandidates(fp.cls, fp.size, fp.counted, fp.d.Draining) {
+		if slots <= 0 {
 			break
 		}
-		switch cand.reason {
-		case ReasonUnhealthy, ReasonNeverHealthy, ReasonDriftMutated, ReasonOrphan:
-			if !remediate {
-				disabledNeeded = true
-				continue
-			}
-		}
+		c := cand.c
 		switch {
+		case c.sick && surplus > 0:
+			surplus-- // beyond size + max_surge: no verdict is needed to remove it
+		case c.sick && breaker:
+			continue
+		case c.sick && cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom):
+			continue // surge-first: wait for the replacement
 		case c.sick:
 		case c.available && budget > 0:
 			budget--
+			surplus--
 		default:
 			continue
 		}
-		acts = append(acts, Action{Kind: ActTerminate, Fleet: spec.Name, InstanceID: c.inst.ID, Reason: cand.reason, Evidence: c.evidence, Running: true})
+		fp.acts = append(fp.acts, Action{Kind: ActTerminate, Fleet: spec.Name, InstanceID: c.inst.ID, Reason: cand.reason, Evidence: c.evidence, Running: true})
 		slots--
 	}
-	if disabledNeeded {
-		st.Blocked = append(st.Blocked, Block{CauseDisabled, "remediation is disabled for this fleet: unhealthy or drifted instances are only reported"})
-	}
+}
 
-	// Adopt the orphans this pass does not terminate: adopting changes
-	// records, not instances.
-	if orphanPolicy == state.OrphanAdopt {
-		killed := map[string]bool{}
-		for _, a := range acts {
-			killed[a.InstanceID] = true
-		}
-		for _, c := range cls {
-			in := c.inst
-			if in.Record == nil && in.Open == nil && in.Observed.Phase == instance.Running && !killed[in.ID] {
-				acts = append(acts, Action{Kind: ActAdopt, Fleet: spec.Name, InstanceID: in.ID, Reason: ReasonOrphan,
-					Evidence: []string{"running instance with the fleet's identity but no record", "image " + in.Observed.ImageDigest}})
-			}
+// adoptions records the orphans this pass does not terminate (under the
+// adopt policy): adopting changes records, not instances.
+func (fp *fleetPlan) adoptions() {
+	if fp.spec.Drift.Orphans != state.OrphanAdopt {
+		return
+	}
+	killed := map[string]bool{}
+	for _, a := range fp.acts {
+		killed[a.InstanceID] = true
+	}
+	for _, c := range fp.cls {
+		in := c.inst
+		if in.Record == nil && in.Open == nil && in.Observed.Phase == instance.Running && !killed[in.ID] {
+			fp.acts = append(fp.acts, Action{Kind: ActAdopt, Fleet: fp.spec.Name, InstanceID: in.ID, Reason: ReasonOrphan,
+				Evidence: []string{"running instance with the fleet's identity but no record", "image " + in.Observed.ImageDigest}})
 		}
 	}
+}
 
-	// Launch toward size, never above size + max_surge live instances.
-	need := size - counted
-	room := size + surge - live
-	n := min(need, room)
-	if n > 0 && d.ImageDigest != "" {
-		if wait := Backoff(fi.Stats.LaunchFailures); wait > 0 && now.Before(fi.Stats.LastFailureAt.Add(wait)) {
-			st.BackoffUntil = fi.Stats.LastFailureAt.Add(wait)
-			st.Blocked = append(st.Blocked, Block{CauseLaunchBackoff, fmt.Sprintf("%d consecutive instances failed before becoming healthy (last: %s); next launch at %s",
-				fi.Stats.LaunchFailures, fi.Stats.LastFailureReason, st.BackoffUntil.UTC().Format(time.RFC3339))})
-		} else {
-			reason, ev := launchReason(cls, counted, size)
-			for i := 0; i < n; i++ {
-				acts = append(acts, Action{Kind: ActLaunch, Fleet: spec.Name, Reason: reason, Evidence: ev})
-			}
-		}
+// launches adds the launches the fleet was granted.
+func (fp *fleetPlan) launches() {
+	if fp.launch <= 0 {
+		return
 	}
-	return acts, st
+	reason, ev := launchReason(fp.cls, fp.counted, fp.size)
+	for i := 0; i < fp.launch; i++ {
+		fp.acts = append(fp.acts, Action{Kind: ActLaunch, Fleet: fp.spec.Name, Reason: reason, Evidence: ev})
+	}
 }
 
 func launchReason(cls []*class, counted, size int) (string, []string) {
@@ -413,7 +580,10 @@ func removalCandidates(cls []*class, size, counted int, draining bool) []candida
 			reason = ReasonDrain
 		}
 		for _, c := range keep[:min(excess, len(keep))] {
-			c.evidence = []string{fmt.Sprintf("%d up-to-date instances for size %d", counted, size)}
+			c.evidence = []string{fmt.Sprintf("%d instances are up to date, %d more than size %d", counted, counted-size, size)}
+			if draining {
+				c.evidence = []string{"the fleet is draining: every instance is terminated, one by one"}
+			}
 			out = append(out, candidate{c, reason})
 		}
 	}
@@ -427,9 +597,23 @@ func olderFirst(a, b *class) bool {
 	return a.inst.ID < b.inst.ID
 }
 
+// failing: running and judged unhealthy or never healthy, whether or not
+// it is being terminated already. The breaker counts these: "how many
+// fail at once" stays true while the first of them goes.
+func (c *class) failing() bool {
+	in := c.inst
+	return in.Observed != nil && in.Observed.Phase == instance.Running && (in.Health == Unhealthy || in.Health == NeverHealthy)
+}
+
+// reportOnly says whether the instance would be replaced for its health
+// or an in-place change, but is kept because remediation is disabled.
+func (c *class) reportOnly() bool { return c.reported }
+
 // classify sorts one instance into the planner's categories and counts it
-// in the status. It returns nil for orphans the policy ignores.
-func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus) *class {
+// in the status. It returns nil for orphans the policy ignores. With
+// remediate false, an instance's health and in-place changes are
+// reported but do not make it go: it keeps counting toward size.
+func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) *class {
 	c := &class{inst: in}
 	if in.Record != nil {
 		c.created = in.Record.CreatedAt
@@ -474,47 +658,55 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus) *class {
 	c.live = true
 	image := in.Observed.ImageDigest
 	tmpl := in.Observed.TemplateHash
+	// What a rollout replaces, and what remediation replaces.
+	rollout, remedy := "", ""
+	var rolloutEv, remedyEv []string
 	switch {
-	case orphan && d.Spec.Drift.Orphans == state.OrphanTerminate:
-		c.reason = ReasonOrphan
-		c.evidence = []string{"no record explains this instance", "drift.orphans = terminate"}
 	case d.ImageDigest != "" && image != d.ImageDigest:
 		st.Drifted[instance.DriftImage]++
-		c.reason = ReasonDriftImage
-		c.evidence = []string{"runs image " + image, "desired image " + d.ImageDigest}
+		rollout, rolloutEv = ReasonDriftImage, []string{"runs image " + image, "desired image " + d.ImageDigest}
 	case tmpl != d.TemplateHash:
 		st.Drifted[instance.DriftTemplate]++
-		c.reason = ReasonDriftTemplate
-		c.evidence = []string{"launch template " + tmpl, "desired launch template " + d.TemplateHash}
+		rollout, rolloutEv = ReasonDriftTemplate, []string{"launch template " + tmpl, "desired launch template " + d.TemplateHash}
+	}
+	if orphan && d.Spec.Drift.Orphans == state.OrphanTerminate {
+		remedy, remedyEv = ReasonOrphan, []string{"no record explains this instance", "drift.orphans = terminate"}
 	}
 	if in.Drift != nil {
 		st.Drifted[instance.DriftMutated]++
-		if c.reason == "" || c.reason == ReasonDriftTemplate || c.reason == ReasonDriftImage {
-			c.reason = ReasonDriftMutated
-			c.evidence = append([]string(nil), in.Drift.Evidence...)
+		if remedy == "" {
+			remedy, remedyEv = ReasonDriftMutated, append([]string(nil), in.Drift.Evidence...)
 		}
 	}
-
 	switch in.Health {
 	case Healthy:
 		c.available = true
 		st.States["healthy"]++
 	case Unhealthy:
-		c.sick = true
-		c.reason = ReasonUnhealthy
-		c.evidence = verdictEvidence(in, "failed its health checks")
+		remedy, remedyEv = ReasonUnhealthy, verdictEvidence(in, "failed its health checks")
 		st.States["unhealthy"]++
 	case NeverHealthy:
-		c.sick = true
-		c.reason = ReasonNeverHealthy
-		c.evidence = verdictEvidence(in, "never passed its health checks within startup_timeout")
+		remedy, remedyEv = ReasonNeverHealthy, verdictEvidence(in, "never passed its health checks within startup_timeout")
 		st.States["never_healthy"]++
 	default:
 		st.States["starting"]++
 	}
+	switch {
+	case remedy != "" && remediate:
+		c.reason, c.evidence = remedy, remedyEv
+		c.sick = remedy == ReasonUnhealthy || remedy == ReasonNeverHealthy
+	case remedy != "":
+		// Reported only; a rollout still replaces the instance.
+		c.reported = true
+		c.reason, c.evidence = rollout, rolloutEv
+	default:
+		c.reason, c.evidence = rollout, rolloutEv
+	}
 	if c.reason == "" {
 		c.counted = true
-		st.UpToDate++
+		if !c.reported {
+			st.UpToDate++
+		}
 	}
 	return c
 }

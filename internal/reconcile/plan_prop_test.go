@@ -93,6 +93,17 @@ func isLive(in *Inst) bool {
 	return (in.Open != nil && in.Open.Kind == state.Launch) || (in.Observed != nil && in.Observed.Phase == instance.Running)
 }
 
+// isComing: a current instance launching or starting.
+func isComing(fi *FleetInput, in *Inst) bool {
+	if in.Open != nil {
+		return in.Open.Kind == state.Launch
+	}
+	d := fi.Desired
+	return in.Observed != nil && in.Observed.Phase == instance.Running && in.Record != nil && in.Drift == nil &&
+		in.Observed.ImageDigest == d.ImageDigest && in.Observed.TemplateHash == d.TemplateHash &&
+		(in.Health == Unknown || in.Health == Starting)
+}
+
 func isAvailable(in *Inst) bool {
 	return in.Open == nil && in.Observed != nil && in.Observed.Phase == instance.Running && in.Health == Healthy
 }
@@ -106,7 +117,7 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 	surge := d.Spec.Rollout.MaxSurge.Resolve(d.Spec.Size, true)
 	unavail := d.Spec.Rollout.MaxUnavailable.Resolve(d.Spec.Size, false)
 	byID := map[string]*Inst{}
-	live, available, inflight := 0, 0, 0
+	live, available, inflight, free, coming := 0, 0, 0, 0, 0
 	for i := range fi.Instances {
 		in := &fi.Instances[i]
 		byID[in.ID] = in
@@ -121,9 +132,14 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 		}
 		if in.Open != nil && in.Open.Kind == state.Terminate {
 			inflight++
+		} else if isLive(in) {
+			free++
+		}
+		if isComing(fi, in) {
+			coming++
 		}
 	}
-	launches, kills, availKills := 0, 0, 0
+	launches, kills, availKills, sickKills, unhealthyKills := 0, 0, 0, 0, 0
 	seen := map[string]bool{}
 	for _, a := range res.Actions {
 		if a.Fleet != d.Spec.Name || a.Reason == "" {
@@ -162,6 +178,20 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 			if isAvailable(in) {
 				availKills++
 			}
+			if in.Health == Unhealthy || in.Health == NeverHealthy {
+				sickKills++
+			}
+			if in.Health == Unhealthy {
+				unhealthyKills++
+			}
+			// Remediation disabled: nothing is killed for its health or an
+			// in-place change (a rollout, a scale-down, a drain still kill).
+			if !d.Spec.Remediation.Enabled && !d.Draining {
+				switch a.Reason {
+				case ReasonUnhealthy, ReasonNeverHealthy, ReasonDriftMutated, ReasonOrphan:
+					t.Fatalf("remediation disabled, yet %s is killed for %s", a.InstanceID, a.Reason)
+				}
+			}
 		}
 	}
 	st := res.Fleets[0]
@@ -178,9 +208,23 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 	if floor := size - unavail; availKills > 0 && available-availKills < floor {
 		t.Fatalf("availability: %d available, %d healthy killed, floor %d", available, availKills, floor)
 	}
-	// Nothing killed while blocked.
-	if (blocked[CauseTooManyUnhealthy] || blocked[CauseProviderUnreachable] || blocked[CauseUnconfigured]) && kills > 0 {
+	// Nothing killed while blocked; with the breaker open only instances
+	// beyond size + max_surge (a scale-down) may go.
+	if (blocked[CauseProviderUnreachable] || blocked[CauseUnconfigured]) && kills > 0 {
 		t.Fatalf("killed %d instances while blocked %v", kills, st.Blocked)
+	}
+	if blocked[CauseTooManyUnhealthy] && sickKills > max(free-(size+surge), 0) {
+		t.Fatalf("breaker open: %d sick instances killed, only %d are beyond size %d + max_surge %d (%d free)", sickKills, free-(size+surge), size, surge, free)
+	}
+	// Surge-first: an unhealthy instance (not beyond size + max_surge)
+	// goes only when enough are available without it, or when no
+	// replacement can come first: none is launched or starting, and
+	// max_surge leaves no room for one.
+	if unhealthyKills > 0 && available < size-unavail && free <= size+surge {
+		if launches > 0 || coming > 0 || live < size+surge && !blocked[CauseInstanceLimit] {
+			t.Fatalf("surge-first: unhealthy killed with %d available (floor %d), %d launches, %d coming, %d live for size %d + max_surge %d",
+				available, size-unavail, launches, coming, live, size, surge)
+		}
 	}
 	if blocked[CauseProviderUnreachable] || blocked[CauseUnconfigured] {
 		if len(res.Actions) > 0 {
@@ -322,6 +366,55 @@ func TestPlanConverges(t *testing.T) {
 		st := res.Fleets[0]
 		if st.UpToDate != size || st.States["healthy"] < size {
 			t.Fatalf("converged to %d up to date, states %v, want size %d", st.UpToDate, st.States, size)
+		}
+	})
+}
+
+// TestPlanGlobalLimitsHold: over several fleets, launches never take the
+// live instances above limits.max_instances nor the launches in flight
+// above limits.max_launches_in_flight, and every fleet's own invariants
+// hold too.
+func TestPlanGlobalLimitsHold(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		n := rapid.IntRange(1, 4).Draw(t, "fleets")
+		var fleets []FleetInput
+		live, open := 0, 0
+		for i := 0; i < n; i++ {
+			fi := genFleet(t)
+			fi.Desired.Spec.Name = fmt.Sprintf("f%d", i)
+			for j := range fi.Instances {
+				in := &fi.Instances[j]
+				if !ignored(&fi, in) && isLive(in) {
+					live++
+				}
+				if in.Open != nil && in.Open.Kind == state.Launch {
+					open++
+				}
+			}
+			fleets = append(fleets, fi)
+		}
+		lim := Limits{MaxInstances: rapid.IntRange(0, 30).Draw(t, "max_instances"), MaxLaunchesInFlight: rapid.IntRange(0, 6).Draw(t, "max_launches")}
+		res := Plan(Input{Now: t0, Limits: lim, Fleets: fleets})
+		launches := 0
+		for _, a := range res.Actions {
+			if a.Kind == ActLaunch {
+				launches++
+			}
+		}
+		if lim.MaxInstances > 0 && launches > max(lim.MaxInstances-live, 0) {
+			t.Fatalf("%d launches with %d live, max_instances %d", launches, live, lim.MaxInstances)
+		}
+		if lim.MaxLaunchesInFlight > 0 && launches > max(lim.MaxLaunchesInFlight-open, 0) {
+			t.Fatalf("%d launches with %d in flight, max_launches_in_flight %d", launches, open, lim.MaxLaunchesInFlight)
+		}
+		for i := range fleets {
+			one := Result{Fleets: []FleetStatus{res.Fleets[i]}}
+			for _, a := range res.Actions {
+				if a.Fleet == fleets[i].Desired.Spec.Name {
+					one.Actions = append(one.Actions, a)
+				}
+			}
+			checkInvariants(t, &fleets[i], one)
 		}
 	})
 }

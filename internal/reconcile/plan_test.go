@@ -116,7 +116,26 @@ func TestPlanTable(t *testing.T) {
 		{name: "vanished instance is forgotten and replaced", desired: desired(2),
 			insts: []Inst{inst("a"), inst("b", gone)},
 			want:  []string{"launch:replacement", "terminate:b:gone"}},
-		{name: "unhealthy is replaced surge-first in one pass", desired: desired(3),
+		{name: "unhealthy: the replacement is launched first", desired: desired(3),
+			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy))},
+			want:  []string{"launch:replacement"}},
+		{name: "unhealthy: kept while its replacement launches", desired: desired(3),
+			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy)), launching("d")}},
+		{name: "unhealthy: kept while its replacement starts", desired: desired(3),
+			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy)), inst("d", health(Starting))}},
+		{name: "unhealthy: goes once its replacement is healthy", desired: desired(3),
+			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy)), inst("d")},
+			want:  []string{"terminate:c:unhealthy"}},
+		{name: "unhealthy: goes first when max_surge leaves no room", desired: desired(3, func(d *state.DesiredFleet) {
+			d.Spec.Rollout.MaxSurge = quantity.Count(0)
+			d.Spec.Rollout.MaxUnavailable = quantity.Count(1)
+		}),
+			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy))},
+			want:  []string{"terminate:c:unhealthy"}},
+		{name: "unhealthy: goes first when the surge is used up", desired: desired(3),
+			insts: []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c", health(Unhealthy)), inst("d")},
+			want:  []string{"terminate:b:unhealthy"}},
+		{name: "unhealthy: goes at once when max_unavailable allows", desired: desired(3, func(d *state.DesiredFleet) { d.Spec.Rollout.MaxUnavailable = quantity.Count(1) }),
 			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy))},
 			want:  []string{"launch:replacement", "terminate:c:unhealthy"}},
 		{name: "never healthy is replaced", desired: desired(1),
@@ -130,11 +149,23 @@ func TestPlanTable(t *testing.T) {
 			d.Spec.Remediation.MaxUnhealthy = quantity.Count(2)
 			d.Spec.Remediation.MaxParallel = 2
 		}),
-			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy)), inst("d", health(Unhealthy))},
-			want:  []string{"launch:replacement", "terminate:c:unhealthy", "terminate:d:unhealthy"}},
+			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy)), inst("d", health(Unhealthy)), inst("e"), inst("f")},
+			want:  []string{"terminate:c:unhealthy", "terminate:d:unhealthy"}},
 		{name: "percent max_unhealthy lets a single instance heal", desired: desired(1),
 			insts: []Inst{inst("a", health(Unhealthy))},
-			want:  []string{"launch:replacement", "terminate:a:unhealthy"}},
+			want:  []string{"launch:replacement"}},
+		{name: "percent max_unhealthy lets a single instance heal, once replaced", desired: desired(1),
+			insts: []Inst{inst("a", health(Unhealthy)), inst("b")},
+			want:  []string{"terminate:a:unhealthy"}},
+		{name: "the breaker does not churn a fleet at its surge", desired: desired(3),
+			insts:   []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c", health(Unhealthy)), inst("d", health(Unhealthy))},
+			blocked: []string{CauseTooManyUnhealthy}},
+		{name: "scaled to 0, never-healthy instances go despite the breaker", desired: desired(0, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxParallel = 2 }),
+			insts: []Inst{inst("a", health(NeverHealthy)), inst("b", health(NeverHealthy)), inst("c", health(NeverHealthy)), inst("d", health(NeverHealthy))},
+			want:  []string{"terminate:a:never_healthy", "terminate:b:never_healthy"}, blocked: []string{CauseTooManyUnhealthy}},
+		{name: "scaled down, unhealthy instances beyond size and surge go despite the breaker", desired: desired(1),
+			insts: []Inst{inst("a", health(Unhealthy)), inst("b", health(Unhealthy)), inst("c", health(Unhealthy))},
+			want:  []string{"terminate:a:unhealthy"}, blocked: []string{CauseTooManyUnhealthy}},
 		{name: "max_parallel bounds kills in flight", desired: desired(4, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxUnhealthy = quantity.Count(4) }),
 			insts: []Inst{inst("a"), inst("b", health(Unhealthy), opening(state.Terminate)), inst("c", health(Unhealthy)), inst("d")},
 			want:  []string{"launch:replacement"}},
@@ -192,6 +223,27 @@ func TestPlanTable(t *testing.T) {
 		{name: "remediation disabled only reports", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
 			insts:   []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c")},
 			blocked: []string{CauseDisabled}},
+		{name: "remediation disabled: an unhealthy instance is kept and counted", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
+			insts:   []Inst{inst("a"), inst("b", health(Unhealthy))},
+			blocked: []string{CauseDisabled}},
+		{name: "remediation disabled: a changed instance is kept and counted", desired: desired(3, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
+			insts:   []Inst{inst("a"), inst("b"), inst("c", mutated)},
+			blocked: []string{CauseDisabled}},
+		{name: "remediation disabled: never-healthy and orphans are kept", desired: desired(2, func(d *state.DesiredFleet) {
+			d.Spec.Remediation.Enabled = false
+			d.Spec.Drift.Orphans = state.OrphanTerminate
+		}),
+			insts:   []Inst{inst("a", health(NeverHealthy)), inst("b", orphan)},
+			blocked: []string{CauseDisabled}},
+		{name: "remediation disabled: a rollout still rolls", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
+			insts: []Inst{inst("a", oldImage, mutated), inst("b", oldImage), inst("n")},
+			want:  []string{"terminate:a:drift_image"}, blocked: []string{CauseDisabled}},
+		{name: "remediation disabled: exited instances are still replaced", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
+			insts: []Inst{inst("a"), inst("b", exited)},
+			want:  []string{"launch:replacement", "terminate:b:exited"}},
+		{name: "remediation disabled: size changes apply", desired: desired(1, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
+			insts: []Inst{inst("a", age(2*time.Hour)), inst("b")},
+			want:  []string{"terminate:a:excess"}},
 		{name: "unconfigured fleet is frozen", desired: desired(3, func(d *state.DesiredFleet) { d.Unconfigured = true }),
 			insts:   []Inst{inst("a", health(Unhealthy))},
 			blocked: []string{CauseUnconfigured}},
@@ -254,5 +306,57 @@ func TestPlanEvidenceNamesDriftPath(t *testing.T) {
 	res := Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: desired(1), Instances: []Inst{inst("a", mutated), inst("b")}}}})
 	if len(res.Actions) != 1 || !strings.Contains(strings.Join(res.Actions[0].Evidence, " "), "config/app.conf") {
 		t.Fatalf("want one drift termination naming the changed path, got %+v", res.Actions)
+	}
+}
+
+// TestPlanGlobalLimits: max_instances and max_launches_in_flight hold
+// over all fleets together, the launches they allow are shared out in
+// turn, and a fleet that gets fewer than it needs says why.
+func TestPlanGlobalLimits(t *testing.T) {
+	named := func(name string, size int) *state.DesiredFleet {
+		return desired(size, func(d *state.DesiredFleet) {
+			d.Spec.Name = name
+			d.Spec.Rollout.MaxSurge = quantity.Count(size)
+		})
+	}
+	fleets := func() []FleetInput {
+		return []FleetInput{
+			{Desired: named("a", 10)},
+			{Desired: named("b", 10), Instances: []Inst{inst("b1"), inst("b2")}},
+			{Desired: named("c", 1)},
+		}
+	}
+	count := func(res Result) map[string]int {
+		n := map[string]int{}
+		for _, a := range res.Actions {
+			if a.Kind == ActLaunch {
+				n[a.Fleet]++
+			}
+		}
+		return n
+	}
+	res := Plan(Input{Now: t0, Limits: Limits{MaxInstances: 7}, Fleets: fleets()})
+	if got := count(res); !reflect.DeepEqual(got, map[string]int{"a": 2, "b": 2, "c": 1}) {
+		t.Errorf("max_instances 7 with 2 live: launches %v, want a:2 b:2 c:1 (shared in turn)", got)
+	}
+	if gb := causes(res.Fleets[0]); !reflect.DeepEqual(gb, []string{CauseInstanceLimit}) || !strings.Contains(res.Fleets[0].Blocked[0].Detail, "8 of the 10 launches") {
+		t.Errorf("fleet a: %+v", res.Fleets[0].Blocked)
+	}
+	if gb := causes(res.Fleets[2]); gb != nil {
+		t.Errorf("fleet c got all it needs, yet blocked %v", gb)
+	}
+	res = Plan(Input{Now: t0, Limits: Limits{MaxLaunchesInFlight: 4}, Fleets: append(fleets(), FleetInput{Desired: named("d", 2), Instances: []Inst{launching("d1")}})})
+	if got := count(res); !reflect.DeepEqual(got, map[string]int{"a": 1, "b": 1, "c": 1}) {
+		t.Errorf("max_launches_in_flight 4 with 1 in flight: launches %v", got)
+	}
+	if gb := causes(res.Fleets[3]); !reflect.DeepEqual(gb, []string{CauseLaunchLimit}) {
+		t.Errorf("fleet d: %+v", res.Fleets[3].Blocked)
+	}
+	// Full: nothing launches, and an unhealthy instance goes first to make
+	// room for its replacement.
+	full := []FleetInput{{Desired: named("a", 3), Instances: []Inst{inst("a1"), inst("a2"), inst("a3", health(Unhealthy))}}}
+	res = Plan(Input{Now: t0, Limits: Limits{MaxInstances: 3}, Fleets: full})
+	if got := brief(res.Actions); !reflect.DeepEqual(got, []string{"terminate:a3:unhealthy"}) {
+		t.Errorf("at max_instances: %v", got)
 	}
 }
