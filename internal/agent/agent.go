@@ -83,6 +83,8 @@ type Agent struct {
 	token       string
 	// knownFleets have metric series exported.
 	knownFleets map[string]bool
+	// dataDir is the last check of the data directory.
+	dataDir api.DataDirStatus
 }
 
 // NewLogger builds the agent's JSON logger.
@@ -400,6 +402,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	run("quorum-watch", a.watchQuorum)
 	run("form-cluster", a.formCluster)
 	run("faults", a.watchFaults)
+	run("data-dir", a.watchDataDir)
 
 	var runErr error
 loop:
@@ -478,7 +481,11 @@ func (a *Agent) watchQuorum(ctx context.Context) error {
 		}
 		if since.IsZero() {
 			since = time.Now()
-			a.log.Warn("no leader: the cluster has no quorum, nothing is launched or terminated", zap.String("reason", CauseNoQuorum))
+			fields := []zap.Field{zap.String("reason", CauseNoQuorum)}
+			if dd := a.dataDirStatus(); !dd.At.IsZero() && !dd.Writable {
+				fields = append(fields, zap.String("cause", dd.Error))
+			}
+			a.log.Warn("no leader: the cluster has no quorum, nothing is launched or terminated", fields...)
 		}
 		v := a.readView()
 		for name := range v.fleets {

@@ -430,6 +430,11 @@ func (t *term) pass(ctx context.Context) error {
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		list, err := p.List(lctx)
 		cancel()
+		if ctx.Err() != nil {
+			// Leadership lost (or the agent stops) while listing: that is
+			// not the provider's fault, and not news to log as an outage.
+			return ctx.Err()
+		}
 		if err != nil {
 			listErr[name] = err.Error()
 			t.backOffList(name, err)
@@ -572,6 +577,10 @@ func (t *term) inspectDrift(ctx context.Context) {
 		case <-tick.C:
 		}
 		v := t.a.readView()
+		leaving := map[string]bool{}
+		for _, it := range v.intents {
+			leaving[it.InstanceID] = true
+		}
 		t.driftMu.Lock()
 		list := make([]instance.Observed, 0, len(t.observed))
 		for _, o := range t.observed {
@@ -581,7 +590,10 @@ func (t *term) inspectDrift(ctx context.Context) {
 		sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
 		for _, o := range list {
 			f := v.fleets[o.Fleet]
-			if f == nil || o.Phase != instance.Running {
+			// An instance with an intent open is being launched or removed
+			// by immutd itself: its files are in flux, so a look now would
+			// only report immutd's own work as drift.
+			if f == nil || o.Phase != instance.Running || leaving[o.ID] {
 				continue
 			}
 			insp, ok := t.a.providers[f.Spec.Provider].(reconcile.DriftInspector)
@@ -599,6 +611,11 @@ func (t *term) inspectDrift(ctx context.Context) {
 			cancel()
 			if ctx.Err() != nil {
 				return
+			}
+			if errors.Is(err, instance.ErrGone) || t.a.hasOpenIntent(o.ID) {
+				// Removed, or being removed, while we looked: not a finding.
+				t.log.Debug("drift inspection of an instance that is going", zap.String("fleet", o.Fleet), zap.String("instance_id", o.ID), zap.NamedError("result", err))
+				continue
 			}
 			if err != nil {
 				t.log.Warn("drift inspection failed", zap.String("fleet", o.Fleet), zap.String("instance_id", o.ID), zap.Error(err))
@@ -618,6 +635,13 @@ func (t *term) inspectDrift(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// hasOpenIntent says whether an intent on the instance is open now.
+func (a *Agent) hasOpenIntent(id string) bool {
+	open := false
+	a.node.Read(func(st *state.State) { open = st.OpenIntentFor(id) != nil })
+	return open
 }
 
 // setObserved publishes the latest provider listing to the drift

@@ -55,6 +55,8 @@ type metrics struct {
 	autopilotHealthy prometheus.Gauge
 	failureTolerance prometheus.Gauge
 	imageRefMoved    *prometheus.GaugeVec
+	dataDirWritable  prometheus.Gauge
+	dataDirFree      prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -98,12 +100,16 @@ func newMetrics() *metrics {
 		imageRefMoved: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_image_ref_moved",
 			Help: "1 when a fleet's image reference now resolves to other content than the pinned image (leader only)."}, []string{"fleet"}),
 	}
+	m.dataDirWritable = prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_data_dir_writable",
+		Help: "1 when the agent could write and sync a file in its data directory at the last check (every 5s); raft persists nothing while it is 0."})
+	m.dataDirFree = prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_data_dir_free_bytes",
+		Help: "Free bytes of the file system of the agent's data directory, for unprivileged users."})
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_build_info",
 		Help: "Build information; always 1."}, []string{"version", "revision", "goversion"})
 	buildInfo.WithLabelValues(Version, Revision, runtime.Version()).Set(1)
 	reg.MustRegister(m.fleetInstances, m.fleetDesired, m.drifted, m.replacements, m.blocked, m.reconcileDur, m.providerCall,
 		m.reloadOK, m.reloadTime, m.reloadFailures, m.isLeader, m.intentsOpen, m.intentsFinished, m.desiredGen, buildInfo,
-		m.configDiverged, m.autopilotHealthy, m.failureTolerance, m.imageRefMoved,
+		m.configDiverged, m.autopilotHealthy, m.failureTolerance, m.imageRefMoved, m.dataDirWritable, m.dataDirFree,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

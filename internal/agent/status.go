@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -182,6 +183,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		s.LastContact = time.Since(a.node.LastContact()).Round(time.Millisecond).String()
 	}
 	a.mu.Lock()
+	s.DataDir = a.dataDir
 	if a.configErr != nil {
 		s.Config = *a.configErr
 	}
@@ -234,6 +236,9 @@ func (a *Agent) Events(ctx context.Context, after uint64, fleet string, limit in
 
 // Ready implements api.Backend.
 func (a *Agent) Ready() error {
+	if dd := a.dataDirStatus(); !dd.At.IsZero() && !dd.Writable {
+		return fmt.Errorf("%s: raft cannot persist", dd.Error)
+	}
 	addr, _ := a.node.Leader()
 	if addr == "" {
 		return errors.New("no raft leader")

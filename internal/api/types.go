@@ -32,11 +32,14 @@ type Status struct {
 	Diverged   bool   `json:"diverged,omitempty"`
 	SourceNode string `json:"source_node,omitempty"`
 	// LastContact is how long ago a follower heard from the leader.
-	LastContact string        `json:"last_contact,omitempty"`
-	Config      ConfigStatus  `json:"config"`
-	Fleets      []Fleet       `json:"fleets"`
-	Events      []state.Event `json:"events"`
-	Version     string        `json:"version"`
+	LastContact string       `json:"last_contact,omitempty"`
+	Config      ConfigStatus `json:"config"`
+	// DataDir says whether this agent can write its data directory: raft
+	// cannot persist anything while it cannot.
+	DataDir DataDirStatus `json:"data_dir"`
+	Fleets  []Fleet       `json:"fleets"`
+	Events  []state.Event `json:"events"`
+	Version string        `json:"version"`
 }
 
 // ConfigStatus is the state of the fleet files as the serving agent last
@@ -48,6 +51,15 @@ type ConfigStatus struct {
 	Hash     string    `json:"hash,omitempty"`
 	Fleets   int       `json:"fleets"`
 	Rejected int       `json:"rejected_total"`
+}
+
+// DataDirStatus is the last check of the agent's data directory.
+type DataDirStatus struct {
+	Path     string    `json:"path"`
+	Writable bool      `json:"writable"`
+	Error    string    `json:"error,omitempty"`
+	Free     uint64    `json:"free_bytes"`
+	At       time.Time `json:"checked_at"`
 }
 
 // Block is a reason remediation is held back.

@@ -5,6 +5,7 @@
 package instance
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -96,6 +97,10 @@ func (r LaunchRequest) Env(base map[string]string, port int) []string {
 	sort.Strings(out)
 	return out
 }
+
+// ErrGone is wrapped by a provider's error for an instance it no longer
+// has (terminated meanwhile): callers treat it as "gone", not as a fault.
+var ErrGone = errors.New("no such instance")
 
 // MaxEvidence caps the evidence items of a drift finding.
 const MaxEvidence = 20

@@ -57,7 +57,7 @@ const NamePrefix = "immutd-"
 
 // ErrNotFound is returned (wrapped) by Inspect for an instance whose
 // container is gone.
-var ErrNotFound = errors.New("no such container")
+var ErrNotFound = fmt.Errorf("no such container: %w", instance.ErrGone)
 
 // ErrImageNotFound is returned (wrapped) by Resolve for an image
 // reference the engine does not have.
