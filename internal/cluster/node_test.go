@@ -27,7 +27,7 @@ func freeAddr(t *testing.T) string {
 
 func openSingle(t *testing.T, dir, addr string) *Node {
 	t.Helper()
-	n, err := Open(Config{DataDir: dir, BindAddr: addr, Bootstrap: true, Timing: ScaledTiming(0.1), Logger: zaptest.NewLogger(t)})
+	n, err := Open(Config{DataDir: dir, BindAddr: addr, Bootstrap: true, Timing: ScaledTiming(1), Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,11 +37,11 @@ func openSingle(t *testing.T, dir, addr string) *Node {
 
 func waitLeader(t *testing.T, n *Node) {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
+	deadline := time.After(guard)
 	for !n.IsLeader() {
 		select {
 		case <-deadline:
-			t.Fatal("no leadership within 10s")
+			t.Fatalf("no leadership within %s", guard)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
