@@ -13,6 +13,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
@@ -226,9 +227,12 @@ func TestUnitDirectives(t *testing.T) {
 		"Service.StateDirectory":          "immutd",
 		"Service.ConfigurationDirectory":  "immutd",
 		"Service.ProtectSystem":           "strict",
-		"Service.UMask":                   "0027",
+		"Service.UMask":                   "0077",
 		"Service.CapabilityBoundingSet":   "",
-		"Service.RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+		"Service.RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+		"Service.SystemCallErrorNumber":   "EPERM",
+		"Service.ProtectProc":             "invisible",
+		"Service.ProcSubset":              "pid",
 		"Service.SystemCallArchitectures": "native",
 		"Install.WantedBy":                "multi-user.target",
 	}
@@ -246,7 +250,8 @@ func TestUnitDirectives(t *testing.T) {
 		"Service.ProtectKernelModules", "Service.ProtectKernelLogs",
 		"Service.ProtectControlGroups", "Service.RestrictNamespaces",
 		"Service.LockPersonality", "Service.MemoryDenyWriteExecute",
-		"Service.RestrictRealtime",
+		"Service.RestrictRealtime", "Service.PrivateUsers", "Service.ProtectHostname",
+		"Service.PrivateMounts",
 	} {
 		if got, ok := last(key); !ok || !isTrue(got) {
 			t.Errorf("%s: %s must be yes, got %q", unitFile, key, got)
@@ -269,6 +274,40 @@ func TestUnitDirectives(t *testing.T) {
 	dd := directives(t, readFile(t, dockerDropIn))
 	if got := dd["Service.SupplementaryGroups"]; !slices.Equal(got, []string{"docker"}) {
 		t.Errorf("%s: SupplementaryGroups=%v, want docker", dockerDropIn, got)
+	}
+	if got := dd["Service.PrivateUsers"]; !slices.Equal(got, []string{"no"}) {
+		t.Errorf("%s: PrivateUsers=%v, want no (the docker group is not mapped into a private user namespace)", dockerDropIn, got)
+	}
+}
+
+// maxExposure is the highest `systemd-analyze security` exposure the unit
+// may have, with and without the docker drop-in (0 is best, 10 worst).
+const maxExposure = 2.0
+
+// TestUnitSecurityExposure rates the unit with systemd-analyze security
+// (offline: no running systemd is needed).
+func TestUnitSecurityExposure(t *testing.T) {
+	analyze := tool(t, "systemd-analyze", "SYSTEMD_ANALYZE")
+	plain := filepath.Join(t.TempDir(), unitFile)
+	if err := os.WriteFile(plain, []byte(readFile(t, unitFile)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, path := range map[string]string{"unit": plain, "unit with the docker drop-in": stageUnit(t, readFile(t, unitFile))} {
+		out, ok := run(t, analyze, "security", "--offline=true", fmt.Sprintf("--threshold=%d", int(maxExposure*10)), path)
+		level := ""
+		for line := range strings.Lines(out) {
+			if i := strings.Index(line, "Overall exposure level for "); i >= 0 {
+				level = strings.TrimSpace(line[i:])
+			}
+		}
+		if level == "" {
+			t.Fatalf("%s: no exposure level in the output of systemd-analyze security:\n%s", name, out)
+		}
+		if !ok {
+			t.Errorf("%s: %s, above %.1f:\n%s", name, level, maxExposure, out)
+			continue
+		}
+		t.Logf("%s: %s", name, level)
 	}
 }
 
