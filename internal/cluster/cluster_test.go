@@ -37,11 +37,19 @@ func newFaultLayer(t testing.TB) *faultLayer {
 
 func (l *faultLayer) Addr() net.Addr { return l.advertise }
 
-func (l *faultLayer) track(c net.Conn) net.Conn {
+// track keeps c to close it at the next partition, or closes it now if
+// the layer went down meanwhile: checking and adding under one lock, so
+// that a connection made while partition runs cannot survive it (one
+// did, and kept a partitioned leader's heartbeats flowing).
+func (l *faultLayer) track(c net.Conn) bool {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.down.Load() {
+		c.Close()
+		return false
+	}
 	l.conns = append(l.conns, c)
-	l.mu.Unlock()
-	return c
+	return true
 }
 
 func (l *faultLayer) Accept() (net.Conn, error) {
@@ -50,11 +58,9 @@ func (l *faultLayer) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.down.Load() {
-			c.Close()
-			continue
+		if l.track(c) {
+			return c, nil
 		}
-		return l.track(c), nil
 	}
 }
 
@@ -66,17 +72,20 @@ func (l *faultLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.C
 	if err != nil {
 		return nil, err
 	}
-	return l.track(c), nil
+	if !l.track(c) {
+		return nil, errors.New("partitioned")
+	}
+	return c, nil
 }
 
 func (l *faultLayer) partition() {
-	l.down.Store(true)
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.down.Store(true)
 	for _, c := range l.conns {
 		c.Close()
 	}
 	l.conns = nil
-	l.mu.Unlock()
 }
 
 func (l *faultLayer) heal() { l.down.Store(false) }
