@@ -64,16 +64,28 @@ lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
-install: build ## install binary, systemd unit, sample images and example config (as root)
+# make install lays out a system like this (PREFIX=/usr for a distribution
+# layout); DESTDIR installs into a root other than / (an image, a package).
+# The immutd user and group are created with systemd-sysusers in that root,
+# and the agent file is installed root:immutd 0640: readable by the service,
+# writable by root only. Paths in the unit and the example fleet follow PREFIX.
+install: build ## install binary, systemd unit, sample images and example config (as root; PREFIX, DESTDIR)
 	install -D -m0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/immutd
-	install -D -m0644 systemd/immutd.service $(DESTDIR)/etc/systemd/system/immutd.service
+	install -d -m0755 $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/sysusers.d $(DESTDIR)/etc/tmpfiles.d $(DESTDIR)$(PREFIX)/share/immutd/images
+	sed 's#/usr/local/#$(PREFIX)/#g' systemd/immutd.service > $(DESTDIR)/etc/systemd/system/immutd.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/immutd.service
+	install -D -m0644 systemd/immutd-docker.conf $(DESTDIR)$(PREFIX)/share/immutd/systemd/immutd-docker.conf
 	install -D -m0644 systemd/immutd.sysusers $(DESTDIR)/etc/sysusers.d/immutd.conf
 	install -D -m0644 systemd/immutd.tmpfiles $(DESTDIR)/etc/tmpfiles.d/immutd.conf
 	install -D -m0644 configs/prometheus/immutd.rules.yml $(DESTDIR)$(PREFIX)/share/immutd/prometheus/immutd.rules.yml
-	for v in 1 2; do mkdir -p $(DESTDIR)$(PREFIX)/share/immutd/images && rm -rf $(DESTDIR)$(PREFIX)/share/immutd/images/sampleapp-v$$v && cp -R build/images/sampleapp-v$$v $(DESTDIR)$(PREFIX)/share/immutd/images/; done
-	[ -e $(DESTDIR)/etc/immutd/agent.hcl ] || install -D -m0640 configs/agent.hcl $(DESTDIR)/etc/immutd/agent.hcl
-	[ -e $(DESTDIR)/etc/immutd/fleets.d/web.hcl ] || install -D -m0644 configs/fleets.d/web.hcl $(DESTDIR)/etc/immutd/fleets.d/web.hcl
-	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemd-sysusers; systemd-tmpfiles --create /etc/tmpfiles.d/immutd.conf; systemctl daemon-reload; echo "installed; start with: systemctl enable --now immutd"; fi
+	for v in 1 2; do rm -rf $(DESTDIR)$(PREFIX)/share/immutd/images/sampleapp-v$$v && cp -R build/images/sampleapp-v$$v $(DESTDIR)$(PREFIX)/share/immutd/images/; done
+	systemd-sysusers --root=$(or $(DESTDIR),/) $(DESTDIR)/etc/sysusers.d/immutd.conf
+	install -d -m0755 $(DESTDIR)/etc/immutd/fleets.d
+	gid=$$(awk -F: '$$1 == "immutd" { print $$3 }' $(DESTDIR)/etc/group); \
+	  [ -n "$$gid" ] || { echo "make install: no immutd group in $(DESTDIR)/etc/group" >&2; exit 1; }; \
+	  [ -e $(DESTDIR)/etc/immutd/agent.hcl ] || install -m0640 -o 0 -g $$gid configs/agent.hcl $(DESTDIR)/etc/immutd/agent.hcl
+	[ -e $(DESTDIR)/etc/immutd/fleets.d/web.hcl ] || { sed 's#/usr/local/#$(PREFIX)/#g' configs/fleets.d/web.hcl > $(DESTDIR)/etc/immutd/fleets.d/web.hcl && chmod 0644 $(DESTDIR)/etc/immutd/fleets.d/web.hcl; }
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemd-tmpfiles --create /etc/tmpfiles.d/immutd.conf; systemctl daemon-reload; echo "installed; start with: systemctl enable --now immutd"; fi
 
 clean: ## remove build output (not run/, which holds the dev agent's state)
 	rm -rf bin build
