@@ -59,7 +59,39 @@ func (p *Provider) Import(ctx context.Context, bundleDir string) (string, error)
 	return digest, nil
 }
 
-func (p *Provider) importBundle(ctx context.Context, bundle string) (string, error) {
+// CheckBundle runs every check Import runs on the bundle directory dir,
+// with the same error texts, and copies nothing: a strict walk (no
+// special files, every file readable), symlinks that stay inside the
+// bundle, and a valid manifest.json with a name, a version and an
+// executable entrypoint inside the bundle.
+func CheckBundle(ctx context.Context, dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("local: check bundle %s: %w", dir, err)
+	}
+	if err := checkBundle(ctx, abs); err != nil {
+		return fmt.Errorf("local: check bundle %s: %w", abs, err)
+	}
+	return nil
+}
+
+func checkBundle(ctx context.Context, bundle string) error {
+	root, err := bundleRoot(bundle)
+	if err != nil {
+		return err
+	}
+	entries, err := walkTree(ctx, root, walkOptions{strict: true})
+	if err != nil {
+		return err
+	}
+	_, err = checkTree(root, bundle, entries)
+	return err
+}
+
+// bundleRoot checks that the operator's bundle path names a directory
+// and returns it with symlinks resolved: a path like bundles/current ->
+// v3 is a deliberate choice, while walks never follow a symlink root.
+func bundleRoot(bundle string) (string, error) {
 	fi, err := os.Stat(bundle)
 	if err != nil {
 		return "", err
@@ -67,10 +99,30 @@ func (p *Provider) importBundle(ctx context.Context, bundle string) (string, err
 	if !fi.IsDir() {
 		return "", errors.New("not a directory")
 	}
+	return filepath.EvalSymlinks(bundle)
+}
+
+// checkTree runs the checks on a walked bundle tree rooted at root
+// (the bundle, or Import's copy of it): symlinks stay inside and the
+// manifest is valid. Errors name the manifest of the bundle itself.
+func checkTree(root, bundle string, entries []entry) (bundleManifest, error) {
+	if err := checkSymlinks(entries); err != nil {
+		return bundleManifest{}, err
+	}
+	return loadManifest(root, filepath.Join(bundle, manifestFile), entries)
+}
+
+func (p *Provider) importBundle(ctx context.Context, bundle string) (string, error) {
+	root, err := bundleRoot(bundle)
+	if err != nil {
+		return "", err
+	}
 	// Fast path, taken on every resolve of an unchanged bundle: hash the
 	// bundle, and if the store holds an intact copy of that tree (checked
-	// by hashing it too), nothing needs to be written.
-	src, err := walkTree(ctx, bundle, walkOptions{strict: true})
+	// by hashing it too), nothing needs to be written. That copy passed
+	// every check when it was imported, and the digest covers all the
+	// checks look at.
+	src, err := walkTree(ctx, root, walkOptions{strict: true})
 	if err != nil {
 		return "", err
 	}
@@ -100,14 +152,12 @@ func (p *Provider) importBundle(ctx context.Context, bundle string) (string, err
 		}
 	}()
 	stage := filepath.Join(tmp, "tree")
-	entries, err := copyTree(ctx, bundle, stage, walkOptions{fsync: true})
+	// The checks run on the copy: what is stored is what was checked.
+	entries, err := copyTree(ctx, root, stage, walkOptions{fsync: true})
 	if err != nil {
 		return "", err
 	}
-	if err := checkSymlinks(entries); err != nil {
-		return "", err
-	}
-	man, err := loadManifest(stage, filepath.Join(bundle, manifestFile), entries)
+	man, err := checkTree(stage, bundle, entries)
 	if err != nil {
 		return "", err
 	}
@@ -165,6 +215,12 @@ func loadManifest(root, shownPath string, entries []entry) (bundleManifest, erro
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return man, fmt.Errorf("%s: missing (a bundle needs a manifest.json)", shownPath)
+		}
+		// shownPath already names the file; the path inside err may be
+		// that of Import's staging copy.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
 		}
 		return man, fmt.Errorf("%s: %w", shownPath, err)
 	}

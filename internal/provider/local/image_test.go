@@ -1,6 +1,7 @@
 package local
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,13 +88,31 @@ func TestImportIdempotentAndRepairsCorruption(t *testing.T) {
 	}
 }
 
-func TestImportRejects(t *testing.T) {
+// badBundle is a bundle Import must refuse.
+type badBundle struct {
+	name  string
+	setup func(t *testing.T, dir string) // nil: the bundle is a file
+	want  []string                       // substrings of the error
+}
+
+// makeBadBundle creates the bundle of tc below a temp dir and returns its path.
+func makeBadBundle(t *testing.T, tc badBundle) string {
+	t.Helper()
+	bundle := filepath.Join(t.TempDir(), "bundle")
+	if tc.setup != nil {
+		if err := os.Mkdir(bundle, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		tc.setup(t, bundle)
+	} else if err := os.WriteFile(bundle, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return bundle
+}
+
+func badBundles() []badBundle {
 	good := `{"name": "a", "version": "1", "entrypoint": ["bin/app"]}`
-	cases := []struct {
-		name  string
-		setup func(t *testing.T, dir string)
-		want  []string // substrings of the error
-	}{
+	return []badBundle{
 		{"no manifest", func(t *testing.T, dir string) {
 			writeTree(t, dir, map[string]string{"bin/app": "x"})
 		}, []string{"manifest.json: missing"}},
@@ -133,21 +152,24 @@ func TestImportRejects(t *testing.T) {
 			writeTree(t, dir, map[string]string{"manifest.json": good, "etc": "link:../../etc"})
 			writeExec(t, dir, "bin/app")
 		}, []string{"symlink etc -> ../../etc: points outside the bundle"}},
+		{"manifest is a dir", func(t *testing.T, dir string) {
+			writeTree(t, dir, map[string]string{"manifest.json": "dir:"})
+		}, []string{"manifest.json: is a directory"}},
+		{"missing", func(t *testing.T, dir string) {
+			if err := os.Remove(dir); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"no such file or directory"}},
 		{"not a directory", nil, []string{"not a directory"}},
 	}
-	for _, tc := range cases {
+}
+
+func TestImportRejects(t *testing.T) {
+	for _, tc := range badBundles() {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			p, _ := newProvider(t, dir)
-			bundle := filepath.Join(t.TempDir(), "bundle")
-			if tc.setup != nil {
-				if err := os.Mkdir(bundle, 0o755); err != nil {
-					t.Fatal(err)
-				}
-				tc.setup(t, bundle)
-			} else if err := os.WriteFile(bundle, nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			bundle := makeBadBundle(t, tc)
 			_, err := p.Import(t.Context(), bundle)
 			if err == nil {
 				t.Fatal("import succeeded")
@@ -184,5 +206,73 @@ func writeExec(t *testing.T, dir, rel string) {
 	}
 	if err := os.WriteFile(full, []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCheckBundle: CheckBundle accepts what Import accepts and refuses
+// what Import refuses, with the same error text after the prefix.
+func TestCheckBundle(t *testing.T) {
+	good := makeBundle(t, "1.0.0")
+	if err := CheckBundle(t.Context(), good); err != nil {
+		t.Fatalf("good bundle: %v", err)
+	}
+	// Through a symlinked path, as operators point at a current release.
+	link := filepath.Join(t.TempDir(), "current")
+	if err := os.Symlink(good, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckBundle(t.Context(), link); err != nil {
+		t.Fatalf("symlinked bundle path: %v", err)
+	}
+	for _, tc := range badBundles() {
+		t.Run(tc.name, func(t *testing.T) {
+			bundle := makeBadBundle(t, tc)
+			before := digestOrNone(bundle)
+			checkErr := CheckBundle(t.Context(), bundle)
+			if checkErr == nil {
+				t.Fatal("CheckBundle accepted it")
+			}
+			if digestOrNone(bundle) != before {
+				t.Fatal("CheckBundle changed the bundle")
+			}
+			p, _ := newProvider(t, t.TempDir())
+			_, importErr := p.Import(t.Context(), bundle)
+			if importErr == nil {
+				t.Fatal("Import accepted it")
+			}
+			got, ok1 := strings.CutPrefix(checkErr.Error(), "local: check bundle "+bundle+": ")
+			want, ok2 := strings.CutPrefix(importErr.Error(), "local: import "+bundle+": ")
+			if !ok1 || !ok2 || got != want {
+				t.Fatalf("CheckBundle: %q\nImport:      %q", checkErr, importErr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("error %q lacks %q", got, w)
+				}
+			}
+		})
+	}
+}
+
+// digestOrNone is the lenient digest of a tree, to see that it did not change.
+func digestOrNone(dir string) string {
+	es, err := walkTree(context.Background(), dir, walkOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	return treeDigest(es)
+}
+
+// TestImportThroughSymlinkedPath: the operator's bundle path may be a
+// symlink (walks never follow one at their root, so Import resolves it).
+func TestImportThroughSymlinkedPath(t *testing.T) {
+	p, _ := newProvider(t, t.TempDir())
+	bundle := makeBundle(t, "1.0.0")
+	link := filepath.Join(t.TempDir(), "current")
+	if err := os.Symlink(bundle, link); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := importBundle(t, p, link), importBundle(t, p, bundle); got != want {
+		t.Fatalf("through the link %s, directly %s", got, want)
 	}
 }

@@ -15,6 +15,12 @@ import (
 // instance.DriftMutated whose evidence lists, in path order, items like
 // "added evil.sh", "removed bin/x", "modified config/app.conf",
 // "mode config/app.conf 0644->0755" and "type data file->symlink".
+// A root that is no longer a directory is not looked into: the finding
+// is "type . dir->symlink" (or "->file", ...).
+//
+// An instance the provider has no metadata for, also one terminated
+// while Inspect looked, is an error wrapping ErrNotFound (and so
+// instance.ErrGone).
 //
 // ignore holds slash-separated glob patterns relative to the root: '*',
 // '?' and '[...]' match within one path segment (as path.Match), a "**"
@@ -54,11 +60,20 @@ func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []
 		return nil, err
 	}
 	got, err := walkTree(ctx, p.instanceRoot(id), walkOptions{skip: ign.Match})
+	if h := inspectHook.Load(); h != nil {
+		(*h)(id)
+	}
+	if _, merr := p.readMeta(id); errors.Is(merr, fs.ErrNotExist) {
+		return nil, ErrNotFound // terminated while we looked
+	}
+	var notDir *notDirError
+	if errors.As(err, &notDir) {
+		// Replaced by a symlink or a file: that is the whole finding.
+		ev := fmt.Sprintf("type . %s->%s", typeDir, notDir.Type)
+		return &instance.Finding{Kind: instance.DriftMutated, Evidence: []string{ev}}, nil
+	}
 	if err != nil {
 		return nil, err
-	}
-	if _, err := p.readMeta(id); errors.Is(err, fs.ErrNotExist) {
-		return nil, ErrNotFound // terminated while we looked
 	}
 	var want []entry
 	for _, e := range rec.Entries {

@@ -43,10 +43,12 @@ func zapErr(err error) zap.Field { return zap.Error(err) }
 // The instance root is a fresh copy of the image, checked against the
 // digest. The process runs in its own session with the root as working
 // directory, stdin from /dev/null and stdout and stderr appended to the
-// instance log. Its environment is PATH, HOME (the root), TMPDIR (a
-// directory outside the root), the fleet's launch env, and
-// IMMUTD_INSTANCE_ID, IMMUTD_FLEET, IMMUTD_IMAGE_DIGEST and PORT (a free
-// TCP port on the bind host).
+// instance log (LogPath), a file it writes directly, so it never depends
+// on the agent staying up. Its environment is PATH, HOME (the root),
+// TMPDIR (a directory outside the root), the fleet's launch env, and
+// IMMUTD_INSTANCE_ID, IMMUTD_FLEET, IMMUTD_IMAGE_DIGEST and PORT (a TCP
+// port free on the bind host and reserved in ports/, so that no other
+// instance of the directory gets it while this one exists).
 //
 // The command is the image's entrypoint, or req.Launch.Command when set,
 // followed by req.Launch.Args. A command with a slash that is not
@@ -71,11 +73,11 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 	if err := checkEnv(req.Launch.Env); err != nil {
 		return instance.Observed{}, err
 	}
-	unlock, err := p.locks.lock(ctx, id)
+	lock, err := p.lockInstance(ctx, id)
 	if err != nil {
 		return instance.Observed{}, err
 	}
-	defer unlock()
+	defer lock.unlock()
 
 	// Idempotence: an id with metadata is an existing instance.
 	m, err := p.readMeta(id)
@@ -94,11 +96,21 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 	if err != nil {
 		return instance.Observed{}, err
 	}
-	port, err := p.freePort()
+	port, err := p.reservePort(id)
 	if err != nil {
-		return instance.Observed{}, fmt.Errorf("pick port: %w", err)
+		return instance.Observed{}, fmt.Errorf("reserve port: %w", err)
 	}
-	root, tmp, logPath := p.instanceRoot(id), p.instanceTmp(id), p.logPath(id)
+	// Whatever this launch leaves behind when it fails (the reservation
+	// included) is removed, under the lock.
+	started := false
+	defer func() {
+		if !started {
+			if err := p.removeInstanceFiles(id, port); err != nil {
+				p.log.Warn("remove files of failed launch failed", zapID(id), zapErr(err))
+			}
+		}
+	}()
+	root, tmp, logPath := p.instanceRoot(id), p.instanceTmp(id), p.LogPath(id)
 	// Without metadata these are leftovers of an interrupted launch, not
 	// an instance: start from scratch.
 	for _, d := range []string{root, tmp} {
@@ -120,12 +132,6 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 	if err := p.writeMeta(m); err != nil {
 		return instance.Observed{}, fmt.Errorf("write metadata: %w", err)
 	}
-	started := false
-	defer func() {
-		if !started {
-			p.removeInstanceFiles(id)
-		}
-	}()
 
 	entries, err := copyTree(ctx, p.imageDir(req.ImageDigest), root, walkOptions{})
 	if err != nil {
@@ -222,6 +228,11 @@ func startRetrying(ctx context.Context, newCmd func() *exec.Cmd) (*exec.Cmd, err
 
 // reap waits for a process this provider started, so it never lingers
 // as a zombie, and records how it ended.
+//
+// Another agent may have terminated the instance meanwhile and removed
+// its files. So the exit is recorded only under the instance lock and
+// only into metadata that still exists and still names this process:
+// the reaper updates a record, it never recreates one.
 func (p *Provider) reap(id string, cmd *exec.Cmd, c *child, ticks uint64) {
 	werr := cmd.Wait()
 	reason := ""
@@ -237,14 +248,25 @@ func (p *Provider) reap(id string, cmd *exec.Cmd, c *child, ticks uint64) {
 	}
 	p.mu.Unlock()
 
-	unlock, err := p.locks.lock(context.Background(), id)
+	if h := reapHook.Load(); h != nil {
+		(*h)(id)
+	}
+	lock, err := p.lockInstance(context.Background(), id)
 	if err != nil {
+		p.log.Warn("record exit failed", zapID(id), zapErr(err))
 		return
 	}
-	defer unlock()
+	defer lock.unlock()
 	m, err := p.readMeta(id)
-	if err != nil || m.PID != c.pid || m.StartTicks != ticks {
-		return // terminated and removed, or another instance by now
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && (m.PID != c.pid || m.StartTicks != ticks)) {
+		// Terminated and removed (maybe by another agent), or another
+		// instance by now: there is nothing to record.
+		p.log.Debug("exit not recorded, instance removed", zapID(id), zapPID(c.pid))
+		return
+	}
+	if err != nil {
+		p.log.Warn("record exit failed", zapID(id), zapErr(err))
+		return
 	}
 	m.ExitReason = reason
 	m.ExitedAt = p.now().UTC()
@@ -252,19 +274,6 @@ func (p *Provider) reap(id string, cmd *exec.Cmd, c *child, ticks uint64) {
 		p.log.Warn("record exit failed", zapID(id), zapErr(err))
 	}
 	p.log.Info("instance exited", zapID(id), zap.String("fleet", m.Fleet), zapPID(c.pid), zap.String("reason", reason))
-}
-
-// freePort asks the kernel for a free TCP port on the bind host.
-func (p *Provider) freePort() (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(p.bindHost, "0"))
-	if err != nil {
-		return 0, err
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		return 0, err
-	}
-	return port, nil
 }
 
 func checkEnv(env map[string]string) error {
@@ -322,16 +331,24 @@ func isExecutable(p string) bool {
 }
 
 // removeInstanceFiles deletes everything the provider keeps for an
-// instance, metadata last so an interrupted removal is retried.
-func (p *Provider) removeInstanceFiles(id string) error {
+// instance: root, tmp, both logs, the reservation of port (0: unknown,
+// the reservation turns stale and is taken over later), metadata last so
+// an interrupted removal is retried. The caller holds the instance lock,
+// whose file unlock then removes.
+func (p *Provider) removeInstanceFiles(id string, port int) error {
 	var errs []error
 	for _, d := range []string{p.instanceRoot(id), p.instanceTmp(id)} {
 		if err := removeTree(d); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.Remove(p.logPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		errs = append(errs, err)
+	for _, f := range []string{p.LogPath(id), p.LogPath(id) + rotatedSuffix} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := p.releasePort(id, port); err != nil {
+		errs = append(errs, fmt.Errorf("release port %d: %w", port, err))
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)

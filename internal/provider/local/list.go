@@ -63,7 +63,7 @@ func (p *Provider) listOne(ctx context.Context, id string) (instance.Observed, b
 	if m.PID == 0 && m.ExitReason == "" {
 		// A launch in progress, or one interrupted between start and
 		// record: wait for the launch, then look for its process.
-		unlock, err := p.locks.lock(ctx, id)
+		lock, err := p.lockInstance(ctx, id)
 		if err != nil {
 			return instance.Observed{}, false, err
 		}
@@ -71,7 +71,7 @@ func (p *Provider) listOne(ctx context.Context, id string) (instance.Observed, b
 		if err == nil {
 			p.recoverPID(m)
 		}
-		unlock()
+		lock.unlock()
 		if errors.Is(err, fs.ErrNotExist) {
 			return instance.Observed{}, false, nil
 		}

@@ -37,7 +37,8 @@ const (
 
 // helperEnv makes the test binary act as an instance command:
 // "group-parent" starts a "sleeper" child in a process group of its own
-// and waits for it; "sleeper" sleeps for a bounded time.
+// and waits for it; "sleeper" sleeps for a bounded time; "spew" writes
+// lines to stdout as fast as it can, for a bounded time.
 const helperEnv = "IMMUTD_LOCAL_TEST_HELPER"
 
 func TestMain(m *testing.M) {
@@ -55,6 +56,14 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	case "sleeper":
 		time.Sleep(5 * time.Minute)
+		os.Exit(0)
+	case "spew":
+		line := []byte(strings.Repeat("x", 99) + "\n")
+		for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); {
+			if _, err := os.Stdout.Write(line); err != nil {
+				os.Exit(1)
+			}
+		}
 		os.Exit(0)
 	}
 	os.Exit(runTests(m))
@@ -130,14 +139,58 @@ func makeBundle(t *testing.T, version string) string {
 	return dir
 }
 
+// makeShellBundle builds a bundle whose entrypoint is a shell script
+// that sleeps (bounded): a cheap instance for tests that launch many.
+func makeShellBundle(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"manifest.json": `{"name": "sleeper", "version": "1", "entrypoint": ["bin/app"]}`,
+	})
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "app"), []byte("#!/bin/sh\nexec sleep 300\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 func newProvider(t *testing.T, dir string) (*Provider, *observer.ObservedLogs) {
 	t.Helper()
+	return newProviderWith(t, Options{Dir: dir})
+}
+
+func newProviderWith(t *testing.T, opts Options) (*Provider, *observer.ObservedLogs) {
+	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
-	p, err := New(Options{Dir: dir, Logger: zap.New(core)})
+	opts.Logger = zap.New(core)
+	p, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p, logs
+}
+
+// setHook installs a test hook until the test ends.
+func setHook[F any](t *testing.T, h interface{ Store(*F) }, f F) {
+	t.Helper()
+	h.Store(&f)
+	t.Cleanup(func() { h.Store(nil) })
+}
+
+// dirEntries lists the names in dir.
+func dirEntries(t *testing.T, dir string) []string {
+	t.Helper()
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, de := range des {
+		names = append(names, de.Name())
+	}
+	return names
 }
 
 func importBundle(t *testing.T, p *Provider, bundle string) string {

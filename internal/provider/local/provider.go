@@ -1,7 +1,6 @@
 package local
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,42 +13,68 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/immutd/immutd/internal/instance"
 )
 
 // DefaultBindHost is the host instances listen on when Options.BindHost is empty.
 const DefaultBindHost = "127.0.0.1"
 
 // ErrNotFound is returned (wrapped) by Inspect for an instance the
-// provider has no record of.
-var ErrNotFound = errors.New("no such instance")
+// provider has no metadata for. It wraps instance.ErrGone, which callers
+// treat as "terminated meanwhile", not as a failure.
+var ErrNotFound = fmt.Errorf("no metadata: %w", instance.ErrGone)
 
 // stagingPrefix names the temporary directories of imports in progress.
 const stagingPrefix = ".import-"
 
+// Log size limits (see Options.LogMaxSize).
+const (
+	DefaultLogMaxSize = 16 << 20
+	MinLogMaxSize     = 64 << 10
+)
+
 // Options configures a Provider.
 type Options struct {
-	// Dir holds the image store, instance roots, metadata and logs. Required.
-	// One provider (one agent) owns a directory at a time.
+	// Dir holds the image store, instance roots, metadata, locks, port
+	// reservations and (by default) logs. Required. Several agents on one
+	// host may share it, each with its own Provider: operations on one
+	// instance are serialized across them by locks/.
 	Dir string
 	// BindHost is the host instances listen on and probes dial. Default 127.0.0.1.
 	BindHost string
+	// LogDir receives the instances' stdout and stderr as <id>.log and
+	// the rotated <id>.log.1. Default <Dir>/logs; put it on another
+	// filesystem to keep instance output away from the raft data. Every
+	// agent sharing Dir must use the same LogDir.
+	LogDir string
+	// LogMaxSize is the size in bytes above which Run rotates an
+	// instance log. Default DefaultLogMaxSize (16 MiB); at least
+	// MinLogMaxSize (64 KiB).
+	LogMaxSize int64
 	// Logger receives the provider's logs. Default: no logging.
 	Logger *zap.Logger
 }
 
 // Provider runs instances as local processes. Its methods are safe for
-// concurrent use; operations on the same instance id are serialized.
+// concurrent use; operations on the same instance id are serialized, also
+// with the other providers over the same directory.
 type Provider struct {
 	dir          string
 	imagesDir    string
 	instancesDir string
 	metaDir      string
-	logsDir      string
+	locksDir     string
+	portsDir     string
+	logDir       string
 	tmpDir       string
+	logMaxSize   int64
 	bindHost     string
 	procRoot     string
 	log          *zap.Logger
 	now          func() time.Time
+	// candidatePort proposes a port for a launch (freePort; tests replace it).
+	candidatePort func() (int, error)
 
 	importSem chan struct{} // one import at a time
 	locks     keyedLocks
@@ -67,7 +92,7 @@ type child struct {
 
 // New opens (creating if needed) the provider directory. Instances
 // launched by an earlier provider over the same directory (before an
-// agent restart) are found again by List.
+// agent restart), or by another agent sharing it, are found by List.
 func New(opts Options) (*Provider, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("local: dir is required")
@@ -75,6 +100,19 @@ func New(opts Options) (*Provider, error) {
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("local: dir: %w", err)
+	}
+	logDir := filepath.Join(dir, "logs")
+	if opts.LogDir != "" {
+		if logDir, err = filepath.Abs(opts.LogDir); err != nil {
+			return nil, fmt.Errorf("local: log dir: %w", err)
+		}
+	}
+	logMax := opts.LogMaxSize
+	if logMax == 0 {
+		logMax = DefaultLogMaxSize
+	}
+	if logMax < MinLogMaxSize {
+		return nil, fmt.Errorf("local: log max size %d is below the minimum of %d bytes (64 KiB)", logMax, MinLogMaxSize)
 	}
 	host := opts.BindHost
 	if host == "" {
@@ -92,8 +130,11 @@ func New(opts Options) (*Provider, error) {
 		imagesDir:    filepath.Join(dir, "images"),
 		instancesDir: filepath.Join(dir, "instances"),
 		metaDir:      filepath.Join(dir, "meta"),
-		logsDir:      filepath.Join(dir, "logs"),
+		locksDir:     filepath.Join(dir, "locks"),
+		portsDir:     filepath.Join(dir, "ports"),
+		logDir:       logDir,
 		tmpDir:       filepath.Join(dir, "tmp"),
+		logMaxSize:   logMax,
 		bindHost:     host,
 		procRoot:     "/proc",
 		log:          log.Named("local"),
@@ -102,12 +143,14 @@ func New(opts Options) (*Provider, error) {
 		children:     map[string]*child{},
 		records:      map[string]*imageRecord{},
 	}
-	for _, d := range []string{p.imagesDir, p.instancesDir, p.metaDir, p.logsDir, p.tmpDir} {
+	p.candidatePort = p.freePort
+	for _, d := range []string{p.imagesDir, p.instancesDir, p.metaDir, p.locksDir, p.portsDir, p.logDir, p.tmpDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("local: %w", err)
 		}
 	}
 	p.removeLeftovers()
+	p.reserveRecordedPorts()
 	return p, nil
 }
 
@@ -117,8 +160,9 @@ func New(opts Options) (*Provider, error) {
 // write in progress.
 const leftoverAge = time.Hour
 
-// removeLeftovers deletes staging directories and temporary metadata
-// files that a crash in the middle of an import or a write left behind.
+// removeLeftovers deletes staging directories, temporary files and lock
+// files that a crash in the middle of an import, a write or an
+// operation on an instance left behind.
 func (p *Provider) removeLeftovers() {
 	old := func(path string) bool {
 		fi, err := os.Lstat(path)
@@ -134,7 +178,7 @@ func (p *Provider) removeLeftovers() {
 			}
 		}
 	}
-	for _, d := range []string{p.metaDir, p.imagesDir} {
+	for _, d := range []string{p.metaDir, p.imagesDir, p.portsDir, p.logDir} {
 		des, err := os.ReadDir(d)
 		if err != nil {
 			continue
@@ -146,14 +190,31 @@ func (p *Provider) removeLeftovers() {
 			}
 		}
 	}
+	// A lock file of an instance without metadata is removed by unlock;
+	// taking a free one and releasing it is all it needs. A busy one
+	// belongs to an operation in progress.
+	if des, err := os.ReadDir(p.locksDir); err == nil {
+		for _, de := range des {
+			id, ok := strings.CutSuffix(de.Name(), ".lock")
+			if !ok || checkID(id) != nil {
+				continue
+			}
+			if l, err := p.tryLockInstance(id); err == nil {
+				l.unlock()
+			}
+		}
+	}
 }
 
 // Dir returns the provider's (absolute) directory.
 func (p *Provider) Dir() string { return p.dir }
 
+// LogPath returns the file that receives the stdout and stderr of
+// instance id; Run keeps its previous content in LogPath(id)+".1".
+func (p *Provider) LogPath(id string) string { return filepath.Join(p.logDir, id+".log") }
+
 func (p *Provider) instanceRoot(id string) string { return filepath.Join(p.instancesDir, id) }
 func (p *Provider) instanceTmp(id string) string  { return filepath.Join(p.tmpDir, id) }
-func (p *Provider) logPath(id string) string      { return filepath.Join(p.logsDir, id+".log") }
 func (p *Provider) metaPath(id string) string     { return filepath.Join(p.metaDir, id+".json") }
 
 var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -164,47 +225,6 @@ func checkID(id string) error {
 		return fmt.Errorf("instance id %q must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", id)
 	}
 	return nil
-}
-
-// keyedLocks is a set of mutexes by key whose Lock honours a context.
-type keyedLocks struct {
-	mu sync.Mutex
-	m  map[string]*keyedLock
-}
-
-type keyedLock struct {
-	ch   chan struct{}
-	refs int
-}
-
-// lock locks key and returns the unlock function.
-func (k *keyedLocks) lock(ctx context.Context, key string) (func(), error) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedLock{}
-	}
-	l := k.m[key]
-	if l == nil {
-		l = &keyedLock{ch: make(chan struct{}, 1)}
-		k.m[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	release := func() {
-		k.mu.Lock()
-		l.refs--
-		if l.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
-	select {
-	case l.ch <- struct{}{}:
-		return func() { <-l.ch; release() }, nil
-	case <-ctx.Done():
-		release()
-		return nil, ctx.Err()
-	}
 }
 
 // tmpSuffix ends the names of files being written atomically.

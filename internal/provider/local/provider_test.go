@@ -152,6 +152,9 @@ func TestTerminateGraceful(t *testing.T) {
 	obs := launch(t, p, "web-1", digest)
 	httpGet(t, obs.Address, "/healthz")
 	pid := pidOf(t, obs)
+	if err := os.WriteFile(p.LogPath("web-1")+".1", []byte("rotated\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
 
 	if err := p.Terminate(t.Context(), "web-1", time.Minute); err != nil {
 		t.Fatal(err)
@@ -162,7 +165,8 @@ func TestTerminateGraceful(t *testing.T) {
 	if st, err := readProcStat("/proc", pid); err == nil && st.live() {
 		t.Fatalf("process still alive: %+v", st)
 	}
-	for _, path := range []string{obs.Location, p.metaPath("web-1"), p.logPath("web-1"), p.instanceTmp("web-1")} {
+	for _, path := range []string{obs.Location, p.metaPath("web-1"), p.LogPath("web-1"), p.LogPath("web-1") + ".1",
+		p.instanceTmp("web-1"), p.portPath(portOf(t, obs))} {
 		if exists(path) {
 			t.Errorf("%s left behind", path)
 		}
@@ -170,6 +174,8 @@ func TestTerminateGraceful(t *testing.T) {
 	if got := listByID(t, p); len(got) != 0 {
 		t.Fatalf("List after terminate = %+v", got)
 	}
+	// The reaper locks once more after the terminate, then the lock file goes.
+	waitFor(t, "no lock file", func() bool { return !exists(p.lockPath("web-1")) })
 	// Idempotent: again, and an id that never existed.
 	for _, id := range []string{"web-1", "never-was"} {
 		if err := p.Terminate(t.Context(), id, time.Second); err != nil {
@@ -455,7 +461,7 @@ func TestLaunchFailuresLeaveNothing(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "local: launch "+tc.req.InstanceID+": ") {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
-			for _, sub := range []string{"meta", "instances", "logs", "tmp"} {
+			for _, sub := range []string{"meta", "instances", "logs", "tmp", "ports", "locks"} {
 				des, err := os.ReadDir(filepath.Join(p.Dir(), sub))
 				if err != nil || len(des) != 0 {
 					t.Errorf("%s: %d entries left, %v", sub, len(des), err)

@@ -18,7 +18,9 @@ const pollInterval = 20 * time.Millisecond
 // killWait bounds the wait for processes to vanish after SIGKILL.
 const killWait = 10 * time.Second
 
-// Terminate stops the instance and deletes its root, log and metadata.
+// Terminate stops the instance and deletes its root, logs, port
+// reservation and metadata. A root that was replaced by a symlink loses
+// the link, never the target.
 // It sends SIGTERM to the instance's session, waits up to grace for
 // every process in it to exit, then sends SIGKILL and waits for them to
 // be gone. Terminating an unknown id succeeds. When ctx ends first,
@@ -35,23 +37,23 @@ func (p *Provider) terminate(ctx context.Context, id string, grace time.Duration
 	if err := checkID(id); err != nil {
 		return err
 	}
-	unlock, err := p.locks.lock(ctx, id)
+	lock, err := p.lockInstance(ctx, id)
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer lock.unlock()
 
 	m, err := p.readMeta(id)
-	var pid int
+	var pid, port int
 	var ticks uint64
 	switch {
 	case err == nil:
 		p.recoverPID(m)
-		pid, ticks = m.PID, m.StartTicks
+		pid, ticks, port = m.PID, m.StartTicks, m.Port
 	case errors.Is(err, fs.ErrNotExist):
 		// Unknown id, or a removal that got as far as the metadata:
 		// remove whatever else is left.
-		return p.removeInstanceFiles(id)
+		return p.removeInstanceFiles(id, 0)
 	default:
 		// The metadata is damaged; find the process by its root.
 		p.log.Warn("unreadable instance metadata", zapID(id), zapErr(err))
@@ -66,7 +68,7 @@ func (p *Provider) terminate(ctx context.Context, id string, grace time.Duration
 			return err
 		}
 	}
-	if err := p.removeInstanceFiles(id); err != nil {
+	if err := p.removeInstanceFiles(id, port); err != nil {
 		return fmt.Errorf("remove files: %w", err)
 	}
 	fleet := ""

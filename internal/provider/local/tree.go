@@ -89,40 +89,29 @@ func sortEntries(es []entry) {
 	sort.Slice(es, func(i, j int) bool { return es[i].Path < es[j].Path })
 }
 
-// modeBits returns the chmod-style bits of a file mode.
-func modeBits(m fs.FileMode) uint32 {
-	b := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		b |= unix.S_ISUID
-	}
-	if m&fs.ModeSetgid != 0 {
-		b |= unix.S_ISGID
-	}
-	if m&fs.ModeSticky != 0 {
-		b |= unix.S_ISVTX
-	}
-	return b
-}
-
-// entryType classifies a file mode.
-func entryType(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
+// statType classifies the st_mode of a stat(2) result.
+func statType(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFDIR:
 		return typeDir
-	case m.IsRegular():
+	case unix.S_IFREG:
 		return typeFile
-	case m&fs.ModeSymlink != 0:
+	case unix.S_IFLNK:
 		return typeSymlink
-	case m&fs.ModeNamedPipe != 0:
+	case unix.S_IFIFO:
 		return typeFIFO
-	case m&fs.ModeSocket != 0:
+	case unix.S_IFSOCK:
 		return typeSocket
-	case m&fs.ModeDevice != 0, m&fs.ModeCharDevice != 0:
+	case unix.S_IFBLK, unix.S_IFCHR:
 		return typeDevice
 	default:
 		return typeOther
 	}
 }
+
+// statModeBits returns the chmod-style bits (permissions, setuid, setgid,
+// sticky) of an st_mode.
+func statModeBits(mode uint32) uint32 { return mode & 0o7777 }
 
 // walkOptions tunes walkTree and copyTree.
 type walkOptions struct {
@@ -136,29 +125,74 @@ type walkOptions struct {
 	fsync bool
 }
 
-// walkTree lists the entries below root, hashing file contents. It
-// never follows symlinks. The result is sorted by path.
+// notDirError says that the root given to walkTree or copyTree is not a
+// directory; a symlink root is reported, not followed.
+type notDirError struct {
+	Path string
+	Type string // of the root: typeSymlink, typeFile, ...
+}
+
+func (e *notDirError) Error() string {
+	return fmt.Sprintf("%s is a %s, not a directory", e.Path, e.Type)
+}
+
+// walkTree lists the entries below root, hashing file contents. It never
+// follows a symlink, the root included: every directory is opened with
+// O_NOFOLLOW relative to its parent's descriptor, so one swapped for a
+// symlink during the walk is not followed either. A root that is not a
+// directory is a *notDirError. Without opts.strict, a missing or
+// unreadable root gives no entries. The result is sorted by path.
 func walkTree(ctx context.Context, root string, opts walkOptions) ([]entry, error) {
+	d, err := openRoot(root)
+	if err != nil {
+		var nd *notDirError
+		if !opts.strict && !errors.As(err, &nd) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	defer d.Close()
 	w := &walker{ctx: ctx, opts: opts, h: sha256.New(), buf: make([]byte, 64<<10)}
-	if err := w.dir(root, "", ""); err != nil {
+	if err := w.dir(d, "", ""); err != nil {
 		return nil, err
 	}
 	sortEntries(w.out)
 	return w.out, nil
 }
 
+// openRoot opens the directory root without following a symlink there.
+func openRoot(root string) (*os.File, error) {
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		var st unix.Stat_t
+		if lerr := unix.Lstat(root, &st); lerr == nil && statType(st.Mode) != typeDir {
+			return nil, &notDirError{Path: root, Type: statType(st.Mode)}
+		}
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: root, Err: err}
+	}
+	return os.NewFile(uintptr(fd), root), nil
+}
+
 // copyTree copies the tree at src to dst (which must not exist yet),
 // preserving types and mode bits, and returns the entries of what it
 // wrote: file hashes are computed from the bytes copied, so the result
-// describes the copy even if src changes meanwhile. Special files are
-// always refused. The root of dst gets mode 0755.
+// describes the copy even if src changes meanwhile. Like walkTree it
+// follows no symlink in src. Special files are always refused. The root
+// of dst gets mode 0755.
 func copyTree(ctx context.Context, src, dst string, opts walkOptions) ([]entry, error) {
 	opts.strict = true
+	d, err := openRoot(src)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
 	if err := os.Mkdir(dst, 0o700); err != nil {
 		return nil, err
 	}
 	w := &walker{ctx: ctx, opts: opts, h: sha256.New(), buf: make([]byte, 64<<10)}
-	if err := w.dir(src, dst, ""); err != nil {
+	if err := w.dir(d, dst, ""); err != nil {
 		return nil, err
 	}
 	if err := os.Chmod(dst, 0o755); err != nil {
@@ -181,19 +215,21 @@ type walker struct {
 	out  []entry
 }
 
-// dir walks the directory srcDir (relative path rel). When dstDir is not
-// empty, it copies each entry into dstDir as well.
-func (w *walker) dir(srcDir, dstDir, rel string) error {
+// dir walks the open directory src (relative path rel; its name is the
+// path errors show). When dstDir is not empty, it copies each entry into
+// dstDir as well. Entries are looked at relative to src's descriptor.
+func (w *walker) dir(src *os.File, dstDir, rel string) error {
 	if err := w.ctx.Err(); err != nil {
 		return err
 	}
-	des, err := os.ReadDir(srcDir)
+	des, err := src.ReadDir(-1)
 	if err != nil {
 		if !w.opts.strict {
 			return nil
 		}
 		return err
 	}
+	dirfd := int(src.Fd())
 	for _, de := range des {
 		name := de.Name()
 		childRel := name
@@ -203,17 +239,17 @@ func (w *walker) dir(srcDir, dstDir, rel string) error {
 		if w.opts.skip != nil && w.opts.skip(childRel) {
 			continue
 		}
-		src := filepath.Join(srcDir, name)
-		fi, err := os.Lstat(src)
-		if err != nil {
+		srcPath := filepath.Join(src.Name(), name) // for errors only
+		var st unix.Stat_t
+		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if !w.opts.strict && errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
-			return err
+			return &fs.PathError{Op: "lstat", Path: srcPath, Err: err}
 		}
-		e := entry{Path: childRel, Type: entryType(fi.Mode())}
+		e := entry{Path: childRel, Type: statType(st.Mode)}
 		if e.Type != typeSymlink {
-			e.Mode = modeBits(fi.Mode())
+			e.Mode = statModeBits(st.Mode)
 		}
 		dst := ""
 		if dstDir != "" {
@@ -227,7 +263,7 @@ func (w *walker) dir(srcDir, dstDir, rel string) error {
 				}
 			}
 			w.out = append(w.out, e)
-			if err := w.dir(src, dst, childRel); err != nil {
+			if err := w.subdir(dirfd, name, srcPath, dst, childRel); err != nil {
 				return err
 			}
 			if dst != "" {
@@ -242,7 +278,7 @@ func (w *walker) dir(srcDir, dstDir, rel string) error {
 			}
 			continue
 		case typeFile:
-			sum, size, err := w.file(src, dst, e.Mode)
+			sum, size, err := w.file(dirfd, name, srcPath, dst, e.Mode)
 			if err != nil {
 				if !w.opts.strict {
 					if errors.Is(err, fs.ErrNotExist) {
@@ -255,12 +291,12 @@ func (w *walker) dir(srcDir, dstDir, rel string) error {
 			}
 			e.SHA256, e.Size = sum, size
 		case typeSymlink:
-			target, err := os.Readlink(src)
+			target, err := readlinkAt(dirfd, name)
 			if err != nil {
 				if !w.opts.strict && errors.Is(err, fs.ErrNotExist) {
 					continue
 				}
-				return err
+				return &fs.PathError{Op: "readlink", Path: srcPath, Err: err}
 			}
 			e.Target = target
 			if dst != "" {
@@ -278,19 +314,36 @@ func (w *walker) dir(srcDir, dstDir, rel string) error {
 	return nil
 }
 
-// file hashes src and, when dst is set, copies it there with mode.
-func (w *walker) file(src, dst string, mode uint32) (string, int64, error) {
-	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+// subdir opens the directory name in dirfd without following a symlink
+// (it may have been swapped for one since it was looked at) and walks it.
+func (w *walker) subdir(dirfd int, name, srcPath, dst, rel string) error {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", 0, err
+		if !w.opts.strict {
+			return nil // listed as a directory, its content unknown
+		}
+		return &fs.PathError{Op: "open", Path: srcPath, Err: err}
 	}
+	d := os.NewFile(uintptr(fd), srcPath)
+	defer d.Close()
+	return w.dir(d, dst, rel)
+}
+
+// file hashes the file name in dirfd and, when dst is set, copies it
+// there with mode.
+func (w *walker) file(dirfd int, name, srcPath, dst string, mode uint32) (string, int64, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", 0, &fs.PathError{Op: "open", Path: srcPath, Err: err}
+	}
+	in := os.NewFile(uintptr(fd), srcPath)
 	defer in.Close()
 	fi, err := in.Stat()
 	if err != nil {
 		return "", 0, err
 	}
 	if !fi.Mode().IsRegular() {
-		return "", 0, fmt.Errorf("%s: changed type while being read", src)
+		return "", 0, fmt.Errorf("%s: changed type while being read", srcPath)
 	}
 	w.h.Reset()
 	var sink io.Writer = w.h
@@ -321,6 +374,20 @@ func (w *walker) file(src, dst string, mode uint32) (string, int64, error) {
 		}
 	}
 	return hex.EncodeToString(w.h.Sum(nil)), n, nil
+}
+
+// readlinkAt returns the target of the symlink name in dirfd.
+func readlinkAt(dirfd int, name string) (string, error) {
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < size {
+			return string(buf[:n]), nil
+		}
+	}
 }
 
 // syncDir fsyncs a directory so renames and creations in it are durable.

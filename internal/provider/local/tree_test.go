@@ -2,6 +2,8 @@ package local
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -242,5 +244,50 @@ func TestDiffEntries(t *testing.T) {
 	}
 	if ev := diffEntries(want, got); !reflect.DeepEqual(ev, wantEvidence) {
 		t.Fatalf("evidence\n got %q\nwant %q", ev, wantEvidence)
+	}
+}
+
+// TestWalkDoesNotFollowSymlinkRoot: a root that is a symlink (or a
+// file) is reported, never walked; a symlink below the root is an entry.
+func TestWalkDoesNotFollowSymlinkRoot(t *testing.T) {
+	target := t.TempDir()
+	writeTree(t, target, map[string]string{"secret": "s", "sub/x": "x"})
+	dir := t.TempDir()
+	link := filepath.Join(dir, "link")
+	file := filepath.Join(dir, "file")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for root, typ := range map[string]string{link: typeSymlink, file: typeFile} {
+		for _, strict := range []bool{true, false} {
+			es, err := walkTree(context.Background(), root, walkOptions{strict: strict})
+			var nd *notDirError
+			if !errors.As(err, &nd) || nd.Type != typ || len(es) != 0 {
+				t.Errorf("walk %s (strict %v): %d entries, err %v; want a %s root error", filepath.Base(root), strict, len(es), err, typ)
+			}
+		}
+		if _, err := copyTree(context.Background(), root, filepath.Join(t.TempDir(), "copy"), walkOptions{}); !errors.As(err, new(*notDirError)) {
+			t.Errorf("copy from %s: %v", filepath.Base(root), err)
+		}
+	}
+	// Below the root, a symlink to a directory is an entry, not descended into.
+	tree := t.TempDir()
+	if err := os.Symlink(target, filepath.Join(tree, "l")); err != nil {
+		t.Fatal(err)
+	}
+	es, err := walkTree(context.Background(), tree, walkOptions{strict: true})
+	if err != nil || len(es) != 1 || es[0].Type != typeSymlink || es[0].Target != target {
+		t.Fatalf("walk = %+v, %v", es, err)
+	}
+	// A missing root is an error when strict, nothing otherwise.
+	missing := filepath.Join(dir, "missing")
+	if _, err := walkTree(context.Background(), missing, walkOptions{strict: true}); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("strict walk of a missing root: %v", err)
+	}
+	if es, err := walkTree(context.Background(), missing, walkOptions{}); err != nil || len(es) != 0 {
+		t.Errorf("lenient walk of a missing root: %v, %v", es, err)
 	}
 }
