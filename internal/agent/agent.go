@@ -117,7 +117,8 @@ func New(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel) (*Agent, err
 	// configured directory that all agents share (one host); elsewhere its
 	// fleets are refused with a clear reason.
 	if !cfg.Cluster.Multi() || cfg.Local.DirSet {
-		lp, err := local.New(local.Options{Dir: cfg.Local.Dir, BindHost: cfg.Local.BindHost, Logger: log})
+		lp, err := local.New(local.Options{Dir: cfg.Local.Dir, BindHost: cfg.Local.BindHost, LogDir: cfg.Local.LogDir,
+			LogMaxSize: cfg.Local.LogMaxSize, Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("agent: local provider: %w", err)
 		}
@@ -403,6 +404,13 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	run("form-cluster", a.formCluster)
 	run("faults", a.watchFaults)
 	run("data-dir", a.watchDataDir)
+	// Providers with work of their own (the local provider's log keeper)
+	// run as long as the agent does, leader or not.
+	for _, name := range sortedKeys(a.providers) {
+		if r, ok := a.providers[name].(interface{ Run(context.Context) error }); ok {
+			run("provider "+name, r.Run)
+		}
+	}
 
 	var runErr error
 loop:

@@ -115,6 +115,8 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 			localBlock = ps
 			set.localDir = ps.text("dir", &a.Local.Dir, checkNotEmpty) != missing
 			ps.text("bind_host", &a.Local.BindHost, checkIP)
+			ps.text("log_dir", &a.Local.LogDir, checkNotEmpty)
+			ps.size("log_max_size", minLocalLogMaxSize, &a.Local.LogMaxSize)
 		case providerDocker:
 			if dockerBlock != nil {
 				d.errorf(b.TypeRange, ps.path, "duplicate provider block; the first is at %s", rangePos(dockerBlock.header))
@@ -135,6 +137,7 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 	a.DataDir = resolvePath(base, a.DataDir)
 	a.FleetsDir = resolvePath(base, a.FleetsDir)
 	a.Local.Dir = resolvePath(base, a.Local.Dir)
+	a.Local.LogDir = resolvePath(base, a.Local.LogDir)
 	a.Docker.CertPath = resolvePath(base, a.Docker.CertPath)
 	a.Cluster.TLS.CAFile = resolvePath(base, a.Cluster.TLS.CAFile)
 	a.Cluster.TLS.CertFile = resolvePath(base, a.Cluster.TLS.CertFile)

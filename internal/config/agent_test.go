@@ -43,7 +43,7 @@ func TestAgentDefaults(t *testing.T) {
 			HealthQuorum: "majority", TLS: ClusterTLS{ServerName: "server.immutd"}},
 		API:    APIConfig{TokenFile: filepath.Join(base, "data", "api-token")},
 		Limits: Limits{MaxInstances: 10000, MaxLaunchesInFlight: 16},
-		Local:  LocalProvider{Dir: filepath.Join(base, "data", "local"), BindHost: "127.0.0.1"},
+		Local:  LocalProvider{Dir: filepath.Join(base, "data", "local"), BindHost: "127.0.0.1", LogDir: filepath.Join(base, "data", "local", "logs"), LogMaxSize: 16 << 20},
 		Docker: DockerProvider{Host: "unix:///var/run/docker.sock", PublishHost: "127.0.0.1"},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -77,7 +77,7 @@ func TestAgentFull(t *testing.T) {
 			HealthQuorum: "majority", TLS: ClusterTLS{ServerName: "server.immutd"}},
 		API:    APIConfig{TokenFile: "/var/lib/immutd/api-token"},
 		Limits: Limits{MaxInstances: 10000, MaxLaunchesInFlight: 16},
-		Local:  LocalProvider{Dir: filepath.Join(base, "local-store"), BindHost: "::1", DirSet: true},
+		Local:  LocalProvider{Dir: filepath.Join(base, "local-store"), BindHost: "::1", DirSet: true, LogDir: "/var/log/immutd", LogMaxSize: 1 << 20},
 		Docker: DockerProvider{Host: "tcp://10.0.0.9:2376", CertPath: filepath.Join(base, "certs"),
 			TLSVerify: false, PublishHost: "10.0.0.5"},
 	}

@@ -532,6 +532,48 @@ func (s *section) stringMap(name string, dst *map[string]string, check func(k, v
 	return valid
 }
 
+// size decodes a size such as "256MiB" or a number of bytes, at least lo.
+func (s *section) size(name string, lo int64, dst *int64) got {
+	a, v, ok := s.eval(name)
+	if !ok {
+		return gotFor(a)
+	}
+	raw := ""
+	switch v.Type() {
+	case cty.String:
+		raw = v.AsString()
+	case cty.Number:
+		raw = v.AsBigFloat().Text('f', -1)
+	default:
+		s.fail(name, "must be a size like \"256MiB\" or a number of bytes, got %s", describe(v))
+		return invalid
+	}
+	n, err := parseMemory(raw)
+	switch {
+	case err != nil:
+		s.fail(name, "%v", err)
+		return invalid
+	case n < lo:
+		s.fail(name, "must be at least %s, got %q", formatSize(lo), raw)
+		return invalid
+	}
+	*dst = n
+	return valid
+}
+
+// formatSize prints a byte count in the largest binary unit that divides it.
+func formatSize(n int64) string {
+	for _, u := range []struct {
+		name string
+		n    int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.n && n%u.n == 0 {
+			return fmt.Sprintf("%d%s", n/u.n, u.name)
+		}
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
 // quantity decodes a count (a number) or a percentage (a "N%" string).
 func (s *section) quantity(name string, dst *Quantity) got {
 	a, v, ok := s.eval(name)

@@ -22,6 +22,9 @@ const (
 	// DefaultLocalSubdir is the local provider's directory under data_dir.
 	DefaultLocalSubdir       = "local"
 	DefaultLocalBindHost     = "127.0.0.1"
+	DefaultLocalLogSubdir    = "logs"
+	DefaultLocalLogMaxSize   = 16 << 20
+	minLocalLogMaxSize       = 64 << 10
 	DefaultDockerHost        = "unix:///var/run/docker.sock"
 	DefaultDockerPublishHost = "127.0.0.1"
 	DefaultBootstrapExpect   = 1
@@ -101,7 +104,7 @@ func defaultAgent() Agent {
 		Cluster: ClusterConfig{BindAddr: DefaultClusterBindAddr, BootstrapExpect: DefaultBootstrapExpect,
 			RaftMultiplier: DefaultRaftMultiplier, HealthQuorum: DefaultHealthQuorum, TLS: ClusterTLS{ServerName: DefaultTLSServerName}},
 		Limits: Limits{MaxInstances: DefaultMaxInstances, MaxLaunchesInFlight: DefaultMaxLaunchesInFlight},
-		Local:  LocalProvider{BindHost: DefaultLocalBindHost},
+		Local:  LocalProvider{BindHost: DefaultLocalBindHost, LogMaxSize: DefaultLocalLogMaxSize},
 		Docker: DockerProvider{Host: DefaultDockerHost, PublishHost: DefaultDockerPublishHost},
 	}
 }
@@ -115,6 +118,9 @@ func deriveAgentDefaults(a *Agent, set agentExplicit, env agentEnv) error {
 	a.Local.DirSet = set.localDir
 	if !set.localDir && a.DataDir != "" {
 		a.Local.Dir = filepath.Join(a.DataDir, DefaultLocalSubdir)
+	}
+	if a.Local.LogDir == "" && a.Local.Dir != "" {
+		a.Local.LogDir = filepath.Join(a.Local.Dir, DefaultLocalLogSubdir)
 	}
 	a.API.TokenFileSet = set.apiToken
 	if !set.apiToken && a.DataDir != "" {

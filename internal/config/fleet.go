@@ -18,7 +18,6 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
-	"github.com/zclconf/go-cty/cty"
 )
 
 // Bounds on a fleets directory. A file or directory beyond them is an
@@ -47,10 +46,25 @@ type File struct {
 // content anywhere yields Diagnostics for all files together.
 func LoadFleets(dir string) (*FleetSet, error) {
 	files, err := readFleetDirSettled(dir)
-	if err != nil {
-		return nil, err
+	return parseRead(dir, files, err)
+}
+
+// parseRead parses what ReadFleetDir returned: the files it could read,
+// and the problems of the entries it could not, reported together.
+func parseRead(dir string, files []File, readErr error) (*FleetSet, error) {
+	var bad Diagnostics
+	if readErr != nil && !errors.As(readErr, &bad) {
+		return nil, readErr
 	}
-	return ParseFleetFiles(dir, files)
+	set, err := ParseFleetFiles(dir, files)
+	if bad == nil {
+		return set, err
+	}
+	var parsed Diagnostics
+	if errors.As(err, &parsed) {
+		bad = append(bad, parsed...)
+	}
+	return nil, bad.sorted()
 }
 
 // readFleetDirSettled reads dir, again when a file vanished while it was
@@ -84,8 +98,9 @@ var ErrVanished = errors.New("a fleet file vanished while the directory was read
 // socket, a device or a dangling symlink named *.hcl is an error, and so
 // is a file that cannot be read or is larger than MaxFleetFileSize, so
 // that a broken entry is never taken for a removed fleet. All such
-// problems are reported together as Diagnostics naming the file. A
-// symlink to a regular file is followed.
+// problems are reported together as Diagnostics naming the file, which
+// come with the files that could be read (so that their problems can be
+// reported too). A symlink to a regular file is followed.
 func ReadFleetDir(dir string) ([]File, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -122,7 +137,7 @@ func ReadFleetDir(dir string) ([]File, error) {
 		files = append(files, File{Name: e.Name(), Content: src})
 	}
 	if len(diags) > 0 {
-		return nil, diags.sorted()
+		return files, diags.sorted()
 	}
 	return files, nil
 }
@@ -450,28 +465,7 @@ func decodeDockerLaunch(s *section) DockerLaunch {
 	s.integer("port", 1, 65535, &dl.Port)
 	s.oneOf("network_mode", &dl.NetworkMode, "bridge", "host")
 	s.boolean("read_only", &dl.ReadOnly)
-	if _, v, ok := s.eval("memory"); ok {
-		raw := ""
-		switch v.Type() {
-		case cty.String:
-			raw = v.AsString()
-		case cty.Number:
-			raw = v.AsBigFloat().Text('f', -1)
-		default:
-			s.fail("memory", "must be a size like \"256MiB\" or a number of bytes, got %s", describe(v))
-		}
-		if raw != "" {
-			n, err := parseMemory(raw)
-			switch {
-			case err != nil:
-				s.fail("memory", "%v", err)
-			case n < minMemoryBytes:
-				s.fail("memory", "must be at least 4MiB, got %q", raw)
-			default:
-				dl.MemoryBytes = n
-			}
-		}
-	}
+	s.size("memory", minMemoryBytes, &dl.MemoryBytes)
 	if f, g := s.number("cpus", "a number of CPUs greater than 0"); g == valid {
 		cpus, _ := f.Float64()
 		nano := int64(cpus * 1e9)

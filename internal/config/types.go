@@ -138,6 +138,13 @@ type LocalProvider struct {
 	Dir string `json:"dir"`
 	// BindHost is the loopback host instances listen on. Default 127.0.0.1.
 	BindHost string `json:"bind_host"`
+	// LogDir receives each instance's stdout and stderr. Default
+	// <dir>/logs. Put it on another file system than data_dir to keep a
+	// noisy instance away from raft's disk.
+	LogDir string `json:"log_dir"`
+	// LogMaxSize is the size at which an instance log is rotated (one
+	// older file is kept). Default 16 MiB, at least 64 KiB.
+	LogMaxSize int64 `json:"log_max_size"`
 	// DirSet is true when dir was set in the file. A multi-agent cluster
 	// uses the local provider only then: the directory must be shared.
 	DirSet bool `json:"dir_set"`

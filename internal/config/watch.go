@@ -252,11 +252,11 @@ func (w *Watcher) reload(force bool) {
 			w.afterReload(false)
 		}
 		return
-	case err != nil:
-		u.Err = err
 	default:
-		u.Hash = HashFleetFiles(files)
-		u.Set, u.Err = ParseFleetFiles(w.dir, files)
+		if err == nil {
+			u.Hash = HashFleetFiles(files)
+		}
+		u.Set, u.Err = parseRead(w.dir, files, err)
 		if u.Err == nil {
 			u.Files = files
 		}

@@ -13,6 +13,8 @@ cluster {
 }
 
 provider "local" {
+  log_max_size = "1KiB"
+  log_dir      = ""
   bind_host = "localhost"
 }
 

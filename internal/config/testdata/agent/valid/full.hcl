@@ -13,8 +13,10 @@ cluster {
 }
 
 provider "local" {
-  dir       = "local-store"
-  bind_host = "::1"
+  dir          = "local-store"
+  bind_host    = "::1"
+  log_dir      = "/var/log/immutd"
+  log_max_size = "1MiB"
 }
 
 provider "docker" {
