@@ -1,24 +1,23 @@
 package main
 
 import (
-	"net"
-	"path/filepath"
-
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/immutd/immutd/internal/pki"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
 	"github.com/immutd/immutd/internal/api"
+	"github.com/immutd/immutd/internal/pki"
+	"github.com/immutd/immutd/internal/secretfile"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -45,77 +44,115 @@ func addClientFlags(fs *flag.FlagSet) clientFlags {
 	}
 }
 
-func (f clientFlags) client() (*api.Client, error) {
-	c := api.NewClient(*f.addr)
-	if *f.tokenFile != "" {
-		b, err := os.ReadFile(*f.tokenFile)
+// remote is a client of one agent's API, with what explain needs to turn
+// its errors into advice.
+type remote struct {
+	*api.Client
+	addr, tokenFile, caFile string
+}
+
+func (f clientFlags) connect() (*remote, error) {
+	r := &remote{Client: api.NewClient(*f.addr), addr: *f.addr, tokenFile: *f.tokenFile, caFile: *f.caFile}
+	if r.tokenFile != "" {
+		tok, err := readToken(r.tokenFile)
 		if err != nil {
 			return nil, err
 		}
-		c.WithToken(strings.TrimSpace(string(b)))
+		r.WithToken(tok)
 	}
-	if *f.caFile != "" {
-		return c.WithCA(*f.caFile)
+	if r.caFile != "" {
+		if _, err := r.WithCA(r.caFile); err != nil {
+			return nil, fmt.Errorf("-ca-file: %w", err)
+		}
 	}
-	return c, nil
+	return r, nil
 }
 
-func cmdStatus(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// maxTokenFile bounds the token file, as the agent does.
+const maxTokenFile = 4 << 10
+
+// readToken reads the API token file with the agent's rules: a secret
+// file (owner-only permissions, regular, bounded) holding, once trimmed,
+// one line of at least 16 printable characters without spaces. Checking
+// here means a bad file is named as such rather than refused as a wrong
+// token by the agent.
+func readToken(path string) (string, error) {
+	const what = "api token file"
+	b, err := secretfile.Read(what, path, maxTokenFile)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("%s %s: the token is shorter than 16 characters", what, path)
+	}
+	if strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return "", fmt.Errorf("%s %s: the token must be one line of printable characters without spaces", what, path)
+	}
+	return tok, nil
+}
+
+// requestTimeout bounds one request of a command.
+const requestTimeout = 20 * time.Second
+
+func setupStatus(fs *flag.FlagSet) runFunc {
 	cf := addClientFlags(fs)
-	asJSON := fs.Bool("json", false, "print the raw JSON")
+	asJSON := fs.Bool("json", false, "print the status as JSON")
 	fleet := fs.String("fleet", "", "only this fleet")
 	consistent := fs.Bool("consistent", false, "read through the leader (with health and drift) instead of this agent's replicated copy")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := cf.client()
-	if err != nil {
-		fmt.Fprintf(stderr, "immutd status: %v\n", err)
-		return 1
-	}
-	st, err := c.Status(ctx, *consistent)
-	if err != nil {
-		fmt.Fprintf(stderr, "immutd status: %v\n", err)
-		return 1
-	}
-	if *fleet != "" {
-		var keep []api.Fleet
-		for _, f := range st.Fleets {
-			if f.Name == *fleet {
-				keep = append(keep, f)
-			}
+	return func(ctx context.Context, w streams, _ []string) error {
+		r, err := cf.connect()
+		if err != nil {
+			return err
 		}
-		st.Fleets = keep
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		st, err := r.Status(ctx, *consistent)
+		if err != nil {
+			return r.explain(err)
+		}
+		if *fleet != "" {
+			var keep []api.Fleet
+			for _, f := range st.Fleets {
+				if f.Name == *fleet {
+					keep = append(keep, f)
+				}
+			}
+			st.Fleets = keep
+		}
+		if *asJSON {
+			return writeJSON(w.out, st, true)
+		}
+		renderStatus(w.out, st, time.Now())
+		return nil
 	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(st)
-		return 0
-	}
-	renderStatus(stdout, st, time.Now())
-	return 0
 }
 
+// renderStatus prints the status for a human. Every value from the
+// agent goes through clean (c) as it is formatted.
 func renderStatus(w io.Writer, st api.Status, now time.Time) {
+	c := clean
 	role := "follower"
 	if st.IsLeader {
 		role = "leader"
 	}
-	fmt.Fprintf(w, "immutd %s on %s (%s)  term %d  generation %d  applied index %d\n", st.Version, st.Node, role, st.Term, st.Generation, st.AppliedIndex)
+	fmt.Fprintf(w, "immutd %s on %s (%s)  term %d  generation %d  applied index %d\n", c(st.Version), c(st.Node), role, st.Term, st.Generation, st.AppliedIndex)
 	if st.Leader == "" {
-		fmt.Fprintln(w, "NO LEADER: the cluster has no quorum; nothing is launched or terminated until a majority of agents is back")
+		if !st.DataDir.At.IsZero() && !st.DataDir.Writable {
+			fmt.Fprintln(w, "NO LEADER: this agent cannot write its data directory, so raft cannot persist; nothing is launched or terminated until it can")
+		} else {
+			fmt.Fprintln(w, "NO LEADER: the cluster has no quorum; nothing is launched or terminated until a majority of agents is back")
+		}
+	}
+	if !st.DataDir.At.IsZero() && !st.DataDir.Writable {
+		fmt.Fprintf(w, "DATA DIRECTORY NOT WRITABLE: %s (%s free)\n", c(st.DataDir.Error), humanBytes(st.DataDir.Free))
 	}
 	if st.Stale && st.Leader != "" {
 		fmt.Fprintf(w, "stale view (last contact with the leader %s ago, applied index %d): health and drift are known to the leader %s; use -consistent\n",
-			st.LastContact, st.AppliedIndex, st.Leader)
+			c(st.LastContact), st.AppliedIndex, c(st.Leader))
 	}
 	if st.Diverged {
-		fmt.Fprintf(w, "this agent's fleet files differ from the committed desired state (last committed from %s), which stays in force\n", st.SourceNode)
+		fmt.Fprintf(w, "this agent's fleet files differ from the committed desired state (last committed from %s), which stays in force\n", c(st.SourceNode))
 	}
 	switch {
 	case st.Config.At.IsZero():
@@ -124,8 +161,9 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 		fmt.Fprintf(w, "fleet files: ok, %d fleets (read %s ago)\n", st.Config.Fleets, ago(now, st.Config.At))
 	default:
 		fmt.Fprintf(w, "fleet files: REJECTED %s ago; the last good desired state stays in force:\n", ago(now, st.Config.At))
+		// One problem per line: split before cleaning, which escapes newlines.
 		for _, l := range strings.Split(strings.TrimSpace(st.Config.Error), "\n") {
-			fmt.Fprintf(w, "  %s\n", l)
+			fmt.Fprintf(w, "  %s\n", c(l))
 		}
 	}
 	fmt.Fprintln(w)
@@ -138,25 +176,25 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 		case f.Unconfigured && f.Draining:
 			status = "draining (removed from the fleet files)"
 		case f.Unconfigured:
-			status = "NOT CONFIGURED: kept running; `immutd fleet drain " + f.Name + "` to remove"
+			status = "NOT CONFIGURED: kept running; `immutd fleet drain " + c(f.Name) + "` to remove"
 		case len(f.Blocked) > 0:
 			var cs []string
 			for _, b := range f.Blocked {
-				cs = append(cs, b.Cause)
+				cs = append(cs, c(b.Cause))
 			}
 			status = "BLOCKED: " + strings.Join(cs, ", ")
 		case f.States["healthy"] < f.Desired:
 			status = "converging"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", f.Name, f.Provider, f.Desired, f.States["healthy"], f.UpToDate, shortDigest(f.ImageDigest), status)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", c(f.Name), c(f.Provider), f.Desired, f.States["healthy"], f.UpToDate, shortDigest(f.ImageDigest), status)
 	}
 	tw.Flush()
 	for _, f := range st.Fleets {
 		for _, b := range f.Blocked {
-			fmt.Fprintf(w, "  %s blocked (%s): %s\n", f.Name, b.Cause, b.Detail)
+			fmt.Fprintf(w, "  %s blocked (%s): %s\n", c(f.Name), c(b.Cause), c(b.Detail))
 		}
 		if f.ResolveError != "" {
-			fmt.Fprintf(w, "  %s image %s not resolved: %s\n", f.Name, f.Image, f.ResolveError)
+			fmt.Fprintf(w, "  %s image %s not resolved: %s\n", c(f.Name), c(f.Image), c(f.ResolveError))
 		}
 	}
 	fmt.Fprintln(w)
@@ -173,21 +211,21 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 				notes = append(notes, "orphan")
 			}
 			if in.Intent != "" {
-				notes = append(notes, in.Intent)
+				notes = append(notes, c(in.Intent))
 			}
 			age := "-"
 			if !in.CreatedAt.IsZero() {
 				age = ago(now, in.CreatedAt)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", in.ID, in.Fleet, in.State, shortDigest(in.ImageDigest), in.Address, age, strings.Join(notes, "; "))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c(in.ID), c(in.Fleet), c(in.State), shortDigest(in.ImageDigest), c(in.Address), age, strings.Join(notes, "; "))
 			for _, e := range first(in.Evidence, 3) {
-				fmt.Fprintf(tw, "\t\t\t\t\t\t  probe: %s\n", e)
+				fmt.Fprintf(tw, "\t\t\t\t\t\t  probe: %s\n", c(e))
 			}
 			for _, d := range first(in.Drift, 5) {
-				fmt.Fprintf(tw, "\t\t\t\t\t\t  drift: %s\n", d)
+				fmt.Fprintf(tw, "\t\t\t\t\t\t  drift: %s\n", c(d))
 			}
 			if len(in.FailingOn) > 0 && len(in.FailingOn)+len(in.HealthyOn) > 1 {
-				fmt.Fprintf(tw, "\t\t\t\t\t\t  failing on: %s; passing on: %s\n", strings.Join(in.FailingOn, ", "), dash(strings.Join(in.HealthyOn, ", ")))
+				fmt.Fprintf(tw, "\t\t\t\t\t\t  failing on: %s; passing on: %s\n", cleanJoin(in.FailingOn, ", "), dash(cleanJoin(in.HealthyOn, ", ")))
 			}
 		}
 	}
@@ -198,141 +236,124 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 	}
 }
 
+// maxEvidence bounds the evidence shown on an event's line.
+const maxEvidence = 160
+
 func renderEvents(w io.Writer, evs []state.Event) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	for _, e := range evs {
-		ev := strings.Join(e.Evidence, "; ")
-		if len(ev) > 160 {
-			ev = ev[:157] + "..."
+		// Cleaned before it is cut, so that the cut neither splits a
+		// character nor hides an escape's start.
+		ev := cleanJoin(e.Evidence, "; ")
+		if len(ev) > maxEvidence {
+			ev = cutRunes(ev, maxEvidence-3) + "..."
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("15:04:05"), dash(e.Fleet), dash(e.InstanceID), e.Action, dash(e.Reason), ev)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("15:04:05"), dash(clean(e.Fleet)), dash(clean(e.InstanceID)), clean(e.Action), dash(clean(e.Reason)), ev)
 	}
 	tw.Flush()
 }
 
-func cmdEvents(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("events", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// followInterval is how often events -follow asks for new events.
+var followInterval = time.Second
+
+func setupEvents(fs *flag.FlagSet) runFunc {
 	cf := addClientFlags(fs)
 	fleet := fs.String("fleet", "", "only this fleet")
 	n := fs.Int("n", 50, "number of events")
-	follow := fs.Bool("follow", false, "keep printing new events")
-	asJSON := fs.Bool("json", false, "print JSON lines")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	c, err := cf.client()
-	if err != nil {
-		fmt.Fprintf(stderr, "immutd events: %v\n", err)
-		return 1
-	}
-	var after uint64
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		evs, err := c.Events(ctx, after, *fleet, *n)
-		cancel()
+	follow := fs.Bool("follow", false, "keep printing new events until interrupted")
+	asJSON := fs.Bool("json", false, "print one JSON object per event and line")
+	return func(ctx context.Context, w streams, _ []string) error {
+		r, err := cf.connect()
 		if err != nil {
-			fmt.Fprintf(stderr, "immutd events: %v\n", err)
-			return 1
+			return err
 		}
-		if *asJSON {
-			enc := json.NewEncoder(stdout)
-			for _, e := range evs {
-				_ = enc.Encode(e)
+		var after uint64
+		for {
+			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			evs, err := r.Events(rctx, after, *fleet, *n)
+			cancel()
+			if *follow && ctx.Err() != nil {
+				return nil // interrupted: the way -follow ends
 			}
-		} else {
-			renderEvents(stdout, evs)
+			if err != nil {
+				return r.explain(err)
+			}
+			if *asJSON {
+				for _, e := range evs {
+					if err := writeJSON(w.out, e, false); err != nil {
+						return err
+					}
+				}
+			} else {
+				renderEvents(w.out, evs)
+			}
+			if len(evs) > 0 {
+				after = evs[len(evs)-1].Seq
+			}
+			if !*follow {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(followInterval):
+			}
 		}
-		if len(evs) > 0 {
-			after = evs[len(evs)-1].Seq
-		}
-		if !*follow {
-			return 0
-		}
-		time.Sleep(time.Second)
 	}
 }
 
-func cmdFleet(args []string, stdout, stderr io.Writer) int {
-	if len(args) < 2 || (args[0] != "drain" && args[0] != "resolve") {
-		fmt.Fprintln(stderr, "usage: immutd fleet drain|resolve NAME [-addr ADDR] [-token-file FILE]")
-		return 2
+// setupFleet is fleet drain and fleet resolve.
+func setupFleet(verb string) func(fs *flag.FlagSet) runFunc {
+	return func(fs *flag.FlagSet) runFunc {
+		cf := addClientFlags(fs)
+		return func(ctx context.Context, w streams, args []string) error {
+			name := args[0]
+			r, err := cf.connect()
+			if err != nil {
+				return err
+			}
+			// Draining waits for the agent to commit the change.
+			ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer cancel()
+			if verb == "drain" {
+				err = r.Drain(ctx, name)
+			} else {
+				err = r.Resolve(ctx, name)
+			}
+			if err != nil {
+				return r.explain(err)
+			}
+			if verb == "drain" {
+				fmt.Fprintf(w.out, "fleet %s is draining: its instances are terminated one by one, then the fleet is forgotten\n", clean(name))
+			} else {
+				fmt.Fprintf(w.out, "fleet %s: image reference pinned again; if it changed, the fleet rolls to it\n", clean(name))
+			}
+			return nil
+		}
 	}
-	verb, name := args[0], args[1]
-	fs := flag.NewFlagSet("fleet "+verb, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addClientFlags(fs)
-	if err := fs.Parse(args[2:]); err != nil {
-		return 2
-	}
-	c, err := cf.client()
-	if err != nil {
-		fmt.Fprintf(stderr, "immutd fleet %s: %v\n", verb, err)
-		return 1
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if verb == "drain" {
-		err = c.Drain(ctx, name)
-	} else {
-		err = c.Resolve(ctx, name)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "immutd fleet %s: %v\n", verb, err)
-		return 1
-	}
-	if verb == "drain" {
-		fmt.Fprintf(stdout, "fleet %s is draining: its instances are terminated one by one, then the fleet is forgotten\n", name)
-	} else {
-		fmt.Fprintf(stdout, "fleet %s: image reference pinned again; if it changed, the fleet rolls to it\n", name)
-	}
-	return 0
 }
 
-func cmdCluster(args []string, stdout, stderr io.Writer) int {
-	usage := "usage: immutd cluster members | join ADDR | leave | remove NODE  [-addr ADDR] [-token-file FILE]"
-	if len(args) < 1 {
-		fmt.Fprintln(stderr, usage)
-		return 2
-	}
-	verb, rest := args[0], args[1:]
-	var arg string
-	if verb == "join" || verb == "remove" {
-		if len(rest) < 1 {
-			fmt.Fprintln(stderr, usage)
-			return 2
-		}
-		arg, rest = rest[0], rest[1:]
-	}
-	fs := flag.NewFlagSet("cluster "+verb, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func setupMembers(fs *flag.FlagSet) runFunc {
 	cf := addClientFlags(fs)
-	asJSON := fs.Bool("json", false, "print JSON (members)")
-	if err := fs.Parse(rest); err != nil {
-		return 2
-	}
-	c, err := cf.client()
-	if err != nil {
-		fmt.Fprintf(stderr, "immutd cluster: %v\n", err)
-		return 1
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	switch verb {
-	case "members":
-		ms, err := c.Members(ctx)
+	asJSON := fs.Bool("json", false, "print the members as JSON")
+	return func(ctx context.Context, w streams, _ []string) error {
+		r, err := cf.connect()
 		if err != nil {
-			fmt.Fprintf(stderr, "immutd cluster members: %v\n", err)
-			return 1
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		ms, err := r.Members(ctx)
+		if err != nil {
+			return r.explain(err)
 		}
 		if *asJSON {
-			_ = json.NewEncoder(stdout).Encode(ms)
-			return 0
+			return writeJSON(w.out, ms, false)
 		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		tw := tabwriter.NewWriter(w.out, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tID\tADDRESS\tROLE\tHEALTHY\tLAST CONTACT\tLAST INDEX")
 		for _, m := range ms {
-			role := m.Suffrage
+			role := clean(m.Suffrage)
 			if m.Leader {
 				role = "leader"
 			}
@@ -340,65 +361,86 @@ func cmdCluster(args []string, stdout, stderr io.Writer) int {
 			if m.Healthy != nil {
 				healthy = fmt.Sprint(*m.Healthy)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", dash(m.Name), m.ID, m.Address, role, healthy, dash(m.LastContact), m.LastIndex)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", dash(clean(m.Name)), clean(m.ID), clean(m.Address), role, healthy, dash(clean(m.LastContact)), m.LastIndex)
 		}
-		tw.Flush()
-	case "join":
-		err = c.Join(ctx, arg)
-	case "leave":
-		err = c.Leave(ctx)
-	case "remove":
-		err = c.Remove(ctx, arg)
-	default:
-		fmt.Fprintln(stderr, usage)
-		return 2
+		return tw.Flush()
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "immutd cluster %s: %v\n", verb, err)
-		return 1
-	}
-	if verb != "members" {
-		fmt.Fprintf(stdout, "cluster %s: done\n", verb)
-	}
-	return 0
 }
 
-func cmdTLS(args []string, stdout, stderr io.Writer) int {
-	if len(args) < 1 || args[0] != "init" {
-		fmt.Fprintln(stderr, "usage: immutd tls init -dir DIR -nodes node-1,node-2,node-3 [-ips 10.0.0.1,...] [-server-name server.immutd] [-days 825]")
-		return 2
+// setupMembership is cluster join, leave and remove.
+func setupMembership(verb string) func(fs *flag.FlagSet) runFunc {
+	return func(fs *flag.FlagSet) runFunc {
+		cf := addClientFlags(fs)
+		return func(ctx context.Context, w streams, args []string) error {
+			r, err := cf.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			switch verb {
+			case "join":
+				err = r.Join(ctx, args[0])
+			case "leave":
+				err = r.Leave(ctx)
+			case "remove":
+				err = r.Remove(ctx, args[0])
+			}
+			if err != nil {
+				return r.explain(err)
+			}
+			fmt.Fprintf(w.out, "cluster %s: done\n", verb)
+			return nil
+		}
 	}
-	fs := flag.NewFlagSet("tls init", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+}
+
+func setupTLSInit(fs *flag.FlagSet) runFunc {
 	dir := fs.String("dir", "tls", "directory to write ca.pem, ca-key.pem and NODE.pem, NODE-key.pem into")
-	nodes := fs.String("nodes", "", "comma-separated agent names (one certificate each)")
+	nodes := fs.String("nodes", "", "comma-separated agent names, one certificate each (required)")
 	ips := fs.String("ips", "127.0.0.1", "comma-separated IP SANs added to every agent certificate")
 	serverName := fs.String("server-name", "server.immutd", "DNS name every agent certificate carries (cluster.tls.server_name)")
 	days := fs.Int("days", 825, "validity in days")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	return func(_ context.Context, w streams, _ []string) error {
+		if *nodes == "" {
+			return usageError("-nodes is required")
+		}
+		names := strings.Split(*nodes, ",")
+		if err := tlsInit(*dir, names, strings.Split(*ips, ","), *serverName, time.Duration(*days)*24*time.Hour); err != nil {
+			return err
+		}
+		fmt.Fprintf(w.out, "wrote the cluster CA and %d agent certificates to %s; keep ca-key.pem offline\n", len(names), clean(*dir))
+		return nil
 	}
-	if *nodes == "" {
-		fmt.Fprintln(stderr, "immutd tls init: -nodes is required")
-		return 2
-	}
-	if err := tlsInit(*dir, strings.Split(*nodes, ","), strings.Split(*ips, ","), *serverName, time.Duration(*days)*24*time.Hour); err != nil {
-		fmt.Fprintf(stderr, "immutd tls init: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(stdout, "wrote the cluster CA and %d agent certificates to %s; keep ca-key.pem offline\n", len(strings.Split(*nodes, ",")), *dir)
-	return 0
 }
 
+// cleanJoin cleans each of ss and joins them with sep.
+func cleanJoin(ss []string, sep string) string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = clean(s)
+	}
+	return strings.Join(out, sep)
+}
+
+// cutRunes cuts s to at most n bytes without splitting a character.
+func cutRunes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// shortDigest is the start of an image digest, cleaned.
 func shortDigest(d string) string {
 	d = strings.TrimPrefix(d, "sha256:")
-	if len(d) > 12 {
-		return d[:12]
-	}
 	if d == "" {
 		return "-"
 	}
-	return d
+	return clean(cutRunes(d, 12))
 }
 
 func ago(now, t time.Time) string {
@@ -469,4 +511,18 @@ func tlsInit(dir string, nodes, ips []string, serverName string, validity time.D
 		}
 	}
 	return nil
+}
+
+// humanBytes formats a byte count in binary units.
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
