@@ -645,12 +645,18 @@ func TestClusterDockerLeaderKilledTenTimesDuringRollout(t *testing.T) {
 // transfers leadership before it exits, and keeps its membership.
 func TestClusterSigtermHandsLeadershipOver(t *testing.T) {
 	c := newCluster(t, 3, "")
+	c.writeFleet("web.hcl", fleetFile("web", 1, "v1", ""))
 	c.start()
+	c.waitHealthy("web", 1)
 	l := c.leader()
 	c.agents[l].stop()
 	logs, _ := os.ReadFile(filepath.Join(c.agents[l].dir, "agent.log"))
 	if !strings.Contains(string(logs), "leadership handed over") {
 		t.Fatal("the stopping leader did not hand leadership over")
+	}
+	// Losing leadership is logged as what it is, not as an outage.
+	if strings.Contains(string(logs), "provider unreachable") {
+		t.Fatal("the leader that handed over logged 'provider unreachable'")
 	}
 	nl := c.leader(l)
 	ms, err := c.agents[nl].client.Members(context.Background())

@@ -113,6 +113,12 @@ type env struct {
 	raftAddr  string
 	cfgPath   string
 	client    *api.Client
+	// bin, when set, is the immutd binary launch runs instead of this
+	// release's (an earlier release, for upgrade tests).
+	bin string
+	// lastPass and passes count reconcile passes seen (passesSince).
+	lastPass time.Time
+	passes   int
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -131,6 +137,8 @@ type envOpts struct {
 	cluster string
 	// extra is extra HCL at the top level (provider blocks, api block).
 	extra string
+	// dataDir puts the data directory elsewhere (default: its own).
+	dataDir string
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -146,6 +154,9 @@ func newEnv(t testing.TB, o envOpts) *env {
 	}
 	if o.fleetsDir != "" {
 		e.fleetsDir = o.fleetsDir
+	}
+	if o.dataDir != "" {
+		e.dataDir = o.dataDir
 	}
 	if err := os.MkdirAll(e.fleetsDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -227,7 +238,11 @@ func (e *env) launch() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(binDir, "immutd"), "agent", "-config", e.cfgPath)
+	bin := filepath.Join(binDir, "immutd")
+	if e.bin != "" {
+		bin = e.bin
+	}
+	cmd := exec.Command(bin, "agent", "-config", e.cfgPath)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -360,7 +375,7 @@ func (e *env) events() []state.Event {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	evs, err := e.client.Events(ctx, 0, "", 0)
+	evs, err := e.client.Events(ctx, 0, "", 5000) // all that the agent keeps
 	if err != nil {
 		e.t.Fatalf("events: %v", err)
 	}

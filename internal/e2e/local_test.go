@@ -69,7 +69,26 @@ func TestUnhealthyInstanceIsReplaced(t *testing.T) {
 	if ev.Reason != "unhealthy" || !strings.Contains(strings.Join(ev.Evidence, " "), "status 500") {
 		t.Fatalf("want reason unhealthy with the probe evidence, got %+v", ev)
 	}
-	e.waitHealthy("web", 3, "", 30*time.Second, victim.ID)
+	f = e.waitHealthy("web", 3, "", 30*time.Second, victim.ID)
+	// Surge-first: the replacement was launched, and judged healthy,
+	// before the unhealthy instance's termination was even planned.
+	evs := e.events()
+	var planned, launched uint64
+	for _, x := range evs {
+		switch {
+		case x.Action == "terminate_planned" && x.InstanceID == victim.ID:
+			planned = x.Seq
+		case x.Action == "launched" && x.Reason == "replacement" && launched == 0 && x.Seq > 0:
+			for _, in := range f.Instances {
+				if in.ID == x.InstanceID {
+					launched = x.Seq
+				}
+			}
+		}
+	}
+	if launched == 0 || planned == 0 || launched > planned {
+		t.Fatalf("replacement launched at event %d, the unhealthy instance's terminate planned at %d: not surge-first", launched, planned)
+	}
 }
 
 // TestRolloutNeverDropsBelowDesired changes the image and samples the

@@ -1,0 +1,263 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/immutd/immutd/internal/api"
+)
+
+// Tests of findings 4, 7 (drift inspection) and 12 of the trust audit,
+// on the local provider.
+
+// dirSize is the bytes of the regular files directly in dir.
+func dirSize(t *testing.T, dir string) int64 {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, de := range ents {
+		if fi, err := de.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
+// TestNoisyInstanceLogsAreCapped: an instance that writes to stdout as
+// fast as it can for 5 seconds leaves a log of bounded size behind (and
+// keeps running), on the log directory the operator chose.
+func TestNoisyInstanceLogsAreCapped(t *testing.T) {
+	logs := filepath.Join(t.TempDir(), "instance-logs")
+	e := newEnv(t, envOpts{extra: fmt.Sprintf("provider \"local\" {\n  log_dir = %q\n  log_max_size = \"256KiB\"\n}\n", logs)})
+	noisy := strings.Replace(fleetFile("web", 1, "v1", ""), `stop_grace = "2s"`, `stop_grace = "2s"
+    command    = ["/bin/sh", "-c", "yes 'a noisy instance writes this line again and again' & exec bin/sampleapp"]`, 1)
+	e.writeFleet("web.hcl", noisy)
+	e.start()
+	f := e.waitHealthy("web", 1, "", 30*time.Second)
+	most := int64(0)
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		most = max(most, dirSize(t, logs))
+	}
+	// Without the cap the log grows by hundreds of MB a second. With it,
+	// the log and its one rotated copy stay near 256 KiB + 128 KiB, plus
+	// what the instance writes before the keeper reacts.
+	t.Logf("the instance logs took at most %d KiB", most>>10)
+	if most > 32<<20 {
+		t.Fatalf("the logs of one instance grew to %d MiB with log_max_size 256KiB", most>>20)
+	}
+	if _, err := os.Stat(filepath.Join(logs, f.Instances[0].ID+".log.1")); err != nil {
+		t.Fatalf("no rotated log: %v", err)
+	}
+	if g := e.waitHealthy("web", 1, "", 30*time.Second); g.Instances[0].ID != f.Instances[0].ID {
+		t.Fatalf("the noisy instance was replaced: %s", describe(g))
+	}
+}
+
+// TestFullDataDirIsNamedAndKillsNothing: when the agent's data directory
+// (a small tmpfs the test mounts) is full, status and metrics say so,
+// not only "no quorum", no instance is killed, and everything recovers
+// once there is room again. Needs root for the mount.
+func TestFullDataDirIsNamedAndKillsNothing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test mounts a tmpfs and needs root (CI runs as root)")
+	}
+	// The mount point is the test's own directory, unmounted and removed
+	// after the agent and its instances are gone (cleanups run last
+	// registered first).
+	data, err := os.MkdirTemp("", "immutd-e2e-data-")
+	must(t, err)
+	mounted := false
+	t.Cleanup(func() {
+		for _, pid := range processesUnder(data) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		for end := time.Now().Add(30 * time.Second); len(processesUnder(data)) > 0 && time.Now().Before(end); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if mounted {
+			if out, err := exec.Command("umount", data).CombinedOutput(); err != nil {
+				t.Errorf("umount %s: %v %s", data, err, out)
+			}
+		}
+		os.RemoveAll(data)
+	})
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64m", "immutd-e2e", data).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	mounted = true
+	e := newEnv(t, envOpts{dataDir: data})
+	e.writeFleet("web.hcl", fleetFile("web", 1, "v1", ""))
+	e.start()
+	f := e.waitHealthy("web", 1, "", 30*time.Second)
+	victim := f.Instances[0]
+	filler := filepath.Join(e.dataDir, "filler")
+	fh, err := os.Create(filler)
+	must(t, err)
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := fh.Write(buf); err != nil {
+			break // ENOSPC
+		}
+	}
+	fh.Close()
+	e.waitFor("status to name the full data directory", 60*time.Second, func() (bool, string) {
+		st, err := e.trystatus()
+		if err != nil {
+			return false, err.Error()
+		}
+		return !st.DataDir.Writable && strings.Contains(st.DataDir.Error, "no space left on device"), fmt.Sprintf("%+v", st.DataDir)
+	})
+	if m := get(t, "http://"+e.httpAddr+"/metrics"); !strings.Contains(m, "immutd_data_dir_writable 0") {
+		t.Fatal("immutd_data_dir_writable is not 0")
+	}
+	out, _ := e.cli("status")
+	if !strings.Contains(out, "DATA DIRECTORY NOT WRITABLE") {
+		t.Fatalf("status does not say the data directory is full:\n%s", out)
+	}
+	pid := victim.ProviderRef
+	e.waitFor("three more reconcile passes or a leader that stepped down", 60*time.Second, func() (bool, string) {
+		st, err := e.trystatus()
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Leader == "" || e.passesSince(st), "waiting"
+	})
+	if err := syscall.Kill(atoi(t, pid), 0); err != nil {
+		t.Fatalf("the instance's process %s is gone: %v", pid, err)
+	}
+	must(t, os.Remove(filler))
+	e.waitFor("the agent to recover", 60*time.Second, func() (bool, string) {
+		st, err := e.trystatus()
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.DataDir.Writable && st.IsLeader, fmt.Sprintf("%+v leader %v", st.DataDir, st.IsLeader)
+	})
+	if g := e.waitHealthy("web", 1, "", 60*time.Second); g.Instances[0].ID != victim.ID {
+		t.Fatalf("the instance was replaced: %s", describe(g))
+	}
+	if ev := findEvent(e.events(), "terminated", victim.ID); ev != nil {
+		t.Fatalf("terminated: %+v", ev)
+	}
+}
+
+// passesSince counts status reads whose last pass is newer than the
+// one before; it says true after three.
+func (e *env) passesSince(st api.Status) bool {
+	if !st.LastPass.Equal(e.lastPass) {
+		e.lastPass = st.LastPass
+		e.passes++
+	}
+	return e.passes > 3
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	var n int
+	if _, err := fmt.Sscan(s, &n); err != nil {
+		t.Fatalf("%q is not a number", s)
+	}
+	return n
+}
+
+// TestScaleToSixtyAndBack launches 60 instances at once: every one gets a
+// port of its own, none exits at start, exactly 60 are launched, and
+// status never shows more live instances than size + max_surge. Scaling
+// back to 0 is not reported as drift of the instances being removed.
+func TestScaleToSixtyAndBack(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	fleet := func(size int) string {
+		return fleetFile("web", size, "v1", "  rollout {\n    max_surge = 5\n  }\n  remediation {\n    max_parallel = 20\n  }\n")
+	}
+	e.writeFleet("web.hcl", fleet(1))
+	e.start()
+	e.waitHealthy("web", 1, "", 30*time.Second)
+	e.writeFleet("web.hcl", fleet(60))
+	mostLive := 0
+	e.waitFor("60 healthy instances", 5*time.Minute, func() (bool, string) {
+		f := e.fleet("web")
+		live, healthy := 0, 0
+		for _, in := range f.Instances {
+			switch in.State {
+			case "exited", "gone":
+			default:
+				live++
+			}
+			if in.State == "healthy" {
+				healthy++
+			}
+		}
+		mostLive = max(mostLive, live)
+		return healthy == 60 && len(f.Instances) == 60, fmt.Sprintf("%d healthy of %d rows", healthy, len(f.Instances))
+	})
+	if mostLive > 65 {
+		t.Errorf("status showed %d live instances for size 60 + max_surge 5", mostLive)
+	}
+	addrs := map[string]string{}
+	for _, in := range e.fleet("web").Instances {
+		if other, dup := addrs[in.Address]; dup {
+			t.Errorf("instances %s and %s share %s", in.ID, other, in.Address)
+		}
+		addrs[in.Address] = in.ID
+	}
+	launched := 0
+	for _, ev := range e.events() {
+		switch {
+		case ev.Action == "launched":
+			launched++
+		case ev.Action == "terminated":
+			t.Errorf("instance %s terminated during a scale-up (%s): %v", ev.InstanceID, ev.Reason, ev.Evidence)
+		}
+	}
+	if launched != 60 {
+		t.Errorf("%d launches for 60 instances", launched)
+	}
+	e.writeFleet("web.hcl", fleet(0))
+	e.waitFor("no instance left", 5*time.Minute, func() (bool, string) {
+		f := e.fleet("web")
+		return len(f.Instances) == 0, fmt.Sprintf("%d rows", len(f.Instances))
+	})
+	logs, err := os.ReadFile(filepath.Join(e.dir, "agent.log"))
+	must(t, err)
+	for _, msg := range []string{`"msg":"instance drifted"`, `"msg":"drift inspection failed"`} {
+		if n := strings.Count(string(logs), msg); n > 0 {
+			t.Errorf("the agent logged %s %d times while it scaled its own fleet", msg, n)
+		}
+	}
+}
+
+// TestReplacedInstanceRootIsDriftNotFollowed: an instance root replaced
+// by a symlink to another directory is drift (the instance is replaced),
+// the link is not followed, and terminating the instance leaves the
+// link's target alone.
+func TestReplacedInstanceRootIsDriftNotFollowed(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writeFleet("web.hcl", fleetFile("web", 1, "v1", ""))
+	e.start()
+	f := e.waitHealthy("web", 1, "", 30*time.Second)
+	victim := f.Instances[0]
+	target := filepath.Join(t.TempDir(), "elsewhere")
+	must(t, os.MkdirAll(filepath.Join(target, "precious"), 0o755))
+	must(t, os.WriteFile(filepath.Join(target, "precious", "data"), []byte("keep me"), 0o644))
+	moved := victim.Location + ".moved"
+	must(t, os.Rename(victim.Location, moved))
+	must(t, os.Symlink(target, victim.Location))
+	ev := e.waitTerminated("web", victim.ID)
+	if ev.Reason != "drift_mutated" || !strings.Contains(strings.Join(ev.Evidence, " "), "type . dir->symlink") {
+		t.Fatalf("want drift_mutated with 'type . dir->symlink', got %+v", ev)
+	}
+	if b, err := os.ReadFile(filepath.Join(target, "precious", "data")); err != nil || string(b) != "keep me" {
+		t.Fatalf("the link's target was touched: %q %v", b, err)
+	}
+	e.waitHealthy("web", 1, "", 30*time.Second, victim.ID)
+	_ = os.RemoveAll(moved)
+}

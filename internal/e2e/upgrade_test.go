@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// previousRelease is the last release before the replicated state got
+// types of its own (see internal/state/testdata/release-dbf9177).
+const previousRelease = "dbf9177"
+
+// buildRelease builds the immutd binary of an earlier commit of this
+// repository from its git history, into the test's temporary directory.
+func buildRelease(t *testing.T, commit string) string {
+	t.Helper()
+	if out, err := exec.Command("git", "-C", repoRoot, "cat-file", "-e", commit+"^{commit}").CombinedOutput(); err != nil {
+		t.Fatalf("commit %s is not in this clone's history (a shallow clone? fetch it with git fetch --unshallow): %v %s", commit, err, out)
+	}
+	src := t.TempDir()
+	archive := exec.Command("sh", "-c", fmt.Sprintf("git -C %q archive %s | tar -x -C %q", repoRoot, commit, src))
+	if out, err := archive.CombinedOutput(); err != nil {
+		t.Fatalf("git archive %s: %v\n%s", commit, err, out)
+	}
+	bin := filepath.Join(t.TempDir(), "immutd-"+commit)
+	build := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-X github.com/immutd/immutd/internal/agent.Version="+commit, "-o", bin, "./cmd/immutd")
+	build.Dir = src
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", commit, err, out)
+	}
+	return bin
+}
+
+// TestUpgradeFromPreviousReleaseRollsNoFleet runs the previous release's
+// agent until its fleet is healthy, stops it, and starts this release on
+// the same data directory and fleet files: every instance is kept, none
+// is seen as drifted, and nothing is launched or terminated.
+func TestUpgradeFromPreviousReleaseRollsNoFleet(t *testing.T) {
+	old := buildRelease(t, previousRelease)
+	e := newEnv(t, envOpts{})
+	fleetText := strings.Replace(fleetFile("web", 2, "v1", ""), `stop_grace = "2s"`,
+		`stop_grace = "2s"
+    args       = ["-ready-after", "10ms"]
+    env        = { GREETING = "upgrade" }`, 1)
+	e.writeFleet("web.hcl", fleetText)
+	e.bin = old
+	e.start()
+	before := e.waitHealthy("web", 2, "", 30*time.Second)
+	if st := e.status(); st.Version != previousRelease {
+		t.Fatalf("the first agent runs %q, want the previous release", st.Version)
+	}
+	seq := lastSeq(e.events())
+	e.stop()
+	e.bin = ""
+
+	e.start()
+	if st := e.status(); st.Version != "e2e" {
+		t.Fatalf("the second agent runs %q, want this release", st.Version)
+	}
+	// An edit makes this release commit every fleet again, with the
+	// launch template hashes it computes: they must be the old ones.
+	gen := e.status().Generation
+	e.writeFleet("web.hcl", "# edited after the upgrade\n"+fleetText)
+	e.writeFleet("other.hcl", fleetFile("other", 0, "v1", ""))
+	e.waitFor("the edit to be committed", 30*time.Second, func() (bool, string) {
+		st := e.status()
+		return st.Generation > gen && len(st.Fleets) == 2, fmt.Sprintf("generation %d", st.Generation)
+	})
+	e.waitPasses(5)
+	after := e.waitHealthy("web", 2, "", 30*time.Second)
+	if fmt.Sprint(ids(after)) != fmt.Sprint(ids(before)) {
+		t.Fatalf("instances changed across the upgrade: %s, before %s", describe(after), describe(before))
+	}
+	for _, in := range after.Instances {
+		if !in.UpToDate || len(in.Drift) > 0 {
+			t.Errorf("instance %s after the upgrade: up to date %v, drift %v", in.ID, in.UpToDate, in.Drift)
+		}
+	}
+	for _, ev := range e.events() {
+		if ev.Seq > seq && (strings.HasPrefix(ev.Action, "launch") || strings.HasPrefix(ev.Action, "terminate") || (ev.Action == "desired_changed" && ev.Fleet == "web")) {
+			t.Errorf("after the upgrade: %s %s %s (%s) %v", ev.Action, ev.Fleet, ev.InstanceID, ev.Reason, ev.Evidence)
+		}
+	}
+}
