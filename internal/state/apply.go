@@ -30,8 +30,20 @@ func (r Result) Error() error {
 	return fmt.Errorf("%s", r.Err)
 }
 
-// Apply applies one decoded command. It is deterministic.
+// Apply applies one decoded command. It is deterministic. A command
+// that decodes but is malformed (a null where a fleet, intent or
+// instance belongs) changes nothing for the null: raft's log is only
+// written by an authenticated leader, but a state machine that panics
+// on an entry stops every node that replays it.
 func (s *State) Apply(c Command) Result {
+	switch c := c.(type) {
+	case *SetDesired:
+		c.Fleets = dropNil(c.Fleets)
+	case *CommitIntents:
+		c.Intents = dropNil(c.Intents)
+	case *Adopt:
+		c.Instances = dropNil(c.Instances)
+	}
 	switch c := c.(type) {
 	case *SetDesired:
 		return s.setDesired(c)
@@ -340,4 +352,15 @@ func (s *State) noteFailure(fleet, reason string, at time.Time) {
 	st.LaunchFailures++
 	st.LastFailureAt = at
 	st.LastFailureReason = reason
+}
+
+// dropNil returns xs without its nil elements.
+func dropNil[T any](xs []*T) []*T {
+	out := xs[:0:0]
+	for _, x := range xs {
+		if x != nil {
+			out = append(out, x)
+		}
+	}
+	return out
 }

@@ -181,3 +181,7 @@ func TestTemplateHashSeesLaunchChanges(t *testing.T) {
 		t.Error("size and health changed the launch template hash")
 	}
 }
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+func snapshotOf(t *testing.T, st *state.State) []byte { t.Helper(); return snapshotBytes(t, st) }
