@@ -136,7 +136,7 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 	if st.IsLeader {
 		role = "leader"
 	}
-	fmt.Fprintf(w, "immutd %s on %s (%s)  term %d  generation %d  applied index %d\n", c(st.Version), c(st.Node), role, st.Term, st.Generation, st.AppliedIndex)
+	fmt.Fprintf(w, "immutd %s on %s (%s, pid %d)  term %d  generation %d  applied index %d\n", c(st.Version), c(st.Node), role, st.PID, st.Term, st.Generation, st.AppliedIndex)
 	if st.Leader == "" {
 		if !st.DataDir.At.IsZero() && !st.DataDir.Writable {
 			fmt.Fprintln(w, "NO LEADER: this agent cannot write its data directory, so raft cannot persist; nothing is launched or terminated until it can")
@@ -200,7 +200,9 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 	fmt.Fprintln(w)
 
 	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "INSTANCE\tFLEET\tSTATE\tIMAGE\tADDRESS\tAGE\tNOTES")
+	// REF is the provider's handle: a local instance's pid (kill -9 it to
+	// try immutd), a container id.
+	fmt.Fprintln(tw, "INSTANCE\tFLEET\tSTATE\tIMAGE\tADDRESS\tREF\tAGE\tNOTES")
 	for _, f := range st.Fleets {
 		for _, in := range f.Instances {
 			var notes []string
@@ -217,15 +219,16 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 			if !in.CreatedAt.IsZero() {
 				age = ago(now, in.CreatedAt)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c(in.ID), c(in.Fleet), c(in.State), shortDigest(in.ImageDigest), c(in.Address), age, strings.Join(notes, "; "))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c(in.ID), c(in.Fleet), c(in.State), shortDigest(in.ImageDigest), c(in.Address),
+				shortDigest(in.ProviderRef), age, strings.Join(notes, "; "))
 			for _, e := range first(in.Evidence, 3) {
-				fmt.Fprintf(tw, "\t\t\t\t\t\t  probe: %s\n", c(e))
+				fmt.Fprintf(tw, "\t\t\t\t\t\t\t  probe: %s\n", c(e))
 			}
 			for _, d := range first(in.Drift, 5) {
-				fmt.Fprintf(tw, "\t\t\t\t\t\t  drift: %s\n", c(d))
+				fmt.Fprintf(tw, "\t\t\t\t\t\t\t  drift: %s\n", c(d))
 			}
 			if len(in.FailingOn) > 0 && len(in.FailingOn)+len(in.HealthyOn) > 1 {
-				fmt.Fprintf(tw, "\t\t\t\t\t\t  failing on: %s; passing on: %s\n", cleanJoin(in.FailingOn, ", "), dash(cleanJoin(in.HealthyOn, ", ")))
+				fmt.Fprintf(tw, "\t\t\t\t\t\t\t  failing on: %s; passing on: %s\n", cleanJoin(in.FailingOn, ", "), dash(cleanJoin(in.HealthyOn, ", ")))
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"time"
 
@@ -170,7 +171,7 @@ func (a *Agent) publishDesired() {
 func (a *Agent) Status(ctx context.Context) api.Status {
 	v := a.readView()
 	leaderAddr, leaderID := a.node.Leader()
-	s := api.Status{Node: a.cfg.NodeName, NodeID: a.node.ID(), IsLeader: a.node.IsLeader(), Leader: leaderAddr, LeaderID: leaderID,
+	s := api.Status{Node: a.cfg.NodeName, PID: os.Getpid(), NodeID: a.node.ID(), IsLeader: a.node.IsLeader(), Leader: leaderAddr, LeaderID: leaderID,
 		Term: a.node.Term(), AppliedIndex: a.node.AppliedIndex(), Generation: v.generation, Version: Version}
 	committed := ""
 	a.node.Read(func(st *state.State) {

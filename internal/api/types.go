@@ -11,7 +11,9 @@ import (
 
 // Status is GET /v1/status.
 type Status struct {
-	Node         string    `json:"node"`
+	Node string `json:"node"`
+	// PID is the agent's process id (to signal it: kill -HUP, kill -9).
+	PID          int       `json:"pid"`
 	NodeID       string    `json:"node_id"`
 	IsLeader     bool      `json:"is_leader"`
 	Leader       string    `json:"leader"`
