@@ -40,7 +40,7 @@ docker-images: images ## build the sample app as docker images immutd/sampleapp:
 run: build ## run a single-node agent keeping the example fleet immutable (Ctrl-C stops the agent, not the fleet)
 	@mkdir -p run/fleets.d run/data
 	@[ -f run/fleets.d/example.hcl ] || cp configs/dev/example.hcl run/fleets.d/example.hcl
-	@echo "immutd: fleet file run/fleets.d/example.hcl, API http://127.0.0.1:7979 — try: $(BIN) status"
+	@echo "immutd: fleet file run/fleets.d/example.hcl, API http://127.0.0.1:7979 — try: $(BIN) status (state changes: -token-file run/data/api-token)"
 	$(BIN) agent -config configs/dev/agent.hcl
 
 test: ## run every test (installs promtool, starts Docker if needed)
