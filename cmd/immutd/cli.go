@@ -136,7 +136,7 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 	if st.IsLeader {
 		role = "leader"
 	}
-	fmt.Fprintf(w, "immutd %s on %s (%s, pid %d)  term %d  generation %d  applied index %d\n", c(st.Version), c(st.Node), role, st.PID, st.Term, st.Generation, st.AppliedIndex)
+	fmt.Fprintf(w, "immutd %s on %s (%s)  pid %d  term %d  generation %d  applied index %d\n", c(st.Version), c(st.Node), role, st.PID, st.Term, st.Generation, st.AppliedIndex)
 	if st.Leader == "" {
 		if !st.DataDir.At.IsZero() && !st.DataDir.Writable {
 			fmt.Fprintln(w, "NO LEADER: this agent cannot write its data directory, so raft cannot persist; nothing is launched or terminated until it can")

@@ -60,7 +60,16 @@ func setup(m *testing.M) (int, error) {
 		}
 		return nil
 	}
-	if err := build(filepath.Join(binDir, "immutd"), "-X github.com/immutd/immutd/internal/agent.Version=e2e", "./cmd/immutd"); err != nil {
+	// IMMUTD_E2E_BINARY runs the suite against another immutd binary, for
+	// example a previous release, to show which tests it fails.
+	if bin := os.Getenv("IMMUTD_E2E_BINARY"); bin != "" {
+		if err := os.MkdirAll(binDir, 0o755); err != nil {
+			return 0, err
+		}
+		if err := os.Symlink(bin, filepath.Join(binDir, "immutd")); err != nil {
+			return 0, err
+		}
+	} else if err := build(filepath.Join(binDir, "immutd"), "-X github.com/immutd/immutd/internal/agent.Version=e2e", "./cmd/immutd"); err != nil {
 		return 0, err
 	}
 	for _, v := range []string{"1", "2"} {
