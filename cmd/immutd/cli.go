@@ -68,29 +68,10 @@ func (f clientFlags) connect() (*remote, error) {
 	return r, nil
 }
 
-// maxTokenFile bounds the token file, as the agent does.
-const maxTokenFile = 4 << 10
-
-// readToken reads the API token file with the agent's rules: a secret
-// file (owner-only permissions, regular, bounded) holding, once trimmed,
-// one line of at least 16 printable characters without spaces. Checking
-// here means a bad file is named as such rather than refused as a wrong
-// token by the agent.
-func readToken(path string) (string, error) {
-	const what = "api token file"
-	b, err := secretfile.Read(what, path, maxTokenFile)
-	if err != nil {
-		return "", err
-	}
-	tok := strings.TrimSpace(string(b))
-	if len(tok) < 16 {
-		return "", fmt.Errorf("%s %s: the token is shorter than 16 characters", what, path)
-	}
-	if strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
-		return "", fmt.Errorf("%s %s: the token must be one line of printable characters without spaces", what, path)
-	}
-	return tok, nil
-}
+// readToken reads the API token file with the agent's rules
+// (secretfile.ReadToken). Checking here means a bad file is named as such
+// rather than refused as a wrong token by the agent.
+func readToken(path string) (string, error) { return secretfile.ReadToken("api token file", path) }
 
 // requestTimeout bounds one request of a command.
 const requestTimeout = 20 * time.Second

@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -165,25 +164,8 @@ func (a *Agent) loadToken() error {
 	return nil
 }
 
-// maxTokenFile bounds a token file.
-const maxTokenFile = 4 << 10
-
-// readToken reads a token file: owner-only permissions, 16 to 4096
-// printable characters.
-func readToken(what, path string) (string, error) {
-	b, err := secretfile.Read(what, path, maxTokenFile)
-	if err != nil {
-		return "", err
-	}
-	tok := strings.TrimSpace(string(b))
-	if len(tok) < 16 {
-		return "", fmt.Errorf("%s %s: the token is shorter than 16 characters", what, path)
-	}
-	if strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
-		return "", fmt.Errorf("%s %s: the token must be one line of printable characters without spaces", what, path)
-	}
-	return tok, nil
-}
+// readToken reads a token file (see secretfile.ReadToken).
+func readToken(what, path string) (string, error) { return secretfile.ReadToken(what, path) }
 
 // createToken writes a new random token to path unless the file exists.
 func createToken(path string) error {

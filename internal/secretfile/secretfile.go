@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 )
 
@@ -56,4 +57,25 @@ func Check(what, path string, fi os.FileInfo) error {
 			what, path, ErrTooOpen, perm, path)
 	}
 	return nil
+}
+
+// MaxTokenFile bounds a token file.
+const MaxTokenFile = 4 << 10
+
+// ReadToken reads a token file (the API token, the cluster token of the
+// insecure mode): a secret file holding, once trimmed, one line of at
+// least 16 printable characters without spaces.
+func ReadToken(what, path string) (string, error) {
+	b, err := Read(what, path, MaxTokenFile)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("%s %s: the token is shorter than 16 characters", what, path)
+	}
+	if strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return "", fmt.Errorf("%s %s: the token must be one line of printable characters without spaces", what, path)
+	}
+	return tok, nil
 }
