@@ -390,7 +390,7 @@ func TestTokenFile(t *testing.T) {
 		{"control character", writeSecret(t, "t", testToken+"\x1b[2J", 0o600), "the token must be one line"},
 		{"too large", writeSecret(t, "t", strings.Repeat("x", 4097), 0o600), "is 4097 bytes; a secret file holds at most 4096"},
 		{"missing", filepath.Join(dir, "absent"), "no such file or directory"},
-		{"directory", dir, "is not a regular file"},
+		{"directory", dir, "is a directory, not a regular file"},
 	}
 	for _, tt := range tests {
 		code, out, errOut := runCLI(t, "fleet", "drain", "old", "-addr", a.srv.URL, "-token-file", tt.path)

@@ -9,6 +9,13 @@
 //	POST /fail     make /healthz fail from now on
 //	POST /recover  make /healthz pass again
 //
+// With -grpc-health it also serves the standard gRPC health service,
+// grpc.health.v1.Health, on the same port, as HTTP/2 without TLS next to
+// HTTP/1.1: the server ("" service) is SERVING exactly when /healthz
+// answers 200, NOT_SERVING while it warms up or fails. One port is all an
+// instance gets, so both protocols share it; a request is gRPC when it
+// comes over HTTP/2 with an application/grpc content type.
+//
 // It listens on $HOST:$PORT ($HOST defaults to 127.0.0.1; a container
 // image sets HOST=0.0.0.0), or on -addr when PORT is not set, and shuts
 // down gracefully on SIGTERM or SIGINT. The version is set at build time
@@ -31,9 +38,14 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // version is set with -ldflags "-X main.version=...".
@@ -53,6 +65,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	failAfter := fs.Duration("fail-after", 0, "start failing /healthz after this long (0: never)")
 	readyAfter := fs.Duration("ready-after", 0, "answer /healthz with 503 until this long after the start, like an app warming up")
 	ignoreTerm := fs.Bool("ignore-sigterm", false, "log and ignore SIGTERM (stop only on SIGINT or SIGKILL)")
+	grpcHealth := fs.Bool("grpc-health", false, "also serve grpc.health.v1.Health on the same port (HTTP/2 without TLS), SERVING while /healthz passes")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	writeFile := fs.String("write-file", "", "(for tests) write -content to this file and exit")
 	content := fs.String("content", "", "(for tests) what -write-file writes")
@@ -86,17 +99,20 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		fleet:    getenv("IMMUTD_FLEET"),
 		image:    getenv("IMMUTD_IMAGE_DIGEST"),
 	}
+	if *grpcHealth {
+		app.enableGRPCHealth()
+	}
 	if *readyAfter > 0 {
-		app.warming.Store(true)
+		app.setWarming(true)
 		t := time.AfterFunc(*readyAfter, func() {
-			app.warming.Store(false)
+			app.setWarming(false)
 			logger.Printf("ready (-ready-after %s)", *readyAfter)
 		})
 		defer t.Stop()
 	}
 	if *failAfter > 0 {
 		t := time.AfterFunc(*failAfter, func() {
-			app.failing.Store(true)
+			app.setFailing(true)
 			logger.Printf("failing now (-fail-after %s)", *failAfter)
 		})
 		defer t.Stop()
@@ -107,7 +123,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		logger.Printf("listen: %v", err)
 		return 1
 	}
-	srv := &http.Server{Handler: app.handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := app.server()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -127,6 +143,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 				continue
 			}
 			logger.Printf("received %s, shutting down", sig)
+			app.stopGRPC()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err := srv.Shutdown(ctx)
 			cancel()
@@ -152,6 +169,68 @@ type app struct {
 	image    string
 	failing  atomic.Bool
 	warming  atomic.Bool // true until -ready-after has passed
+
+	// With -grpc-health: the gRPC server of the health service, and the
+	// service, whose status follows failing and warming (under mu).
+	grpc   *grpc.Server
+	health *health.Server
+	mu     sync.Mutex
+}
+
+// enableGRPCHealth adds the gRPC health service.
+func (a *app) enableGRPCHealth() {
+	a.grpc = grpc.NewServer()
+	a.health = health.NewServer()
+	healthpb.RegisterHealthServer(a.grpc, a.health)
+	a.syncHealth()
+}
+
+func (a *app) setFailing(v bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.failing.Store(v)
+	a.syncHealth()
+}
+
+func (a *app) setWarming(v bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.warming.Store(v)
+	a.syncHealth()
+}
+
+// syncHealth sets the gRPC health status from failing and warming.
+func (a *app) syncHealth() {
+	if a.health == nil {
+		return
+	}
+	st := healthpb.HealthCheckResponse_SERVING
+	if a.failing.Load() || a.warming.Load() {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	a.health.SetServingStatus("", st)
+}
+
+// stopGRPC ends the gRPC streams in progress, so that the HTTP server's
+// graceful shutdown does not wait for them.
+func (a *app) stopGRPC() {
+	if a.grpc != nil {
+		a.health.Shutdown()
+		a.grpc.Stop()
+	}
+}
+
+// server is the HTTP server of the app: HTTP/1.1, and with -grpc-health
+// also HTTP/2 without TLS (prior knowledge, as gRPC clients speak it).
+func (a *app) server() *http.Server {
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+	if a.grpc != nil {
+		var p http.Protocols
+		p.SetHTTP1(true)
+		p.SetUnencryptedHTTP2(true)
+		srv.Protocols = &p
+	}
+	return srv
 }
 
 func (a *app) handler() http.Handler {
@@ -159,14 +238,23 @@ func (a *app) handler() http.Handler {
 	mux.HandleFunc("GET /{$}", a.index)
 	mux.HandleFunc("GET /healthz", a.healthz)
 	mux.HandleFunc("POST /fail", func(w http.ResponseWriter, r *http.Request) {
-		a.failing.Store(true)
+		a.setFailing(true)
 		fmt.Fprintln(w, "failing")
 	})
 	mux.HandleFunc("POST /recover", func(w http.ResponseWriter, r *http.Request) {
-		a.failing.Store(false)
+		a.setFailing(false)
 		fmt.Fprintln(w, "ok")
 	})
-	return mux
+	if a.grpc == nil {
+		return mux
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			a.grpc.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 func (a *app) index(w http.ResponseWriter, r *http.Request) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +14,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 func get(t *testing.T, h http.Handler, method, target string) (int, string) {
@@ -177,4 +182,71 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestGRPCHealthOnTheSamePort: with -grpc-health one listener serves
+// HTTP/1.1 and gRPC, and the gRPC health status follows /healthz.
+func TestGRPCHealthOnTheSamePort(t *testing.T) {
+	a := &app{}
+	a.enableGRPCHealth()
+	srv := a.server()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() {
+		a.stopGRPC()
+		srv.Close()
+		<-served
+	}()
+	addr := ln.Addr().String()
+
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	expect := func(want healthpb.HealthCheckResponse_ServingStatus, wantHTTP int) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatalf("Check: %v", err)
+		}
+		if resp.GetStatus() != want {
+			t.Fatalf("Check = %s, want %s", resp.GetStatus(), want)
+		}
+		r, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		if r.StatusCode != wantHTTP || r.ProtoMajor != 1 {
+			t.Fatalf("GET /healthz = %d over HTTP/%d, want %d over HTTP/1", r.StatusCode, r.ProtoMajor, wantHTTP)
+		}
+	}
+	post := func(path string) {
+		t.Helper()
+		r, err := http.Post("http://"+addr+path, "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("POST %s = %d", path, r.StatusCode)
+		}
+	}
+	expect(healthpb.HealthCheckResponse_SERVING, 200)
+	post("/fail")
+	expect(healthpb.HealthCheckResponse_NOT_SERVING, 500)
+	post("/recover")
+	expect(healthpb.HealthCheckResponse_SERVING, 200)
+	a.setWarming(true)
+	expect(healthpb.HealthCheckResponse_NOT_SERVING, 503)
+	a.setWarming(false)
+	expect(healthpb.HealthCheckResponse_SERVING, 200)
 }

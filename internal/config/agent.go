@@ -2,24 +2,23 @@ package config
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/immutd/immutd/internal/secretfile"
 )
 
 // LoadAgent reads, defaults and validates the agent configuration file.
 // Relative paths in it are resolved against the file's directory. Invalid
 // content yields Diagnostics naming the path as given.
 func LoadAgent(path string) (*Agent, error) {
-	src, err := readAgentFile(path)
+	src, err := secretfile.ReadFile("agent config", path, maxAgentFileSize)
 	if err != nil {
-		return nil, fmt.Errorf("config: read agent config: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -30,32 +29,6 @@ func LoadAgent(path string) (*Agent, error) {
 
 // maxAgentFileSize bounds the agent file.
 const maxAgentFileSize = 1 << 20
-
-func readAgentFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is a %s, not a regular file", path, describeMode(fi.Mode()))
-	}
-	if fi.Size() > maxAgentFileSize {
-		return nil, fmt.Errorf("%s is %d bytes; the agent file may have at most %d (1 MiB)", path, fi.Size(), maxAgentFileSize)
-	}
-	src, err := io.ReadAll(io.LimitReader(f, maxAgentFileSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(src) > maxAgentFileSize {
-		return nil, fmt.Errorf("%s grew past %d bytes while it was read", path, maxAgentFileSize)
-	}
-	return src, nil
-}
 
 // parseAgent decodes the agent file src; display names it in messages and
 // abs is its absolute path.

@@ -58,6 +58,23 @@ const (
 	DefaultMaxUnavailable     = 0
 )
 
+// Health check defaults and limits by kind (the common settings are
+// above and below).
+const (
+	// DefaultGRPCService asks a grpc check's server about itself as a
+	// whole.
+	DefaultGRPCService = ""
+	// minExecTimeout is the shortest timeout of an exec check: starting a
+	// process takes milliseconds, more on a loaded host.
+	minExecTimeout = 100 * time.Millisecond
+	// maxExecArgs bounds an exec check's command (program and arguments).
+	maxExecArgs = 64
+	// maxExecCommandSize bounds the bytes of an exec check's command.
+	maxExecCommandSize = 4 << 10
+	// maxGRPCServiceLen bounds a grpc check's service name.
+	maxGRPCServiceLen = 256
+)
+
 // Watcher defaults.
 const (
 	DefaultWatchDebounce = 50 * time.Millisecond
@@ -159,9 +176,12 @@ func defaultCheck(kind string) Check {
 		UnhealthyThreshold: DefaultUnhealthyThreshold,
 		StartupTimeout:     DefaultStartupTimeout,
 	}
-	if kind == checkHTTP {
+	switch kind {
+	case checkHTTP:
 		c.Path = DefaultCheckPath
 		c.ExpectStatus = []int{DefaultExpectStatus}
+	case checkGRPC:
+		c.Service = DefaultGRPCService
 	}
 	return c
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/immutd/immutd/internal/secretfile"
 )
 
 // Bounds on a fleets directory. A file or directory beyond them is an
@@ -159,7 +160,7 @@ func readFleetFile(p string) (src []byte, msg string, err error) {
 	case serr != nil:
 		return nil, "cannot be read: " + unwrapPathErr(serr).Error(), nil
 	case !fi.Mode().IsRegular():
-		return nil, fmt.Sprintf("is a %s, not a regular file: a fleet file must be a regular file or a symlink to one", describeMode(fi.Mode())), nil
+		return nil, fmt.Sprintf("is a %s, not a regular file: a fleet file must be a regular file or a symlink to one", secretfile.DescribeMode(fi.Mode())), nil
 	case fi.Size() > MaxFleetFileSize:
 		return nil, fmt.Sprintf("is %d bytes; a fleet file may have at most %d (1 MiB)", fi.Size(), MaxFleetFileSize), nil
 	}
@@ -192,20 +193,6 @@ func unwrapPathErr(err error) error {
 		return pe.Err
 	}
 	return err
-}
-
-func describeMode(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "named pipe (FIFO)"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m&fs.ModeDevice != 0, m&fs.ModeCharDevice != 0:
-		return "device"
-	}
-	return "special file"
 }
 
 // HashFleetFiles is a sha256 over the files' names and contents in name
@@ -489,7 +476,10 @@ func (s *section) health() Health {
 		return Health{}
 	}
 	hs := s.child(b)
-	blocks := append(hs.labelled(checkHTTP, "check name"), hs.labelled(checkTCP, "check name")...)
+	var blocks []*hclsyntax.Block
+	for _, kind := range checkKinds {
+		blocks = append(blocks, hs.labelled(kind, "check name")...)
+	}
 	slices.SortFunc(blocks, func(a, b *hclsyntax.Block) int { return a.TypeRange.Start.Byte - b.TypeRange.Start.Byte })
 	var h Health
 	seen := map[string]*hclsyntax.Block{}
@@ -508,12 +498,14 @@ func (s *section) health() Health {
 		}
 	}
 	if len(blocks) == 0 {
-		s.d.errorf(b.TypeRange, hs.path, "needs at least one check: an http \"name\" { ... } or tcp \"name\" { ... } block")
+		s.d.errorf(b.TypeRange, hs.path, "needs at least one check: an http, tcp, grpc or exec \"name\" { ... } block")
 	}
 	hs.done()
 	return h
 }
 
+// check decodes one check block of the kind. The settings of one kind
+// are refused, with a reason, on the others.
 func (s *section) check(kind, name string) Check {
 	c := defaultCheck(kind)
 	c.Name = name
@@ -524,8 +516,22 @@ func (s *section) check(kind, name string) Check {
 		s.forbid("path", "only http checks have a path")
 		s.forbid("expect_status", "only http checks have expect_status")
 	}
+	if kind == checkGRPC {
+		s.text("service", &c.Service, checkGRPCService)
+	} else {
+		s.forbid("service", "only grpc checks have a service")
+	}
+	minTimeout := positive
+	if kind == checkExec {
+		minTimeout = minExecTimeout
+		if s.command(&c.Command) == missing {
+			s.required("command", "the program to run and its arguments, as in [\"/usr/local/bin/check\", \"--quick\"]")
+		}
+	} else {
+		s.forbid("command", "only exec checks have a command")
+	}
 	intervalGot := s.duration("interval", minCheckInterval, 0, &c.Interval)
-	timeoutGot := s.duration("timeout", positive, 0, &c.Timeout)
+	timeoutGot := s.duration("timeout", minTimeout, 0, &c.Timeout)
 	s.integer("healthy_threshold", 1, maxThreshold, &c.HealthyThreshold)
 	s.integer("unhealthy_threshold", 1, maxThreshold, &c.UnhealthyThreshold)
 	s.duration("startup_timeout", positive, 0, &c.StartupTimeout)
@@ -538,6 +544,37 @@ func (s *section) check(kind, name string) Check {
 	}
 	s.done()
 	return c
+}
+
+// command decodes an exec check's command: a program's absolute path
+// and its arguments, within the bounds.
+func (s *section) command(dst *[]string) got {
+	var argv []string
+	g := s.strList("command", &argv, checkArg)
+	if g != valid {
+		return g
+	}
+	size := 0
+	for _, a := range argv {
+		size += len(a)
+	}
+	switch {
+	case len(argv) == 0:
+		s.fail("command", "must name the program to run, as in [\"/usr/local/bin/check\"]")
+		return invalid
+	case len(argv) > maxExecArgs:
+		s.fail("command", "must have at most %d elements (the program and its arguments), got %d", maxExecArgs, len(argv))
+		return invalid
+	case size > maxExecCommandSize:
+		s.fail("command", "must have at most %d bytes in all, got %d", maxExecCommandSize, size)
+		return invalid
+	}
+	if err := checkExecProgram(argv[0]); err != nil {
+		s.d.errorf(elemRange(s.body.Attributes["command"].Expr, 0), s.field("command"), "element 0 %v", err)
+		return invalid
+	}
+	*dst = argv
+	return valid
 }
 
 func (s *section) drift() Drift {

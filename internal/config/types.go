@@ -223,14 +223,21 @@ type Health struct {
 	Checks []Check `json:"checks"`
 }
 
-// Check is one `http "name" { ... }` or `tcp "name" { ... }` block.
+// Check is one `http "name" { ... }`, `tcp "name" { ... }`,
+// `grpc "name" { ... }` or `exec "name" { ... }` block.
 type Check struct {
 	Name string `json:"name"`
-	Kind string `json:"kind"` // "http" or "tcp"
+	Kind string `json:"kind"` // "http", "tcp", "grpc" or "exec"
 	// Path is the HTTP request path. Default "/". http only.
 	Path string `json:"path,omitempty"`
 	// ExpectStatus lists accepted HTTP status codes. Default [200]. http only.
 	ExpectStatus []int `json:"expect_status,omitempty"`
+	// Service is the service name sent in grpc.health.v1.Health/Check.
+	// Default "": the whole server. grpc only.
+	Service string `json:"service,omitempty"`
+	// Command is the program (an absolute path) and its arguments, run on
+	// the agent's host. Required. exec only.
+	Command []string `json:"command,omitempty"`
 	// Interval between probes. Default 2s.
 	Interval time.Duration `json:"interval"`
 	// Timeout of one probe. Default 1s; must be <= Interval.

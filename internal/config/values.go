@@ -7,22 +7,36 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // Check kinds.
 const (
 	checkHTTP = "http"
 	checkTCP  = "tcp"
+	checkGRPC = "grpc"
+	checkExec = "exec"
 )
 
-// Provider names.
+// checkKinds are the check blocks of health { ... }, in the order
+// messages list them.
+var checkKinds = []string{checkHTTP, checkTCP, checkGRPC, checkExec}
+
+// Provider names, as fleet files spell them. They are defined here, by
+// the configuration that accepts them, and the agent's provider registry
+// maps them to providers; nothing else knows a provider by name.
 const (
-	providerLocal  = "local"
-	providerDocker = "docker"
+	ProviderLocal  = "local"
+	ProviderDocker = "docker"
+
+	providerLocal  = ProviderLocal
+	providerDocker = ProviderDocker
 )
 
 var (
@@ -106,6 +120,39 @@ func CheckDialAddr(s string) error { return checkDialAddr(s) }
 func checkNodeName(s string) error {
 	if s == "" || strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
 		return fmt.Errorf("must be a non-empty name without spaces or control characters, got %q", s)
+	}
+	return nil
+}
+
+// checkGRPCService checks the service name of a grpc check: printable,
+// no white space, bounded.
+func checkGRPCService(s string) error {
+	if len(s) > maxGRPCServiceLen {
+		return fmt.Errorf("must have at most %d bytes, got %d", maxGRPCServiceLen, len(s))
+	}
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0 {
+		return fmt.Errorf("must be a service name like \"users.v1.Users\", printable and without spaces, got %q", s)
+	}
+	return nil
+}
+
+// checkExecProgram checks the first element of an exec check's command.
+func checkExecProgram(s string) error {
+	if err := checkArg(s); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(s) {
+		return fmt.Errorf("must be the absolute path of the program, like \"/usr/local/bin/check\", got %q", s)
+	}
+	// Like a local image directory, the program must exist where the
+	// files are read: a check that cannot start fails every instance it
+	// judges, and would have them replaced for the agent's own fault.
+	fi, err := os.Stat(s)
+	switch {
+	case err != nil:
+		return fmt.Errorf("program %q cannot be used on this host: %v (an exec check runs it on every agent's host)", s, unwrapPathErr(err))
+	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
+		return fmt.Errorf("program %q is not an executable file (an exec check runs it on every agent's host)", s)
 	}
 	return nil
 }

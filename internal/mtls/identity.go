@@ -6,8 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -172,39 +170,19 @@ const (
 )
 
 func loadMaterial(cfg Config) (*material, error) {
-	caPEM, err := readBounded(cfg.CAFile, maxCertFile)
+	caPEM, err := secretfile.ReadFile("ca file", cfg.CAFile, maxCertFile)
 	if err != nil {
-		return nil, fmt.Errorf("mtls: read ca file: %w", err)
+		return nil, fmt.Errorf("mtls: %w", err)
 	}
-	certPEM, err := readBounded(cfg.CertFile, maxCertFile)
+	certPEM, err := secretfile.ReadFile("cert file", cfg.CertFile, maxCertFile)
 	if err != nil {
-		return nil, fmt.Errorf("mtls: read cert file: %w", err)
+		return nil, fmt.Errorf("mtls: %w", err)
 	}
 	keyPEM, err := secretfile.Read("mtls: key file", cfg.KeyFile, maxKeyFile)
 	if err != nil {
 		return nil, err
 	}
 	return newMaterial(cfg, caPEM, certPEM, keyPEM)
-}
-
-// readBounded reads a regular file of at most max bytes.
-func readBounded(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	if fi.Size() > max {
-		return nil, fmt.Errorf("%s is %d bytes, more than the %d a certificate file may have", path, fi.Size(), max)
-	}
-	return io.ReadAll(io.LimitReader(f, max))
 }
 
 // newMaterial validates PEM material; cfg names the files in errors.

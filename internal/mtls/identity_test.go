@@ -41,7 +41,7 @@ func TestLoad(t *testing.T) {
 				cfg.CAFile = filepath.Join(dir, "nope.pem")
 				return cfg
 			},
-			wantErr: []string{"read ca file", "nope.pem"},
+			wantErr: []string{"ca file", "nope.pem"},
 		},
 		{
 			name: "key does not match cert",

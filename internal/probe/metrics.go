@@ -7,11 +7,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// Indexes into Prober.durations.
+// Indexes into a kind's observers.
 const (
-	kindIndexHTTP = 0
-	kindIndexTCP  = 1
-
 	resultIndexSuccess = 0
 	resultIndexFailure = 1
 )
@@ -22,13 +19,13 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 
 // newDurationMetric creates immutd_probe_duration_seconds, registers it
 // with reg unless reg is nil, and returns its observers by kind and
-// result, so that recording a probe does no label lookup. When reg
-// already holds the metric (two probers on one registry), the registered
-// one is used.
-func newDurationMetric(reg prometheus.Registerer, log *zap.Logger) [2][2]prometheus.Observer {
+// result, so that recording a probe does no label lookup. Every kind's
+// series exist from the start. When reg already holds the metric (two
+// probers on one registry), the registered one is used.
+func newDurationMetric(reg prometheus.Registerer, log *zap.Logger, kinds []string) map[string][2]prometheus.Observer {
 	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "immutd_probe_duration_seconds",
-		Help:    "Duration of health-check probes, by check kind (http, tcp) and result (success, failure).",
+		Help:    "Duration of health-check probes, by check kind (http, tcp, grpc, exec) and result (success, failure).",
 		Buckets: durationBuckets,
 	}, []string{"kind", "result"})
 	if reg != nil {
@@ -40,11 +37,13 @@ func newDurationMetric(reg prometheus.Registerer, log *zap.Logger) [2][2]prometh
 			}
 		}
 	}
-	var o [2][2]prometheus.Observer
-	for k, kind := range []string{KindHTTP, KindTCP} {
+	o := make(map[string][2]prometheus.Observer, len(kinds))
+	for _, kind := range kinds {
+		var byResult [2]prometheus.Observer
 		for r, result := range []string{"success", "failure"} {
-			o[k][r] = h.WithLabelValues(kind, result)
+			byResult[r] = h.WithLabelValues(kind, result)
 		}
+		o[kind] = byResult
 	}
 	return o
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -79,13 +78,11 @@ type Prober struct {
 	fault    func() error
 	epoch    time.Time // origin of the steady-state probe grid
 
-	dialer    *net.Dialer
-	client    *http.Client
-	transport *http.Transport
-	durations [2][2]prometheus.Observer // by kind index, result index
+	checkers  map[string]checker                // by kind: the table of check kinds
+	durations map[string][2]prometheus.Observer // by kind, then result index
 
 	// runCheck performs one probe. It is runKind; tests replace it to
-	// drive the scheduler without a network.
+	// drive the scheduler without a network or processes.
 	runCheck func(ctx context.Context, j *job) (bool, string)
 	// afterResult, when set (tests and benchmarks only), is called after
 	// each recorded result, outside the lock.
@@ -118,16 +115,22 @@ type target struct {
 // its place in the schedule. A job is replaced, never edited, when its
 // target changes; dead marks a replaced or removed job, whose results are
 // dropped.
+//
+// A checker's run may read check, address, t.id, fleet, timeoutDetail
+// and describe; nothing else.
 type job struct {
 	t             *target
 	check         state.Check // normalized
 	address       string
-	url           string // http only
 	op            string // for evidence
 	timeoutDetail string
-	kind          int // kindIndexHTTP or kindIndexTCP
+	kind          checker
+	observers     [2]prometheus.Observer // durations by result index
 	phase         time.Duration
 	first         time.Time // when the first probe was due (monotonic)
+	// fleet is the target's fleet when the probe in flight started: set
+	// under the lock by the worker that runs the probe, read by it alone.
+	fleet string
 
 	m      machine
 	probe  entry // queued unless its probe is in flight
@@ -161,25 +164,27 @@ func New(opts Options) *Prober {
 	if fault == nil {
 		fault = func() error { return nil }
 	}
-	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
-	client, tr := newHTTPClient(workers, dialer)
+	checkers := newCheckers(checkEnv{workers: workers, dialer: &net.Dialer{KeepAlive: 30 * time.Second}})
+	kinds := make([]string, 0, len(checkers))
+	for kind := range checkers {
+		kinds = append(kinds, kind)
+	}
+	slices.Sort(kinds)
 	p := &Prober{
-		fault:     fault,
-		log:       log.Named("probe"),
-		workers:   workers,
-		onChange:  opts.OnChange,
-		now:       now,
-		epoch:     time.Now(),
-		dialer:    dialer,
-		client:    client,
-		transport: tr,
-		wake:      make(chan struct{}, 1),
-		notify:    make(chan struct{}, 1),
-		targets:   make(map[string]*target),
-		pending:   make(map[string]Verdict),
+		fault:    fault,
+		log:      log.Named("probe"),
+		workers:  workers,
+		onChange: opts.OnChange,
+		now:      now,
+		epoch:    time.Now(),
+		checkers: checkers,
+		wake:     make(chan struct{}, 1),
+		notify:   make(chan struct{}, 1),
+		targets:  make(map[string]*target),
+		pending:  make(map[string]Verdict),
 	}
 	p.runCheck = p.runKind
-	p.durations = newDurationMetric(opts.Registerer, p.log)
+	p.durations = newDurationMetric(opts.Registerer, p.log, kinds)
 	return p
 }
 
@@ -191,6 +196,9 @@ func New(opts Options) *Prober {
 // instance that has been running for long), and its history is cleared.
 // Other changes (Fleet, Since) of a known instance only update Fleet.
 //
+// What a checker keeps for an instance (a gRPC connection) is released
+// when the instance is dropped or its address changes.
+//
 // Checks of an unknown kind, and checks whose name repeats an earlier
 // check of the same target, are skipped with a warning: an instance is
 // never judged by a check this package cannot run.
@@ -198,6 +206,7 @@ func (p *Prober) Set(targets []Target) {
 	var (
 		warnings []string
 		changes  []transition
+		released []probed // targets no longer probed at their old address
 	)
 	mono, now := time.Now(), p.now()
 	p.mu.Lock()
@@ -225,6 +234,9 @@ func (p *Prober) Set(targets []Target) {
 			p.reset(t, in, start, mono, now, &warnings)
 			t.state = t.aggregate()
 		case t.address != in.Address || !checksEqual(t.raw, in.Checks):
+			if t.address != in.Address {
+				released = append(released, probed{id: t.id, address: t.address})
+			}
 			p.kill(t)
 			p.reset(t, in, now, mono, now, &warnings)
 			if tr := p.reaggregate(t, now); tr != nil {
@@ -236,6 +248,7 @@ func (p *Prober) Set(targets []Target) {
 	}
 	for id, t := range p.targets {
 		if !seen[id] {
+			released = append(released, probed{id: t.id, address: t.address})
 			p.kill(t)
 			delete(p.targets, id)
 			delete(p.pending, id)
@@ -243,11 +256,31 @@ func (p *Prober) Set(targets []Target) {
 	}
 	p.mu.Unlock()
 	signal(p.wake)
+	p.release(released)
 	for _, w := range warnings {
 		p.log.Warn("probe target skipped", zap.String("reason", w))
 	}
 	for _, tr := range changes {
 		p.logTransition(tr)
+	}
+}
+
+// probed is an instance at an address.
+type probed struct{ id, address string }
+
+// release tells the checkers that keep something per instance (a
+// connection) that the instances of gone are no longer probed at those
+// addresses.
+func (p *Prober) release(gone []probed) {
+	if len(gone) == 0 {
+		return
+	}
+	for _, ck := range p.checkers {
+		if r, ok := ck.(releaser); ok {
+			for _, t := range gone {
+				r.release(t.id, t.address)
+			}
+		}
 	}
 }
 
@@ -261,7 +294,8 @@ func (p *Prober) reset(t *target, in *Target, start, mono, now time.Time, warnin
 	t.jobs = make([]*job, 0, len(in.Checks))
 	names := make(map[string]bool, len(in.Checks))
 	for _, c := range in.Checks {
-		if c.Kind != KindHTTP && c.Kind != KindTCP {
+		ck, ok := p.checkers[c.Kind]
+		if !ok {
 			*warnings = append(*warnings, fmt.Sprintf("instance %s: check %q has unsupported kind %q", t.id, c.Name, c.Kind))
 			continue
 		}
@@ -270,24 +304,21 @@ func (p *Prober) reset(t *target, in *Target, start, mono, now time.Time, warnin
 			continue
 		}
 		names[c.Name] = true
-		c = normalize(c)
+		c = normalize(ck, c)
 		j := &job{
 			t:             t,
 			check:         c,
 			address:       in.Address,
-			op:            operation(c, in.Address),
+			op:            ck.describe(c, in.Address),
 			timeoutDetail: timeoutDetail(c.Timeout),
-			kind:          kindIndexTCP,
+			kind:          ck,
+			observers:     p.durations[c.Kind],
 			phase:         phaseOf(t.id, c.Name, c.Interval),
 			m: newMachine(c.Kind, thresholds{
 				healthy:        c.HealthyThreshold,
 				unhealthy:      c.UnhealthyThreshold,
 				startupTimeout: c.StartupTimeout,
 			}, start),
-		}
-		if c.Kind == KindHTTP {
-			j.kind = kindIndexHTTP
-			j.url = httpURL(in.Address, c.Path)
 		}
 		j.first = mono
 		j.probe = entry{due: mono, job: j, index: -1}
@@ -353,7 +384,11 @@ func (p *Prober) Run(ctx context.Context) error {
 	p.schedule(ctx, work)
 	close(work)
 	wg.Wait()
-	p.transport.CloseIdleConnections()
+	for _, ck := range p.checkers {
+		if c, ok := ck.(idleCloser); ok {
+			c.closeIdle()
+		}
+	}
 
 	// Probes cut short by the end of Run were neither recorded nor
 	// rescheduled: queue them for the next Run.
@@ -444,12 +479,14 @@ func (p *Prober) probe(ctx context.Context, j *job) {
 		p.mu.Unlock()
 		return
 	}
+	// The clock is read before the timeout starts, so that a probe that
+	// timed out never lasted less than its timeout.
+	at, start := p.now(), time.Now()
 	pctx, cancel := context.WithTimeout(ctx, j.check.Timeout)
 	j.cancel = cancel
+	j.fleet = j.t.fleet
 	p.mu.Unlock()
 
-	at := p.now()
-	start := time.Now()
 	var ok bool
 	var detail string
 	if err := p.fault(); err != nil {
@@ -470,7 +507,7 @@ func (p *Prober) probe(ctx context.Context, j *job) {
 	if ok {
 		res = resultIndexSuccess
 	}
-	p.durations[j.kind][res].Observe(dur.Seconds())
+	j.observers[res].Observe(dur.Seconds())
 	r := Result{Check: j.check.Name, Kind: j.check.Kind, At: at, Duration: dur, OK: ok, Detail: detail}
 
 	p.mu.Lock()
@@ -506,10 +543,7 @@ func (p *Prober) runKind(ctx context.Context, j *job) (bool, string) {
 	if j.address == "" {
 		return false, "instance has no address"
 	}
-	if j.kind == kindIndexHTTP {
-		return p.runHTTP(ctx, j)
-	}
-	return p.runTCP(ctx, j)
+	return j.kind.run(ctx, j)
 }
 
 // reaggregate recomputes t's state after one of its checks changed state.

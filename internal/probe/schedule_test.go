@@ -483,7 +483,7 @@ func TestSetSkipsWhatItCannotJudge(t *testing.T) {
 	p := New(Options{})
 	p.Set([]Target{
 		{InstanceID: "a", Address: "a:1", Checks: []state.Check{
-			{Name: "x", Kind: "grpc"},
+			{Name: "x", Kind: "icmp"},
 			httpCheck("ready", time.Second, 1, 3, time.Minute),
 			httpCheck("ready", time.Second, 1, 3, time.Minute),
 		}},

@@ -3,6 +3,8 @@
 // or others may read or write is refused, with an error that says how to
 // fix it, and so is anything that is not a regular file or is larger than
 // the caller expects. A symlink is followed and its target is checked.
+// ReadFile reads other files the agent trusts (its configuration, the
+// certificates) with the same bounds, without the mode check.
 package secretfile
 
 import (
@@ -16,7 +18,13 @@ import (
 
 // Read returns the content of the secret file at path, at most max bytes.
 // what names the file in errors ("api token file").
-func Read(what, path string, max int64) ([]byte, error) {
+func Read(what, path string, max int64) ([]byte, error) { return read(what, path, max, true) }
+
+// ReadFile returns the content of the regular file at path, at most max
+// bytes, whatever its mode. what names the file in errors.
+func ReadFile(what, path string, max int64) ([]byte, error) { return read(what, path, max, false) }
+
+func read(what, path string, max int64, secret bool) ([]byte, error) {
 	// O_NONBLOCK: a FIFO put in the file's place must not hang the reader.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -27,11 +35,18 @@ func Read(what, path string, max int64) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := Check(what, path, fi); err != nil {
-		return nil, err
-	}
-	if fi.Size() > max {
-		return nil, fmt.Errorf("%s %s is %d bytes; a secret file holds at most %d", what, path, fi.Size(), max)
+	switch {
+	case secret:
+		if err := Check(what, path, fi); err != nil {
+			return nil, err
+		}
+		if fi.Size() > max {
+			return nil, fmt.Errorf("%s %s is %d bytes; a secret file holds at most %d", what, path, fi.Size(), max)
+		}
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%s %s is a %s, not a regular file", what, path, DescribeMode(fi.Mode()))
+	case fi.Size() > max:
+		return nil, fmt.Errorf("%s %s is %d bytes; it may have at most %d", what, path, fi.Size(), max)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
@@ -43,6 +58,21 @@ func Read(what, path string, max int64) ([]byte, error) {
 	return b, nil
 }
 
+// DescribeMode names the type of a file that is not a regular file.
+func DescribeMode(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m&os.ModeNamedPipe != 0:
+		return "named pipe (FIFO)"
+	case m&os.ModeSocket != 0:
+		return "socket"
+	case m&os.ModeDevice != 0, m&os.ModeCharDevice != 0:
+		return "device"
+	}
+	return "special file"
+}
+
 // ErrTooOpen is wrapped by the error for a file others may read or write.
 var ErrTooOpen = errors.New("permissions are too open")
 
@@ -50,7 +80,7 @@ var ErrTooOpen = errors.New("permissions are too open")
 // lets its group or others read or write it.
 func Check(what, path string, fi os.FileInfo) error {
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s %s is not a regular file (%s)", what, path, fi.Mode().Type())
+		return fmt.Errorf("%s %s is a %s, not a regular file", what, path, DescribeMode(fi.Mode()))
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return fmt.Errorf("%s %s: %w: mode %04o lets group or others read or write it; it must be readable by the agent's user only (chmod 600 %s)",

@@ -41,11 +41,17 @@ type HealthSpec struct {
 // Check is one health check.
 type Check struct {
 	Name string `json:"name"`
-	// Kind is "http" or "tcp".
+	// Kind is "http", "tcp", "grpc" or "exec".
 	Kind string `json:"kind"`
 	// Path and ExpectStatus are for http checks only.
-	Path               string        `json:"path,omitempty"`
-	ExpectStatus       []int         `json:"expect_status,omitempty"`
+	Path         string `json:"path,omitempty"`
+	ExpectStatus []int  `json:"expect_status,omitempty"`
+	// Service is the service a grpc check asks about; "" is the whole
+	// server. grpc checks only.
+	Service string `json:"service,omitempty"`
+	// Command is the program and arguments of an exec check. exec checks
+	// only.
+	Command            []string      `json:"command,omitempty"`
 	Interval           time.Duration `json:"interval"`
 	Timeout            time.Duration `json:"timeout"`
 	HealthyThreshold   int           `json:"healthy_threshold"`
@@ -110,7 +116,7 @@ func SpecOf(f *config.Fleet) FleetSpec {
 	}
 	for _, c := range f.Health.Checks {
 		s.Health.Checks = append(s.Health.Checks, Check{Name: c.Name, Kind: c.Kind, Path: c.Path, ExpectStatus: slices.Clone(c.ExpectStatus),
-			Interval: c.Interval, Timeout: c.Timeout, HealthyThreshold: c.HealthyThreshold, UnhealthyThreshold: c.UnhealthyThreshold,
+			Service: c.Service, Command: slices.Clone(c.Command), Interval: c.Interval, Timeout: c.Timeout, HealthyThreshold: c.HealthyThreshold, UnhealthyThreshold: c.UnhealthyThreshold,
 			StartupTimeout: c.StartupTimeout})
 	}
 	return s

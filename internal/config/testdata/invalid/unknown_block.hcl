@@ -4,7 +4,7 @@ fleet "web" {
   image    = "nginx:1.27"
   health {
     tcp "port" {}
-    grpc "rpc" {}
+    ping "icmp" {}
   }
   lunch {
     command = ["bin/app"]
