@@ -122,7 +122,7 @@ func writeSecret(t *testing.T, name, content string, mode os.FileMode) string {
 // hostile.
 func hostileStatus() api.Status {
 	now := time.Now()
-	ev := state.Event{Seq: 1, Time: now, Fleet: evil("fleet"), InstanceID: evil("inst"), Action: evil("terminated"), Reason: evil("reason"),
+	ev := state.Event{Seq: 1, Time: now, Fleet: evil("fleet"), InstanceID: evil("inst"), Action: state.EventAction(evil("terminated")), Reason: evil("reason"),
 		Evidence: []string{evil("evidence-1"), evil("evidence-2")}, Node: evil("node"), OpID: evil("op")}
 	return api.Status{
 		Node: evil("node"), Leader: evil("leader"), Stale: true, Diverged: true, SourceNode: evil("source"), LastContact: evil("1s"),

@@ -112,6 +112,21 @@ func setupStatus(fs *flag.FlagSet) runFunc {
 // renderStatus prints the status for a human. Every value from the
 // agent goes through clean (c) as it is formatted.
 func renderStatus(w io.Writer, st api.Status, now time.Time) {
+	renderHeader(w, st, now)
+	fmt.Fprintln(w)
+	renderFleets(w, st.Fleets)
+	fmt.Fprintln(w)
+	renderInstances(w, st.Fleets, now)
+	if len(st.Events) > 0 {
+		fmt.Fprintln(w, "\nRECENT EVENTS")
+		renderEvents(w, st.Events)
+	}
+}
+
+// renderHeader prints the agent's line and what an operator must know
+// first: no leader, a data directory raft cannot write, a stale view,
+// rejected fleet files.
+func renderHeader(w io.Writer, st api.Status, now time.Time) {
 	c := clean
 	role := "follower"
 	if st.IsLeader {
@@ -147,11 +162,14 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 			fmt.Fprintf(w, "  %s\n", c(l))
 		}
 	}
-	fmt.Fprintln(w)
+}
 
+// renderFleets prints one line per fleet, then why any fleet is blocked.
+func renderFleets(w io.Writer, fleets []api.Fleet) {
+	c := clean
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FLEET\tPROVIDER\tDESIRED\tHEALTHY\tUP-TO-DATE\tIMAGE\tSTATUS")
-	for _, f := range st.Fleets {
+	for _, f := range fleets {
 		status := "ok"
 		switch {
 		case f.Unconfigured && f.Draining:
@@ -170,7 +188,7 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", c(f.Name), c(f.Provider), f.Desired, f.States["healthy"], f.UpToDate, shortDigest(f.ImageDigest), status)
 	}
 	tw.Flush()
-	for _, f := range st.Fleets {
+	for _, f := range fleets {
 		for _, b := range f.Blocked {
 			fmt.Fprintf(w, "  %s blocked (%s): %s\n", c(f.Name), c(b.Cause), c(b.Detail))
 		}
@@ -178,13 +196,16 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 			fmt.Fprintf(w, "  %s image %s not resolved: %s\n", c(f.Name), c(f.Image), c(f.ResolveError))
 		}
 	}
-	fmt.Fprintln(w)
+}
 
-	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+// renderInstances prints one line per instance with its evidence below.
+func renderInstances(w io.Writer, fleets []api.Fleet, now time.Time) {
+	c := clean
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	// REF is the provider's handle: a local instance's pid (kill -9 it to
 	// try immutd), a container id.
 	fmt.Fprintln(tw, "INSTANCE\tFLEET\tSTATE\tIMAGE\tADDRESS\tREF\tAGE\tNOTES")
-	for _, f := range st.Fleets {
+	for _, f := range fleets {
 		for _, in := range f.Instances {
 			var notes []string
 			if !in.UpToDate && in.State != "unknown" {
@@ -214,10 +235,6 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 		}
 	}
 	tw.Flush()
-	if len(st.Events) > 0 {
-		fmt.Fprintln(w, "\nRECENT EVENTS")
-		renderEvents(w, st.Events)
-	}
 }
 
 // maxEvidence bounds the evidence shown on an event's line.
@@ -232,7 +249,7 @@ func renderEvents(w io.Writer, evs []state.Event) {
 		if len(ev) > maxEvidence {
 			ev = cutRunes(ev, maxEvidence-3) + "..."
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("15:04:05"), dash(clean(e.Fleet)), dash(clean(e.InstanceID)), clean(e.Action), dash(clean(e.Reason)), ev)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("15:04:05"), dash(clean(e.Fleet)), dash(clean(e.InstanceID)), clean(string(e.Action)), dash(clean(e.Reason)), ev)
 	}
 	tw.Flush()
 }

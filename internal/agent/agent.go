@@ -12,25 +12,27 @@ import (
 	"fmt"
 	"io/fs"
 	stdlog "log"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	autopilot "github.com/hashicorp/raft-autopilot"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/immutd/immutd/internal/api"
 	"github.com/immutd/immutd/internal/cluster"
 	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/leader"
 	"github.com/immutd/immutd/internal/mtls"
 	"github.com/immutd/immutd/internal/probe"
-	"github.com/immutd/immutd/internal/provider/docker"
-	"github.com/immutd/immutd/internal/provider/local"
 	"github.com/immutd/immutd/internal/reconcile"
 	"github.com/immutd/immutd/internal/secretfile"
 	"github.com/immutd/immutd/internal/state"
@@ -56,9 +58,13 @@ type Agent struct {
 	wake           chan struct{}
 	proposeNow     chan struct{}
 	verdictChanged chan struct{}
-	term           atomic.Pointer[term]
+	term           atomic.Pointer[leader.Term]
+	pilotRef       atomic.Pointer[autopilot.Autopilot]
 	// probesCut is the fault-injection switch (see watchFaults).
 	probesCut atomic.Bool
+	// started is closed once Run has opened raft and its listeners.
+	started  chan struct{}
+	httpAddr atomic.Value // string
 	// stop ends Run (cluster leave asks for it).
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -99,36 +105,36 @@ func NewLogger(level string) (*zap.Logger, zap.AtomicLevel, error) {
 	return zap.New(core), lvl, nil
 }
 
+// Options are what a caller may supply instead of the defaults.
+type Options struct {
+	// Providers replaces the providers the configuration names (tests
+	// run an agent over fakes this way). Nil means the registry's.
+	Providers map[string]reconcile.Provider
+}
+
 // New prepares an agent; Run starts it.
 func New(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel) (*Agent, error) {
+	return NewWith(cfg, log, level, Options{})
+}
+
+// NewWith prepares an agent with options.
+func NewWith(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel, opts Options) (*Agent, error) {
 	q, err := ParseQuorum(cfg.Cluster.HealthQuorum)
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: log, level: level, m: newMetrics(), quorum: q, votes: newVotes(),
 		wake: make(chan struct{}, 1), proposeNow: make(chan struct{}, 1), verdictChanged: make(chan struct{}, 1), stop: make(chan struct{}),
-		providers: map[string]reconcile.Provider{}, autoDrain: cfg.AutoDrainRemovedFleets,
+		started: make(chan struct{}), providers: opts.Providers, autoDrain: cfg.AutoDrainRemovedFleets,
 		interval: cfg.ReconcileInterval, limits: cfg.Limits, firstSeen: map[string]time.Time{}, knownFleets: map[string]bool{}}
 	if err := a.m.bridgeRaftMetrics(); err != nil {
 		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
-	// In a cluster the local provider is used only with an explicitly
-	// configured directory that all agents share (one host); elsewhere its
-	// fleets are refused with a clear reason.
-	if !cfg.Cluster.Multi() || cfg.Local.DirSet {
-		lp, err := local.New(local.Options{Dir: cfg.Local.Dir, BindHost: cfg.Local.BindHost, LogDir: cfg.Local.LogDir,
-			LogMaxSize: cfg.Local.LogMaxSize, Logger: log})
-		if err != nil {
-			return nil, fmt.Errorf("agent: local provider: %w", err)
+	if a.providers == nil {
+		if a.providers, err = providerRegistry(cfg, log); err != nil {
+			return nil, err
 		}
-		a.providers["local"] = lp
 	}
-	dp, err := docker.New(docker.Options{Host: cfg.Docker.Host, CertPath: cfg.Docker.CertPath, TLSVerify: cfg.Docker.TLSVerify,
-		PublishHost: cfg.Docker.PublishHost, Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("agent: docker provider: %w", err)
-	}
-	a.providers["docker"] = dp
 	if err := a.loadToken(); err != nil {
 		return nil, err
 	}
@@ -255,6 +261,15 @@ func newServer(h http.Handler, log *zap.Logger) *http.Server {
 	}
 }
 
+// Started is closed once Run has opened raft and its listeners.
+func (a *Agent) Started() <-chan struct{} { return a.started }
+
+// HTTPAddr is the address the API listens on (after Started).
+func (a *Agent) HTTPAddr() string {
+	s, _ := a.httpAddr.Load().(string)
+	return s
+}
+
 // TokenFile is where the API token is kept.
 func (a *Agent) TokenFile() string { return a.cfg.API.TokenFile }
 
@@ -272,8 +287,6 @@ func (a *Agent) Wake() {
 	default:
 	}
 }
-
-func (a *Agent) currentTerm() *term { return a.term.Load() }
 
 // Run runs the agent until ctx is cancelled or a component fails.
 // reload delivers SIGHUPs.
@@ -307,6 +320,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 		clusterLn.Close()
 		return err
 	}
+	a.httpAddr.Store(apiLn.Addr().String())
 	a.rpcClient = &http.Client{Transport: mux.RPCTransport(), Timeout: 15 * time.Second}
 	node, err := cluster.Open(cluster.Config{DataDir: a.cfg.DataDir, Layer: mux.RaftLayer(), Bootstrap: !c.Multi(),
 		Timing: cluster.ScaledTiming(c.RaftMultiplier), Logger: a.log.Named("raft")})
@@ -316,9 +330,15 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 		return err
 	}
 	a.node = node
-	if a.providers["local"] != nil {
-		if err := a.writeLocalMarker(); err != nil {
-			a.log.Warn("could not record this agent in the local provider directory", zap.Error(err))
+	// Providers that several agents may share (the local provider's
+	// directory) learn which agents use them.
+	for _, name := range slices.Sorted(maps.Keys(a.providers)) {
+		if r, ok := a.providers[name].(interface {
+			Register(nodeID, name string) error
+		}); ok {
+			if err := r.Register(node.ID(), a.cfg.NodeName); err != nil {
+				a.log.Warn("could not register this agent with a provider", zap.String("provider", name), zap.Error(err))
+			}
 		}
 	}
 	a.log.Info("agent started", zap.String("node", a.cfg.NodeName), zap.String("node_id", node.ID()),
@@ -372,6 +392,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	}
 	rpcSrv := newServer(a.rpcHandler(), a.log.Named("rpc"))
 	serve("rpc", rpcSrv, mux.RPCListener())
+	close(a.started)
 
 	watcher := config.NewWatcher(a.cfg.FleetsDir, config.WatchOptions{Logger: a.log.Named("watch")})
 	run("watch", watcher.Run)
@@ -388,7 +409,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	run("data-dir", a.watchDataDir)
 	// Providers with work of their own (the local provider's log keeper)
 	// run as long as the agent does, leader or not.
-	for _, name := range sortedKeys(a.providers) {
+	for _, name := range slices.Sorted(maps.Keys(a.providers)) {
 		if r, ok := a.providers[name].(interface{ Run(context.Context) error }); ok {
 			run("provider "+name, r.Run)
 		}
@@ -477,8 +498,9 @@ func (a *Agent) watchQuorum(ctx context.Context) error {
 			}
 			a.log.Warn("no leader: the cluster has no quorum, nothing is launched or terminated", fields...)
 		}
-		v := a.readView()
-		for name := range v.fleets {
+		var names []string
+		a.node.Read(func(st *state.State) { names = st.FleetNames() })
+		for _, name := range names {
 			a.m.blocked.WithLabelValues(name, CauseNoQuorum).Set(1)
 		}
 	}
@@ -554,8 +576,11 @@ func (a *Agent) reloadAgentConfig() {
 	if next.FleetsDir != a.cfg.FleetsDir {
 		restart = append(restart, "fleets_dir")
 	}
-	if fmt.Sprint(next.Cluster) != fmt.Sprint(a.cfg.Cluster) || next.API != a.cfg.API {
+	if fmt.Sprint(next.Cluster) != fmt.Sprint(a.cfg.Cluster) {
 		restart = append(restart, "cluster")
+	}
+	if next.API != a.cfg.API {
+		restart = append(restart, "api")
 	}
 	if err := a.loadToken(); err != nil {
 		a.log.Error("agent config reload: api token", zap.Error(err))
@@ -655,7 +680,7 @@ func (a *Agent) recordEvent(ctx context.Context, e state.Event) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := a.node.Apply(cctx, &state.RecordEvents{Events: []state.Event{e}}); err != nil {
-		a.log.Warn("could not record event", zap.String("action", e.Action), zap.Error(err))
+		a.log.Warn("could not record event", zap.String("action", string(e.Action)), zap.Error(err))
 	}
 }
 

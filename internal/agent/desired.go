@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -12,7 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/immutd/immutd/internal/config"
-	"github.com/immutd/immutd/internal/reconcile"
+	"github.com/immutd/immutd/internal/leader"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -88,23 +87,6 @@ func (a *Agent) parseProposal(p *Proposal) ([]state.FleetSpec, error) {
 	return specs, nil
 }
 
-// needsCommit says whether a proposal changes anything the cluster should
-// act on: only files that changed since their agent last proposed them
-// (or, for an agent that never proposed, since it started), or the very
-// first desired state. So agents whose directories differ never flip-flop
-// the desired state; status and immutd_config_diverged report the
-// difference.
-func needsCommit(st *state.State, p *Proposal) bool {
-	if st.Generation == 0 {
-		return true
-	}
-	last, ok := st.Proposed[p.ProposerID]
-	if !ok {
-		last = p.StartHash
-	}
-	return p.Hash != last
-}
-
 func (a *Agent) setDiverged(d bool) {
 	v := 0.0
 	if d {
@@ -162,12 +144,12 @@ func (a *Agent) updateDiverged() {
 }
 
 func (a *Agent) propose(ctx context.Context, p *Proposal) error {
-	if !a.node.IsLeader() {
-		err := a.forwardProposal(ctx, p)
-		if !errors.Is(err, errBecameLeader) {
-			return err
-		}
-	}
+	return a.onLeader(ctx, http.MethodPost, "/cluster/v2/propose", p, nil, func() error { return a.commitOwn(ctx, p) })
+}
+
+// commitOwn commits this agent's own proposal on the leader, waiting for
+// the term to be ready.
+func (a *Agent) commitOwn(ctx context.Context, p *Proposal) error {
 	for {
 		err := a.commitProposal(ctx, p)
 		if !errors.Is(err, errNotReady) {
@@ -186,10 +168,10 @@ func (a *Agent) propose(ctx context.Context, p *Proposal) error {
 }
 
 // errNotReady: this node leads but has not established leadership yet.
-var errNotReady = errors.New("leader is not ready yet")
+var errNotReady = leader.ErrNotReady
 
-// commitProposal pins the proposal's images and commits it as a new
-// desired generation. Leader only.
+// commitProposal validates a proposal and has the term commit it. Leader
+// only.
 func (a *Agent) commitProposal(ctx context.Context, p *Proposal) error {
 	t := a.currentTerm()
 	if t == nil {
@@ -199,125 +181,11 @@ func (a *Agent) commitProposal(ctx context.Context, p *Proposal) error {
 	if err != nil {
 		return err
 	}
-	for attempt := 0; attempt < 3; attempt++ {
-		needed := true
-		a.node.Read(func(st *state.State) { needed = needsCommit(st, p) })
-		if !needed {
-			return nil
-		}
-		v := a.readView()
-		fleets := make([]*state.DesiredFleet, 0, len(specs))
-		pins := pinCache{}
-		for i := range specs {
-			fleets = append(fleets, t.pin(ctx, &specs[i], v.fleets[specs[i].Name], false, pins))
-		}
-		a.mu.Lock()
-		autoDrain := a.autoDrain
-		a.mu.Unlock()
-		res, err := a.node.Apply(ctx, &state.SetDesired{BaseGeneration: v.generation, SourceHash: p.Hash, Fleets: fleets,
-			AutoDrain: autoDrain, At: time.Now(), Node: p.ProposerName, ProposerID: p.ProposerID})
-		if err != nil {
-			return err
-		}
-		if res.Error() != nil {
-			continue // the base moved under us: read again
-		}
-		if len(res.Changed) > 0 {
-			a.log.Info("desired state committed", zap.Uint64("generation", res.Generation), zap.Strings("fleets", res.Changed),
-				zap.String("node", p.ProposerName))
-		}
-		a.Wake()
-		return nil
-	}
-	return fmt.Errorf("desired state kept moving; will retry")
-}
-
-// repin re-resolves the images of committed fleets (those whose resolution
-// failed, or the named ones when forced) without touching their specs.
-func (t *term) repin(ctx context.Context, force map[string]bool) error {
-	a := t.a
-	v := a.readView()
-	var fleets []*state.DesiredFleet
-	changed := false
-	pins := pinCache{}
-	for _, name := range sortedKeys(v.fleets) {
-		old := v.fleets[name]
-		if old.Unconfigured {
-			continue
-		}
-		spec := old.Spec
-		if old.ResolveError != "" || force[name] {
-			d := t.pin(ctx, &spec, old, true, pins)
-			changed = changed || d.ImageDigest != old.ImageDigest || d.ResolveError != old.ResolveError
-			fleets = append(fleets, d)
-			continue
-		}
-		cp := *old
-		fleets = append(fleets, &cp)
-	}
-	if !changed {
-		return nil
-	}
-	res, err := a.node.Apply(ctx, &state.SetDesired{BaseGeneration: v.generation, Fleets: fleets, At: time.Now(), Node: a.cfg.NodeName})
-	if err != nil {
-		return err
-	}
-	if err := res.Error(); err != nil {
-		return err
-	}
-	a.Wake()
-	return nil
-}
-
-// pinCache remembers the images resolved while one desired state is
-// built, so that a thousand fleets sharing an image resolve it (and, for
-// a local bundle, hash it) once.
-type pinCache map[string]pinned
-
-type pinned struct {
-	digest string
-	err    error
-}
-
-// pin builds a fleet's desired state, resolving its image unless the
-// committed one can be kept: a fleet whose image reference did not change
-// keeps its digest, so neither an edited bundle nor a moved tag leaks into
-// a running fleet.
-func (t *term) pin(ctx context.Context, f *state.FleetSpec, old *state.DesiredFleet, force bool, cache pinCache) *state.DesiredFleet {
-	d := &state.DesiredFleet{Spec: *f, TemplateHash: f.TemplateHash()}
-	if !force && old != nil && old.ImageDigest != "" && old.ResolveError == "" &&
-		old.Spec.Image == f.Image && old.Spec.Provider == f.Provider {
-		d.ImageDigest = old.ImageDigest
-		return d
-	}
-	if old != nil {
-		d.ImageDigest = old.ImageDigest // keep running the last good image on failure
-	}
-	resolver, ok := t.a.providers[f.Provider].(reconcile.ImageResolver)
-	if !ok {
-		d.ResolveError = fmt.Sprintf("provider %q is not configured on agent %s", f.Provider, t.a.cfg.NodeName)
-		return d
-	}
-	key := f.Provider + "\x00" + f.Image
-	res, ok := cache[key]
-	if !ok {
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		res.digest, res.err = resolver.Resolve(rctx, f.Image)
-		cancel()
-		cache[key] = res
-	}
-	digest, err := res.digest, res.err
-	if err != nil {
-		d.ResolveError = clip(err.Error(), maxErrorText)
-		t.log.Error("image not resolved; the fleet stays on its last pinned image", zap.String("fleet", f.Name),
-			zap.String("image", f.Image), zap.String("reason", "image_unresolved"), zap.Error(err))
-		return d
-	}
-	d.ImageDigest = digest
-	if old != nil && old.ImageDigest != "" && old.ImageDigest != digest {
-		t.log.Info("image pinned", zap.String("fleet", f.Name), zap.String("image", f.Image), zap.String("digest", digest), zap.String("previous_digest", old.ImageDigest))
-	}
-	return d
+	a.mu.Lock()
+	autoDrain := a.autoDrain
+	a.mu.Unlock()
+	return t.Commit(ctx, &leader.Proposal{Specs: specs, SourceHash: p.Hash, StartHash: p.StartHash, ProposerID: p.ProposerID,
+		Proposer: p.ProposerName, AutoDrain: autoDrain})
 }
 
 // Drain starts draining an unconfigured fleet.
@@ -325,21 +193,18 @@ func (a *Agent) Drain(ctx context.Context, fleet string) error {
 	if err := checkFleetName(fleet); err != nil {
 		return err
 	}
-	if !a.node.IsLeader() {
-		if err := a.forwardJSON(ctx, "/cluster/v1/drain", map[string]string{"fleet": fleet}, nil); !errors.Is(err, errBecameLeader) {
+	return a.onLeader(ctx, http.MethodPost, "/cluster/v1/drain", fleetRequest{Fleet: fleet}, nil, func() error {
+		res, err := a.node.Apply(ctx, &state.DrainFleet{Fleet: fleet, At: time.Now(), Node: a.cfg.NodeName})
+		if err != nil {
 			return err
 		}
-	}
-	res, err := a.node.Apply(ctx, &state.DrainFleet{Fleet: fleet, At: time.Now(), Node: a.cfg.NodeName})
-	if err != nil {
-		return err
-	}
-	if err := res.Error(); err != nil {
-		return err
-	}
-	a.log.Info("fleet drain started", zap.String("fleet", fleet), zap.String("reason", "operator"))
-	a.Wake()
-	return nil
+		if err := res.Error(); err != nil {
+			return err
+		}
+		a.log.Info("fleet drain started", zap.String("fleet", fleet), zap.String("reason", "operator"))
+		a.Wake()
+		return nil
+	})
 }
 
 func splitLines(s string) []string {

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -103,11 +101,11 @@ func (a *Agent) addServer(ctx context.Context, req JoinRequest) error {
 	if err := req.check(); err != nil {
 		return rpcFail(http.StatusBadRequest, "%v", err)
 	}
-	if !a.node.IsLeader() {
-		if err := a.forwardJSON(ctx, "/cluster/v1/join", req, nil); !errors.Is(err, errBecameLeader) {
-			return err
-		}
-	}
+	return a.onLeader(ctx, http.MethodPost, "/cluster/v1/join", req, nil, func() error { return a.addServerHere(req) })
+}
+
+// addServerHere adds a server (leader only).
+func (a *Agent) addServerHere(req JoinRequest) error {
 	servers, err := a.node.Servers()
 	if err != nil {
 		return err
@@ -139,17 +137,17 @@ func (a *Agent) RemoveMember(ctx context.Context, node string) error {
 	if !serverIDRE.MatchString(node) && config.CheckNodeName(node) != nil {
 		return fmt.Errorf("%.80q is neither a server id nor a node name", node)
 	}
-	if !a.node.IsLeader() {
-		if err := a.forwardJSON(ctx, "/cluster/v1/remove", map[string]string{"node": node}, nil); !errors.Is(err, errBecameLeader) {
-			return err
-		}
-	}
+	return a.onLeader(ctx, http.MethodPost, "/cluster/v1/remove", removeRequest{Node: node}, nil, func() error { return a.removeHere(node) })
+}
+
+// removeHere removes a server by id or name (leader only).
+func (a *Agent) removeHere(node string) error {
 	servers, err := a.node.Servers()
 	if err != nil {
 		return err
 	}
 	for _, s := range servers {
-		if string(s.ID) == node || a.names.get(string(s.ID)) == node {
+		if string(s.ID) == node || a.nameOf(string(s.ID)) == node {
 			if string(s.ID) == a.node.ID() {
 				return errors.New("this agent leads: run `immutd cluster leave` on it, or remove it from another agent after a leadership change")
 			}
@@ -163,12 +161,16 @@ func (a *Agent) RemoveMember(ctx context.Context, node string) error {
 // Members lists the servers with autopilot's health view (leader; a
 // follower forwards).
 func (a *Agent) Members(ctx context.Context) ([]api.Member, error) {
-	if !a.node.IsLeader() {
-		var ms []api.Member
-		if err := a.forward(ctx, http.MethodGet, "/cluster/v1/members", nil, &ms); !errors.Is(err, errBecameLeader) {
-			return ms, err
-		}
-	}
+	var ms []api.Member
+	err := a.onLeader(ctx, http.MethodGet, "/cluster/v1/members", nil, &ms, func() (err error) {
+		ms, err = a.membersHere()
+		return err
+	})
+	return ms, err
+}
+
+// membersHere lists the servers (leader only).
+func (a *Agent) membersHere() ([]api.Member, error) {
 	servers, err := a.node.Servers()
 	if err != nil {
 		return nil, err
@@ -179,11 +181,8 @@ func (a *Agent) Members(ctx context.Context) ([]api.Member, error) {
 	}
 	var out []api.Member
 	for _, s := range servers {
-		m := api.Member{ID: string(s.ID), Name: a.names.get(string(s.ID)), Address: string(s.Address), Suffrage: suffrage(s.Suffrage),
+		m := api.Member{ID: string(s.ID), Name: a.nameOf(string(s.ID)), Address: string(s.Address), Suffrage: suffrage(s.Suffrage),
 			Leader: string(s.ID) == a.node.ID()}
-		if m.Leader {
-			m.Name = a.cfg.NodeName
-		}
 		if ap != nil {
 			if ss := ap.Servers[s.ID]; ss != nil {
 				h := ss.Health.Healthy
@@ -229,7 +228,7 @@ func (a *Agent) leaveCluster(ctx context.Context) error {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err := a.forwardJSON(ctx, "/cluster/v1/remove", map[string]string{"node": a.node.ID()}, nil)
+		err := a.forward(ctx, http.MethodPost, "/cluster/v1/remove", removeRequest{Node: a.node.ID()}, nil)
 		if err == nil {
 			a.log.Info("left the cluster")
 			return nil
@@ -325,6 +324,14 @@ func (a *Agent) formCluster(ctx context.Context) error {
 	}
 }
 
+// nameOf is the node name of a server id, as far as this agent knows it.
+func (a *Agent) nameOf(id string) string {
+	if id == a.node.ID() {
+		return a.cfg.NodeName
+	}
+	return a.names.get(id)
+}
+
 // nameBook remembers node names by id (learned from joins and peers).
 type nameBook struct {
 	mu sync.Mutex
@@ -354,6 +361,9 @@ type pilotDelegate struct {
 
 	mu       sync.Mutex
 	lastSeen map[raft.ServerID]time.Time
+	// removals are the removals of failed servers in flight; the term
+	// waits for them when it ends.
+	removals sync.WaitGroup
 }
 
 func (d *pilotDelegate) AutopilotConfig() *autopilot.Config {
@@ -425,45 +435,13 @@ func (d *pilotDelegate) KnownServers() map[raft.ServerID]*autopilot.Server {
 	return out
 }
 
+// RemoveFailedServer must not block autopilot: the removal runs beside
+// it, and the term joins it when it ends.
 func (d *pilotDelegate) RemoveFailedServer(s *autopilot.Server) {
-	go func() {
+	d.removals.Go(func() {
 		d.a.log.Warn("removing failed server", zap.String("node_id", string(s.ID)), zap.String("node", s.Name), zap.String("reason", "dead_server_cleanup"))
 		if err := d.a.node.RemoveServer(string(s.ID)); err != nil {
 			d.a.log.Warn("remove failed server", zap.String("node_id", string(s.ID)), zap.Error(err))
 		}
-	}()
-}
-
-// writeLocalMarker records this agent in the local provider's directory,
-// so the leader can tell whether all agents share it.
-func (a *Agent) writeLocalMarker() error {
-	dir := filepath.Join(a.cfg.Local.Dir, "agents")
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(dir, a.node.ID()), []byte(a.cfg.NodeName+"\n"), 0o640)
-}
-
-// localShared checks that every raft server has a marker in the local
-// provider's directory: the local provider works in a cluster only when
-// all agents share one host and directory.
-func (a *Agent) localShared() error {
-	servers, err := a.node.Servers()
-	if err != nil || len(servers) <= 1 {
-		return nil
-	}
-	var missing []string
-	for _, s := range servers {
-		if _, err := os.Stat(filepath.Join(a.cfg.Local.Dir, "agents", string(s.ID))); err != nil {
-			name := a.names.get(string(s.ID))
-			if name == "" {
-				name = string(s.ID)
-			}
-			missing = append(missing, name)
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("the local provider directory %s is not shared by agents %v: the local provider works in a cluster only when all agents share one host and one directory", a.cfg.Local.Dir, missing)
-	}
-	return nil
+	})
 }

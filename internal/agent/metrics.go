@@ -20,19 +20,14 @@ var (
 
 // replacementReasons are the termination reasons that count as a
 // replacement in immutd_replacements_total.
-var replacementReasons = []string{
+var replacementReasons = []reconcile.Reason{
 	reconcile.ReasonUnhealthy, reconcile.ReasonNeverHealthy, reconcile.ReasonExited, reconcile.ReasonGone,
 	reconcile.ReasonDriftImage, reconcile.ReasonDriftTemplate, reconcile.ReasonDriftMutated, reconcile.ReasonOrphan,
 }
 
-var blockCauses = []string{
-	reconcile.CauseProviderUnreachable, reconcile.CauseTooManyUnhealthy, reconcile.CauseDisabled,
-	reconcile.CauseUnconfigured, reconcile.CauseLaunchBackoff, reconcile.CauseNoImage, CauseNoQuorum,
-	reconcile.CauseInstanceLimit, reconcile.CauseLaunchLimit,
-}
-
-// CauseNoQuorum: the cluster cannot commit, so nothing is changed.
-const CauseNoQuorum = "no_quorum"
+// CauseNoQuorum is reconcile.CauseNoQuorum as a plain string, for the
+// metric labels and logs that take one.
+const CauseNoQuorum = string(reconcile.CauseNoQuorum)
 
 type metrics struct {
 	reg *prometheus.Registry
@@ -55,6 +50,7 @@ type metrics struct {
 	autopilotHealthy prometheus.Gauge
 	failureTolerance prometheus.Gauge
 	imageRefMoved    *prometheus.GaugeVec
+	passes           *prometheus.CounterVec
 	dataDirWritable  prometheus.Gauge
 	dataDirFree      prometheus.Gauge
 }
@@ -74,7 +70,7 @@ func newMetrics() *metrics {
 		blocked: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_remediation_blocked",
 			Help: "1 while remediation of a fleet is held back, by cause (leader only)."}, []string{"fleet", "cause"}),
 		reconcileDur: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "immutd_reconcile_duration_seconds",
-			Help: "Duration of one reconcile pass: observe, plan and journal.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+			Help: "Duration of one reconcile pass: observe, plan, journal and publish.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		providerCall: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "immutd_provider_call_duration_seconds",
 			Help: "Duration of provider launch and terminate calls until their outcome is journaled.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"provider", "kind", "outcome"}),
 		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_config_last_reload_successful",
@@ -100,6 +96,11 @@ func newMetrics() *metrics {
 		imageRefMoved: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_image_ref_moved",
 			Help: "1 when a fleet's image reference now resolves to other content than the pinned image (leader only)."}, []string{"fleet"}),
 	}
+	m.passes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immutd_reconcile_passes_total",
+		Help: "Reconcile passes of the leader by result: ok, resumed (intents were taken over; planning waits for the next pass), error."}, []string{"result"})
+	for _, r := range []string{"ok", "resumed", "error"} {
+		m.passes.WithLabelValues(r)
+	}
 	m.dataDirWritable = prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_data_dir_writable",
 		Help: "1 when the agent could write and sync a file in its data directory at the last check (every 5s); raft persists nothing while it is 0."})
 	m.dataDirFree = prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_data_dir_free_bytes",
@@ -109,7 +110,7 @@ func newMetrics() *metrics {
 	buildInfo.WithLabelValues(Version, Revision, runtime.Version()).Set(1)
 	reg.MustRegister(m.fleetInstances, m.fleetDesired, m.drifted, m.replacements, m.blocked, m.reconcileDur, m.providerCall,
 		m.reloadOK, m.reloadTime, m.reloadFailures, m.isLeader, m.intentsOpen, m.intentsFinished, m.desiredGen, buildInfo,
-		m.configDiverged, m.autopilotHealthy, m.failureTolerance, m.imageRefMoved, m.dataDirWritable, m.dataDirFree,
+		m.configDiverged, m.autopilotHealthy, m.failureTolerance, m.imageRefMoved, m.dataDirWritable, m.dataDirFree, m.passes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -134,7 +135,7 @@ func (m *metrics) bridgeRaftMetrics() error {
 // rather than gaps and increase() counts the first replacement.
 func (m *metrics) initFleet(fleet string) {
 	for _, r := range replacementReasons {
-		m.replacements.WithLabelValues(fleet, r)
+		m.replacements.WithLabelValues(fleet, string(r))
 	}
 }
 
@@ -158,20 +159,20 @@ func (m *metrics) clearLeaderSeries() {
 
 func (m *metrics) publish(st reconcile.FleetStatus) {
 	for s, n := range st.States {
-		m.fleetInstances.WithLabelValues(st.Fleet, s).Set(float64(n))
+		m.fleetInstances.WithLabelValues(st.Fleet, string(s)).Set(float64(n))
 	}
 	for k, n := range st.Drifted {
 		m.drifted.WithLabelValues(st.Fleet, k).Set(float64(n))
 	}
-	on := map[string]bool{}
+	on := map[reconcile.Cause]bool{}
 	for _, b := range st.Blocked {
 		on[b.Cause] = true
 	}
-	for _, c := range blockCauses {
+	for _, c := range reconcile.Causes {
 		v := 0.0
 		if on[c] {
 			v = 1
 		}
-		m.blocked.WithLabelValues(st.Fleet, c).Set(v)
+		m.blocked.WithLabelValues(st.Fleet, string(c)).Set(v)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"time"
 
 	"go.uber.org/zap"
@@ -74,6 +73,13 @@ type ReportedVerdict struct {
 	Evidence []string  `json:"evidence,omitempty"`
 }
 
+// ReportAck answers a verdict report with the node names the leader
+// knows, by server id: every agent learns every server's name, so that
+// an operator can remove a dead server by name after the leader changed.
+type ReportAck struct {
+	Names map[string]string `json:"names,omitempty"`
+}
+
 type rpcError struct {
 	Error string `json:"error"`
 	// Leader is set when the receiver is not the leader.
@@ -108,7 +114,10 @@ func (a *Agent) rpcHandler() http.Handler {
 		return struct{}{}, a.commitProposal(ctx, p)
 	}))
 	mux.HandleFunc("POST /cluster/v1/verdicts", rpcPost(a, true, maxVerdictsBody, func(ctx context.Context, rep *VerdictReport) (any, error) {
-		return struct{}{}, a.acceptReport(rep)
+		if err := a.acceptReport(rep); err != nil {
+			return nil, err
+		}
+		return a.reportAck(), nil
 	}))
 	mux.HandleFunc("POST /cluster/v1/drain", rpcPost(a, true, maxSmallBody, func(ctx context.Context, req *fleetRequest) (any, error) {
 		if err := checkFleetName(req.Fleet); err != nil {
@@ -247,6 +256,7 @@ func (a *Agent) acceptReport(rep *VerdictReport) error {
 		return rpcFail(http.StatusForbidden, "node %.64q is not a voter of this cluster; its verdicts do not count", rep.NodeID)
 	}
 	rep.NodeName = clip(rep.NodeName, maxNodeNameLen)
+	a.learnName(rep.NodeID, rep.NodeName)
 	for id, v := range rep.Verdicts {
 		switch probe.State(v.State) {
 		case probe.Healthy, probe.Unhealthy, probe.NeverHealthy, probe.Starting:
@@ -258,6 +268,39 @@ func (a *Agent) acceptReport(rep *VerdictReport) error {
 	}
 	a.votes.report(*rep, time.Now())
 	return nil
+}
+
+// reportAck lists the names of the cluster's servers.
+func (a *Agent) reportAck() ReportAck {
+	ack := ReportAck{Names: map[string]string{}}
+	servers, err := a.node.Servers()
+	if err != nil {
+		return ack
+	}
+	for _, s := range servers {
+		if name := a.nameOf(string(s.ID)); name != "" {
+			ack.Names[string(s.ID)] = name
+		}
+	}
+	return ack
+}
+
+// learnName remembers a server's node name when both are well formed and
+// the id is a server of this cluster.
+func (a *Agent) learnName(id, name string) {
+	if id == a.node.ID() || !serverIDRE.MatchString(id) || config.CheckNodeName(name) != nil || len(name) > maxNodeNameLen {
+		return
+	}
+	servers, err := a.node.Servers()
+	if err != nil {
+		return
+	}
+	for _, s := range servers {
+		if string(s.ID) == id {
+			a.names.set(id, name)
+			return
+		}
+	}
 }
 
 // clip cuts s to at most n bytes.
@@ -326,12 +369,8 @@ var errNotLeaderPeer = errors.New("peer is not the leader")
 // errBecameLeader: a request meant for the leader found this agent leading.
 var errBecameLeader = errors.New("this agent is the leader now")
 
-// forwardJSON posts to the current leader, waiting up to rpcHoldTimeout
-// for one to be known.
-func (a *Agent) forwardJSON(ctx context.Context, path string, in, out any) error {
-	return a.forward(ctx, http.MethodPost, path, in, out)
-}
-
+// forward sends a request to the current leader, waiting up to
+// rpcHoldTimeout for one to be known.
 func (a *Agent) forward(ctx context.Context, method, path string, in, out any) error {
 	deadline := time.Now().Add(rpcHoldTimeout)
 	for {
@@ -362,8 +401,16 @@ func (a *Agent) forward(ctx context.Context, method, path string, in, out any) e
 	}
 }
 
-func (a *Agent) forwardProposal(ctx context.Context, p *Proposal) error {
-	return a.forwardJSON(ctx, "/cluster/v2/propose", p, nil)
+// onLeader runs local on the leader; elsewhere it sends the request to
+// the leader (method, path, in and out as for forward), and runs local
+// after all when this agent became the leader meanwhile.
+func (a *Agent) onLeader(ctx context.Context, method, path string, in, out any, local func() error) error {
+	if !a.node.IsLeader() {
+		if err := a.forward(ctx, method, path, in, out); !errors.Is(err, errBecameLeader) {
+			return err
+		}
+	}
+	return local()
 }
 
 // reportVerdicts pushes this agent's verdicts to the leader while it is a
@@ -386,9 +433,13 @@ func (a *Agent) reportVerdicts(ctx context.Context) error {
 			continue
 		}
 		rep := a.localReport()
+		var ack ReportAck
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := a.callPeer(cctx, addr, http.MethodPost, "/cluster/v1/verdicts", rep, nil)
+		err := a.callPeer(cctx, addr, http.MethodPost, "/cluster/v1/verdicts", rep, &ack)
 		cancel()
+		for id, name := range ack.Names {
+			a.learnName(id, name)
+		}
 		if err != nil && ctx.Err() == nil {
 			a.log.Debug("verdict report failed", zap.String("leader", addr), zap.Error(err))
 		}
@@ -405,22 +456,10 @@ func (a *Agent) localReport() VerdictReport {
 
 // ConsistentStatus fetches the leader's status (for ?consistent reads).
 func (a *Agent) ConsistentStatus(ctx context.Context) (api.Status, error) {
-	if a.node.IsLeader() {
-		return a.Status(ctx), nil
-	}
 	var st api.Status
-	err := a.forward(ctx, http.MethodGet, "/cluster/v1/status", nil, &st)
-	if errors.Is(err, errBecameLeader) {
-		return a.Status(ctx), nil
-	}
+	err := a.onLeader(ctx, http.MethodGet, "/cluster/v1/status", nil, &st, func() error {
+		st = a.Status(ctx)
+		return nil
+	})
 	return st, err
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/immutd/immutd/internal/leader"
 	"github.com/immutd/immutd/internal/probe"
 	"github.com/immutd/immutd/internal/reconcile"
 )
@@ -84,18 +85,10 @@ func (v *votes) reset() {
 	v.reports = map[string]receivedReport{}
 }
 
-// judgement is the cluster's verdict on one instance.
-type judgement struct {
-	Health    reconcile.Health
-	Evidence  []string
-	FailingOn []string
-	HealthyOn []string
-}
-
 // aggregate combines this agent's own verdicts (self is its name and
 // selfID its node id) with the fresh reports of the other voters; voters
 // holds the node ids of the cluster's voters.
-func (v *votes) aggregate(self, selfID string, local map[string]probe.Verdict, voterIDs map[string]bool, rule QuorumRule, now time.Time) map[string]judgement {
+func (v *votes) aggregate(self, selfID string, local map[string]probe.Verdict, voterIDs map[string]bool, rule QuorumRule, now time.Time) map[string]leader.Judgement {
 	voters := max(len(voterIDs), 1)
 	type vote struct {
 		node     string
@@ -118,10 +111,10 @@ func (v *votes) aggregate(self, selfID string, local map[string]probe.Verdict, v
 	v.mu.Unlock()
 
 	need := rule(voters)
-	out := make(map[string]judgement, len(byInst))
+	out := make(map[string]leader.Judgement, len(byInst))
 	for id, vs := range byInst {
 		sort.Slice(vs, func(i, j int) bool { return vs[i].node < vs[j].node })
-		var j judgement
+		var j leader.Judgement
 		unhealthy, never := 0, 0
 		for _, x := range vs {
 			switch probe.State(x.state) {

@@ -6,6 +6,7 @@ package api
 import (
 	"time"
 
+	"github.com/immutd/immutd/internal/instance"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -96,8 +97,9 @@ type Instance struct {
 	ID          string `json:"id"`
 	Fleet       string `json:"fleet"`
 	ImageDigest string `json:"image_digest"`
-	// State is one of healthy, starting, unhealthy, never_healthy,
-	// exited, gone, launching, terminating, unknown (follower view).
+	// State is a reconcile.InstanceState: one of healthy, starting,
+	// unhealthy, never_healthy, exited, gone, launching, terminating,
+	// unknown (follower view).
 	State    string `json:"state"`
 	Address  string `json:"address"`
 	Location string `json:"location,omitempty"`
@@ -134,4 +136,32 @@ type Member struct {
 // Error is the body of every non-2xx answer.
 type Error struct {
 	Error string `json:"error"`
+}
+
+// InstanceOf is the one conversion of what is recorded and what the
+// provider observed of an instance into the shape the API shows; either
+// may be nil. The observation wins over the record. State, health,
+// drift and intent are for the caller to fill in.
+func InstanceOf(id, fleet string, rec *state.Instance, o *instance.Observed) Instance {
+	ai := Instance{ID: id, Fleet: fleet}
+	if rec != nil {
+		ai.ImageDigest, ai.Address, ai.Location, ai.CreatedAt = rec.ImageDigest, rec.Address, rec.Location, rec.CreatedAt
+		ai.ProviderRef = rec.ProviderRef
+	}
+	if o != nil {
+		ai.ImageDigest, ai.Address, ai.Location, ai.ProviderRef = o.ImageDigest, o.Address, o.Location, o.ProviderRef
+		if ai.CreatedAt.IsZero() {
+			ai.CreatedAt = o.StartedAt
+		}
+	}
+	return ai
+}
+
+// FleetHeader is a fleet's row as the desired state alone gives it,
+// before any instance is added.
+func FleetHeader(d *state.DesiredFleet, st state.FleetStats) Fleet {
+	return Fleet{Name: d.Spec.Name, Provider: d.Spec.Provider, Image: d.Spec.Image, ImageDigest: d.ImageDigest,
+		ResolveError: d.ResolveError, Generation: d.Generation, Size: d.Spec.Size, Desired: d.Spec.Size,
+		Unconfigured: d.Unconfigured, Draining: d.Draining, LaunchFailures: st.LaunchFailures,
+		States: map[string]int{}, Drifted: map[string]int{}, Blocked: []Block{}, Instances: []Instance{}}
 }

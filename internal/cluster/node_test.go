@@ -49,7 +49,7 @@ func waitLeader(t *testing.T, n *Node) {
 
 func desired(gen uint64, size int) *state.SetDesired {
 	return &state.SetDesired{BaseGeneration: gen, SourceHash: fmt.Sprint(size),
-		Fleets: []*state.DesiredFleet{{Spec: state.FleetSpec{Name: "web", Size: size, Provider: "local"}, ImageDigest: "d", TemplateHash: "t"}}}
+		Fleets: []*state.DesiredFleet{{Spec: state.FleetSpec{Name: "web", Size: size, Provider: "fake"}, ImageDigest: "d", TemplateHash: "t"}}}
 }
 
 func TestSingleNodeApplyPersistsAcrossRestart(t *testing.T) {

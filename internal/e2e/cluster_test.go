@@ -192,9 +192,9 @@ func auditIntents(t testing.TB, evs []state.Event) (planned int) {
 			if _, dup := plannedOps[ev.OpID]; dup {
 				t.Errorf("op %s planned twice", ev.OpID)
 			}
-			plannedOps[ev.OpID] = ev.Action
+			plannedOps[ev.OpID] = string(ev.Action)
 		case "launched", "launch_failed", "launch_abandoned", "terminated", "terminate_failed", "terminate_abandoned":
-			finished[ev.OpID] = append(finished[ev.OpID], ev.Action)
+			finished[ev.OpID] = append(finished[ev.OpID], string(ev.Action))
 		}
 		if ev.Action == "launched" {
 			launched[ev.InstanceID]++
@@ -564,7 +564,7 @@ func TestClusterDivergentFleetDirsDoNotFlipFlop(t *testing.T) {
 
 func dumpDesiredEvents(t *testing.T, e *env) {
 	for _, ev := range e.events() {
-		if strings.HasPrefix(ev.Action, "desired") || strings.HasPrefix(ev.Action, "fleet_") {
+		if strings.HasPrefix(string(ev.Action), "desired") || strings.HasPrefix(string(ev.Action), "fleet_") {
 			t.Logf("%s %s %s %s %v", ev.Time.Format("15:04:05.000"), ev.Node, ev.Action, ev.Reason, ev.Evidence)
 		}
 	}

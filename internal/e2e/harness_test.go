@@ -512,7 +512,7 @@ func (e *env) waitTerminated(fleet, id string) *state.Event {
 	return ev
 }
 
-func findEvent(evs []state.Event, action, instanceID string) *state.Event {
+func findEvent(evs []state.Event, action state.EventAction, instanceID string) *state.Event {
 	for i := range evs {
 		if evs[i].Action == action && (instanceID == "" || evs[i].InstanceID == instanceID) {
 			return &evs[i]

@@ -244,7 +244,7 @@ func TestRemediationDisabledOnlyReports(t *testing.T) {
 	})
 	e.waitPasses(3)
 	for _, ev := range e.events() {
-		if ev.Seq > seq && (strings.HasPrefix(ev.Action, "launch") || strings.HasPrefix(ev.Action, "terminate")) {
+		if ev.Seq > seq && (strings.HasPrefix(string(ev.Action), "launch") || strings.HasPrefix(string(ev.Action), "terminate")) {
 			t.Errorf("with remediation disabled: %s %s (%s) %v", ev.Action, ev.InstanceID, ev.Reason, ev.Evidence)
 		}
 	}

@@ -82,7 +82,7 @@ func TestUpgradeFromPreviousReleaseRollsNoFleet(t *testing.T) {
 		}
 	}
 	for _, ev := range e.events() {
-		if ev.Seq > seq && (strings.HasPrefix(ev.Action, "launch") || strings.HasPrefix(ev.Action, "terminate") || (ev.Action == "desired_changed" && ev.Fleet == "web")) {
+		if ev.Seq > seq && (strings.HasPrefix(string(ev.Action), "launch") || strings.HasPrefix(string(ev.Action), "terminate") || (ev.Action == "desired_changed" && ev.Fleet == "web")) {
 			t.Errorf("after the upgrade: %s %s %s (%s) %v", ev.Action, ev.Fleet, ev.InstanceID, ev.Reason, ev.Evidence)
 		}
 	}

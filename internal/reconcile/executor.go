@@ -23,18 +23,6 @@ type Provider interface {
 	Terminate(ctx context.Context, id string, grace time.Duration) error
 }
 
-// DriftInspector is the optional capability to inspect an instance for
-// in-place changes.
-type DriftInspector interface {
-	Inspect(ctx context.Context, obs instance.Observed, ignore []string) (*instance.Finding, error)
-}
-
-// ImageResolver is the optional capability to pin an image reference to a
-// digest when desired state is committed.
-type ImageResolver interface {
-	Resolve(ctx context.Context, ref string) (string, error)
-}
-
 // Journal is the replicated log the executor writes intents to.
 type Journal interface {
 	Apply(ctx context.Context, c state.Command) (state.Result, error)
@@ -145,15 +133,15 @@ func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fl
 			if !ok {
 				continue
 			}
-			adopt = append(adopt, &state.Instance{ID: o.ID, Fleet: o.Fleet, ImageDigest: o.ImageDigest, TemplateHash: o.TemplateHash,
-				Address: o.Address, Location: o.Location, ProviderRef: o.ProviderRef, CreatedAt: o.StartedAt})
+			rec := state.RecordOf(o)
+			adopt = append(adopt, &rec)
 		case ActLaunch:
 			intents = append(intents, &state.Intent{OpID: randHex(8), Kind: state.Launch, Fleet: a.Fleet, InstanceID: NewID(a.Fleet),
-				Reason: a.Reason, Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node,
+				Reason: string(a.Reason), Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node,
 				ImageDigest: d.ImageDigest, TemplateHash: d.TemplateHash})
 		case ActTerminate:
 			intents = append(intents, &state.Intent{OpID: randHex(8), Kind: state.Terminate, Fleet: a.Fleet, InstanceID: a.InstanceID,
-				Reason: a.Reason, Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node, Grace: d.Spec.Launch.StopGrace})
+				Reason: string(a.Reason), Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node, Grace: d.Spec.Launch.StopGrace})
 		}
 	}
 	if len(adopt) > 0 {
@@ -262,6 +250,9 @@ func (e *Executor) drive(ctx context.Context, it *state.Intent, d *state.Desired
 	}
 }
 
+// retry makes a provider call up to e.attempts times, waiting between
+// tries; an error the provider marked permanent (instance.ErrPermanent)
+// is not retried.
 func (e *Executor) retry(ctx context.Context, log *zap.Logger, what string, call func(context.Context) error) error {
 	wait := e.backoff
 	var err error
@@ -269,7 +260,11 @@ func (e *Executor) retry(ctx context.Context, log *zap.Logger, what string, call
 		if err = call(ctx); err == nil || ctx.Err() != nil {
 			return err
 		}
-		log.Warn("provider call failed", zap.String("call", what), zap.Int("attempt", i+1), zap.Error(err))
+		permanent := errors.Is(err, instance.ErrPermanent)
+		log.Warn("provider call failed", zap.String("call", what), zap.Int("attempt", i+1), zap.Bool("permanent", permanent), zap.Error(err))
+		if permanent {
+			return err
+		}
 		if i+1 < e.attempts {
 			select {
 			case <-ctx.Done():

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -75,7 +76,7 @@ func newExec(t *testing.T, leader error) (*Executor, *memJournal, *fakeProvider)
 		t.Fatal(err)
 	}
 	p := &fakeProvider{}
-	e := NewExecutor(ExecutorOptions{Journal: j, Providers: map[string]Provider{"local": p}, Node: "n1", Backoff: time.Millisecond})
+	e := NewExecutor(ExecutorOptions{Journal: j, Providers: map[string]Provider{"fake": p}, Node: "n1", Backoff: time.Millisecond})
 	return e, j, p
 }
 
@@ -129,6 +130,24 @@ func TestExecutorDoesNotKillWithoutConfirmedLeadership(t *testing.T) {
 	})
 }
 
+func TestExecutorDoesNotRetryAPermanentError(t *testing.T) {
+	e, j, p := newExec(t, nil)
+	p.launchErr = fmt.Errorf("launch: %w", instance.Permanent(errors.New("image is not in the store")))
+	plan := Result{Actions: []Action{{Kind: ActLaunch, Fleet: "web", Reason: ReasonScaleUp}}}
+	if _, err := e.Apply(context.Background(), 1, plan, fleetsOf(j), nil); err != nil {
+		t.Fatal(err)
+	}
+	e.Wait()
+	if len(p.launched) != 1 || len(p.terminated) != 1 {
+		t.Fatalf("a permanent error: %d launch calls (want 1), %d cleanups (want 1)", len(p.launched), len(p.terminated))
+	}
+	j.read(func(st *state.State) {
+		if len(st.Intents) != 0 || st.Stats["web"].LaunchFailures != 1 {
+			t.Fatalf("after a permanent failure: %d open intents, %d launch failures", len(st.Intents), st.Stats["web"].LaunchFailures)
+		}
+	})
+}
+
 func TestExecutorFailedLaunchCleansUpAndCounts(t *testing.T) {
 	e, j, p := newExec(t, nil)
 	p.launchErr = errors.New("exec format error")
@@ -156,7 +175,7 @@ func TestExecutorResume(t *testing.T) {
 		{OpID: "found", Kind: state.Launch, Fleet: "web", InstanceID: "web-found", Term: 2, Generation: fl.Generation, ImageDigest: fl.ImageDigest, TemplateHash: fl.TemplateHash},
 		{OpID: "redo", Kind: state.Launch, Fleet: "web", InstanceID: "web-redo", Term: 2, Generation: fl.Generation, ImageDigest: fl.ImageDigest, TemplateHash: fl.TemplateHash},
 		{OpID: "stale", Kind: state.Launch, Fleet: "web", InstanceID: "web-stale", Term: 2, Generation: fl.Generation, ImageDigest: "sha256:older", TemplateHash: fl.TemplateHash},
-		{OpID: "kill", Kind: state.Terminate, Fleet: "web", InstanceID: "web-old", Term: 2, Reason: ReasonDriftImage},
+		{OpID: "kill", Kind: state.Terminate, Fleet: "web", InstanceID: "web-old", Term: 2, Reason: string(ReasonDriftImage)},
 	}
 	if _, err := j.Apply(ctx, &state.CommitIntents{Generation: 1, Intents: open, At: t0}); err != nil {
 		t.Fatal(err)

@@ -38,40 +38,95 @@ const (
 	ActAdopt Kind = "adopt"
 )
 
-// Reasons. Launch reasons say why capacity is added; terminate reasons say
-// why an instance goes.
+// Reason says why an action is taken: launch reasons say why capacity
+// is added, terminate reasons why an instance goes. Reasons are journaled
+// with intents and events and label metrics: their values are a
+// compatibility surface.
+type Reason string
+
+// Reasons. The ones the replicated state interprets itself are defined
+// there (state cannot import this package).
 const (
-	ReasonScaleUp       = "scale_up"
-	ReasonReplacement   = "replacement"
-	ReasonRollout       = "rollout"
-	ReasonExcess        = "excess"
-	ReasonUnhealthy     = "unhealthy"
-	ReasonNeverHealthy  = "never_healthy"
-	ReasonExited        = "exited"
-	ReasonGone          = "gone"
-	ReasonDriftImage    = "drift_image"
-	ReasonDriftTemplate = "drift_template"
-	ReasonDriftMutated  = "drift_mutated"
-	ReasonOrphan        = "orphan"
-	ReasonDrain         = "drain"
+	ReasonScaleUp       Reason = "scale_up"
+	ReasonReplacement   Reason = "replacement"
+	ReasonRollout       Reason = "rollout"
+	ReasonExcess        Reason = "excess"
+	ReasonUnhealthy     Reason = "unhealthy"
+	ReasonNeverHealthy  Reason = state.ReasonNeverHealthy
+	ReasonExited        Reason = state.ReasonExited
+	ReasonGone          Reason = "gone"
+	ReasonDriftImage    Reason = "drift_image"
+	ReasonDriftTemplate Reason = "drift_template"
+	ReasonDriftMutated  Reason = "drift_mutated"
+	ReasonOrphan        Reason = state.ReasonOrphan
+	ReasonDrain         Reason = "drain"
 )
+
+// Cause says why remediation of a fleet is held back. Causes label the
+// immutd_remediation_blocked metric and are the reasons of
+// remediation_blocked events.
+type Cause string
 
 // Causes that block remediation.
 const (
-	CauseProviderUnreachable = "provider_unreachable"
-	CauseTooManyUnhealthy    = "too_many_unhealthy"
-	CauseDisabled            = "disabled"
-	CauseUnconfigured        = "unconfigured"
-	CauseLaunchBackoff       = "launch_backoff"
-	CauseNoImage             = "image_unresolved"
+	CauseProviderUnreachable Cause = "provider_unreachable"
+	CauseTooManyUnhealthy    Cause = "too_many_unhealthy"
+	CauseDisabled            Cause = "disabled"
+	CauseUnconfigured        Cause = "unconfigured"
+	CauseLaunchBackoff       Cause = "launch_backoff"
+	CauseNoImage             Cause = "image_unresolved"
 	// CauseInstanceLimit: limits.max_instances is reached, so the fleet
 	// launches fewer instances than it needs.
-	CauseInstanceLimit = "instance_limit"
+	CauseInstanceLimit Cause = "instance_limit"
 	// CauseLaunchLimit: limits.max_launches_in_flight launches are in
 	// flight already; the rest wait for a later pass. A throttle, not a
 	// fault.
-	CauseLaunchLimit = "launch_limit"
+	CauseLaunchLimit Cause = "launch_limit"
+	// CauseNoQuorum: the cluster cannot commit, so nothing is changed.
+	// The agent reports it, not the planner.
+	CauseNoQuorum Cause = "no_quorum"
 )
+
+// Causes lists every cause, for the metrics that export one series per
+// cause.
+var Causes = []Cause{
+	CauseProviderUnreachable, CauseTooManyUnhealthy, CauseDisabled,
+	CauseUnconfigured, CauseLaunchBackoff, CauseNoImage, CauseNoQuorum,
+	CauseInstanceLimit, CauseLaunchLimit,
+}
+
+// InstanceState is the planner's classification of an instance as status
+// shows it (api.Instance.State) and counts it (FleetStatus.States, the
+// immutd_fleet_instances metric).
+type InstanceState string
+
+// Instance states.
+const (
+	StateHealthy      InstanceState = "healthy"
+	StateStarting     InstanceState = "starting"
+	StateUnhealthy    InstanceState = "unhealthy"
+	StateNeverHealthy InstanceState = "never_healthy"
+	StateExited       InstanceState = "exited"
+	// StateGone: the provider no longer lists a recorded instance. It is
+	// counted as exited.
+	StateGone        InstanceState = "gone"
+	StateLaunching   InstanceState = "launching"
+	StateTerminating InstanceState = "terminating"
+	// StateUnknown is not the planner's: a follower shows it for the
+	// records it has, without the leader's observations.
+	StateUnknown InstanceState = "unknown"
+)
+
+// InstanceStates are the states FleetStatus.States counts.
+var InstanceStates = []InstanceState{StateHealthy, StateStarting, StateUnhealthy, StateNeverHealthy, StateExited, StateLaunching, StateTerminating}
+
+// countedAs is the state an instance in s is counted in.
+func (s InstanceState) countedAs() InstanceState {
+	if s == StateGone {
+		return StateExited
+	}
+	return s
+}
 
 // Input is everything Plan looks at.
 type Input struct {
@@ -121,7 +176,7 @@ type Action struct {
 	Kind       Kind     `json:"kind"`
 	Fleet      string   `json:"fleet"`
 	InstanceID string   `json:"instance_id,omitempty"` // empty for launches: the executor names them
-	Reason     string   `json:"reason"`
+	Reason     Reason   `json:"reason"`
 	Evidence   []string `json:"evidence,omitempty"`
 	// Running is set for terminations of a running instance (a kill), as
 	// opposed to cleaning up one that already exited or vanished.
@@ -130,26 +185,65 @@ type Action struct {
 
 // Block says why remediation of a fleet is held back.
 type Block struct {
-	Cause  string `json:"cause"`
+	Cause  Cause  `json:"cause"`
 	Detail string `json:"detail"`
 }
 
 // FleetStatus is the planner's summary of a fleet.
 type FleetStatus struct {
-	Fleet        string         `json:"fleet"`
-	Desired      int            `json:"desired"`
-	States       map[string]int `json:"states"`
-	Drifted      map[string]int `json:"drifted"`
-	UpToDate     int            `json:"up_to_date"`
-	Blocked      []Block        `json:"blocked,omitempty"`
-	Unconfigured bool           `json:"unconfigured,omitempty"`
-	Draining     bool           `json:"draining,omitempty"`
+	Fleet   string `json:"fleet"`
+	Desired int    `json:"desired"`
+	// States counts the instances by state (every one of InstanceStates
+	// is present).
+	States       map[InstanceState]int `json:"states"`
+	Drifted      map[string]int        `json:"drifted"`
+	UpToDate     int                   `json:"up_to_date"`
+	Blocked      []Block               `json:"blocked,omitempty"`
+	Unconfigured bool                  `json:"unconfigured,omitempty"`
+	Draining     bool                  `json:"draining,omitempty"`
 	// BackoffUntil is set while launches wait after repeated failures.
 	BackoffUntil time.Time `json:"backoff_until,omitempty"`
+	// Instances is the classification of every instance of the fleet, by
+	// id, orphans the policy ignores included. States counts it.
+	Instances map[string]InstanceStatus `json:"-"`
 }
 
-// Instance states reported in FleetStatus.States.
-var InstanceStates = []string{"healthy", "starting", "unhealthy", "never_healthy", "exited", "launching", "terminating"}
+// InstanceStatus is the planner's classification of one instance.
+type InstanceStatus struct {
+	State InstanceState
+	// Ignored: an orphan that drift.orphans = "ignore" leaves alone. It
+	// is reported as drift only and not counted in States.
+	Ignored bool
+}
+
+// classified records the state of an instance and counts it.
+func (st *FleetStatus) classified(id string, s InstanceState, ignored bool) {
+	st.Instances[id] = InstanceStatus{State: s, Ignored: ignored}
+	if !ignored {
+		st.States[s.countedAs()]++
+	}
+}
+
+// Started counts an intent started after the plan was made (the executor
+// applying the plan) as if the plan had seen it open: its instance is
+// terminating, or a new instance is launching. Status and metrics show a
+// pass with its own work already in flight.
+func (st *FleetStatus) Started(it *state.Intent) {
+	s := StateTerminating
+	if it.Kind == state.Launch {
+		s = StateLaunching
+	}
+	old, known := st.Instances[it.InstanceID]
+	switch {
+	case known && (old.State == StateLaunching || old.State == StateTerminating):
+		return // an intent was open on it already
+	case known && !old.Ignored:
+		st.States[old.State.countedAs()]--
+	case !known && it.Kind != state.Launch:
+		return // not an instance the plan saw
+	}
+	st.classified(it.InstanceID, s, false)
+}
 
 // DriftKinds reported in FleetStatus.Drifted.
 var DriftKinds = []string{instance.DriftImage, instance.DriftTemplate, instance.DriftMutated, instance.DriftOrphan}
@@ -223,7 +317,7 @@ type class struct {
 	// sick: running and judged unhealthy or never healthy.
 	sick bool
 	// removal reason for running instances that must go ("" = keep).
-	reason   string
+	reason   Reason
 	evidence []string
 	created  time.Time
 	// reported: would go for its health or an in-place change, but
@@ -269,7 +363,8 @@ func tally(fi *FleetInput) *fleetPlan {
 	d := fi.Desired
 	spec := &d.Spec
 	fp := &fleetPlan{fi: fi, d: d, spec: spec, size: spec.Size,
-		st: FleetStatus{Fleet: spec.Name, Desired: spec.Size, States: map[string]int{}, Drifted: map[string]int{},
+		st: FleetStatus{Fleet: spec.Name, Desired: spec.Size, States: map[InstanceState]int{}, Drifted: map[string]int{},
+			Instances:    make(map[string]InstanceStatus, len(fi.Instances)),
 			Unconfigured: d.Unconfigured, Draining: d.Draining},
 		remediate: spec.Remediation.Enabled || d.Draining,
 		surge:     spec.Rollout.MaxSurge.Resolve(spec.Size, true),
@@ -331,7 +426,7 @@ func tally(fi *FleetInput) *fleetPlan {
 	return fp
 }
 
-func (fp *fleetPlan) block(cause, detail string) {
+func (fp *fleetPlan) block(cause Cause, detail string) {
 	fp.st.Blocked = append(fp.st.Blocked, Block{Cause: cause, Detail: detail})
 }
 
@@ -523,7 +618,7 @@ func (fp *fleetPlan) launches() {
 	}
 }
 
-func launchReason(cls []*class, counted, size int) (string, []string) {
+func launchReason(cls []*class, counted, size int) (Reason, []string) {
 	reason := ReasonScaleUp
 	for _, c := range cls {
 		switch c.reason {
@@ -541,14 +636,14 @@ func launchReason(cls []*class, counted, size int) (string, []string) {
 
 type candidate struct {
 	c      *class
-	reason string
+	reason Reason
 }
 
 // removalCandidates orders running instances that should go: sick first,
 // then mutated, orphans, outdated (oldest first), then the excess of
 // up-to-date instances (least healthy, then oldest first).
 func removalCandidates(cls []*class, size, counted int, draining bool) []candidate {
-	rank := map[string]int{ReasonNeverHealthy: 0, ReasonUnhealthy: 1, ReasonDriftMutated: 2, ReasonOrphan: 3, ReasonDriftTemplate: 4, ReasonDriftImage: 4}
+	rank := map[Reason]int{ReasonNeverHealthy: 0, ReasonUnhealthy: 1, ReasonDriftMutated: 2, ReasonOrphan: 3, ReasonDriftTemplate: 4, ReasonDriftImage: 4}
 	var out []candidate
 	var keep []*class
 	for _, c := range cls {
@@ -609,10 +704,35 @@ func (c *class) failing() bool {
 // or an in-place change, but is kept because remediation is disabled.
 func (c *class) reportOnly() bool { return c.reported }
 
-// classify sorts one instance into the planner's categories and counts it
-// in the status. It returns nil for orphans the policy ignores. With
-// remediate false, an instance's health and in-place changes are
-// reported but do not make it go: it keeps counting toward size.
+// stateOf is the state an instance is shown in.
+func stateOf(in *Inst) InstanceState {
+	switch {
+	case in.Open != nil && in.Open.Kind == state.Launch:
+		return StateLaunching
+	case in.Open != nil:
+		return StateTerminating
+	case in.Observed == nil:
+		return StateGone
+	case in.Observed.Phase != instance.Running:
+		return StateExited
+	}
+	switch in.Health {
+	case Healthy:
+		return StateHealthy
+	case Unhealthy:
+		return StateUnhealthy
+	case NeverHealthy:
+		return StateNeverHealthy
+	}
+	return StateStarting
+}
+
+// classify sorts one instance into the planner's categories and records
+// its state in the status. It returns nil for orphans the policy
+// ignores: they are not counted in the status either, unless an intent
+// on one is in flight (decided under an earlier policy). With remediate
+// false, an instance's health and in-place changes are reported but do
+// not make it go: it keeps counting toward size.
 func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) *class {
 	c := &class{inst: in}
 	if in.Record != nil {
@@ -621,11 +741,13 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) 
 		c.created = in.Observed.StartedAt
 	}
 	orphan := in.Record == nil && in.Observed != nil && (in.Open == nil || in.Open.Kind != state.Launch)
+	ignored := orphan && d.Spec.Drift.Orphans == state.OrphanIgnore
+	st.classified(in.ID, stateOf(in), ignored && in.Open == nil)
 	if orphan {
 		st.Drifted[instance.DriftOrphan]++
-		if d.Spec.Drift.Orphans == state.OrphanIgnore {
-			return nil
-		}
+	}
+	if ignored {
+		return nil
 	}
 
 	// Intents in flight.
@@ -633,11 +755,9 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) 
 		switch in.Open.Kind {
 		case state.Launch:
 			c.live, c.counted = true, true
-			st.States["launching"]++
 		case state.Terminate:
 			// Still occupies capacity until it is really gone.
 			c.live = in.Observed != nil && in.Observed.Phase == instance.Running
-			st.States["terminating"]++
 		}
 		return c
 	}
@@ -645,52 +765,19 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) 
 		// A record the provider no longer lists: the instance is gone.
 		c.reason = ReasonGone
 		c.evidence = []string{"the provider no longer lists this instance"}
-		st.States["exited"]++
 		return c
 	}
 	if in.Observed.Phase != instance.Running {
 		c.reason = ReasonExited
 		c.evidence = []string{"exited: " + in.Observed.ExitReason}
-		st.States["exited"]++
 		return c
 	}
 
 	c.live = true
-	image := in.Observed.ImageDigest
-	tmpl := in.Observed.TemplateHash
 	// What a rollout replaces, and what remediation replaces.
-	rollout, remedy := "", ""
-	var rolloutEv, remedyEv []string
-	switch {
-	case d.ImageDigest != "" && image != d.ImageDigest:
-		st.Drifted[instance.DriftImage]++
-		rollout, rolloutEv = ReasonDriftImage, []string{"runs image " + image, "desired image " + d.ImageDigest}
-	case tmpl != d.TemplateHash:
-		st.Drifted[instance.DriftTemplate]++
-		rollout, rolloutEv = ReasonDriftTemplate, []string{"launch template " + tmpl, "desired launch template " + d.TemplateHash}
-	}
-	if orphan && d.Spec.Drift.Orphans == state.OrphanTerminate {
-		remedy, remedyEv = ReasonOrphan, []string{"no record explains this instance", "drift.orphans = terminate"}
-	}
-	if in.Drift != nil {
-		st.Drifted[instance.DriftMutated]++
-		if remedy == "" {
-			remedy, remedyEv = ReasonDriftMutated, append([]string(nil), in.Drift.Evidence...)
-		}
-	}
-	switch in.Health {
-	case Healthy:
-		c.available = true
-		st.States["healthy"]++
-	case Unhealthy:
-		remedy, remedyEv = ReasonUnhealthy, verdictEvidence(in, "failed its health checks")
-		st.States["unhealthy"]++
-	case NeverHealthy:
-		remedy, remedyEv = ReasonNeverHealthy, verdictEvidence(in, "never passed its health checks within startup_timeout")
-		st.States["never_healthy"]++
-	default:
-		st.States["starting"]++
-	}
+	rollout, rolloutEv := rolloutOf(in.Observed, d, st)
+	remedy, remedyEv := remedyOf(in, d, st, orphan)
+	c.available = in.Health == Healthy
 	switch {
 	case remedy != "" && remediate:
 		c.reason, c.evidence = remedy, remedyEv
@@ -709,6 +796,44 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) 
 		}
 	}
 	return c
+}
+
+// rolloutOf is why a rollout replaces a running instance: it runs
+// another image or launch template than desired ("" when current).
+func rolloutOf(o *instance.Observed, d *state.DesiredFleet, st *FleetStatus) (Reason, []string) {
+	switch {
+	case d.ImageDigest != "" && o.ImageDigest != d.ImageDigest:
+		st.Drifted[instance.DriftImage]++
+		return ReasonDriftImage, []string{"runs image " + o.ImageDigest, "desired image " + d.ImageDigest}
+	case o.TemplateHash != d.TemplateHash:
+		st.Drifted[instance.DriftTemplate]++
+		return ReasonDriftTemplate, []string{"launch template " + o.TemplateHash, "desired launch template " + d.TemplateHash}
+	}
+	return "", nil
+}
+
+// remedyOf is why remediation replaces a running instance: its health
+// first, then a change in place, then being an orphan the policy
+// terminates ("" when none).
+func remedyOf(in *Inst, d *state.DesiredFleet, st *FleetStatus, orphan bool) (Reason, []string) {
+	var remedy Reason
+	var ev []string
+	if orphan && d.Spec.Drift.Orphans == state.OrphanTerminate {
+		remedy, ev = ReasonOrphan, []string{"no record explains this instance", "drift.orphans = terminate"}
+	}
+	if in.Drift != nil {
+		st.Drifted[instance.DriftMutated]++
+		if remedy == "" {
+			remedy, ev = ReasonDriftMutated, append([]string(nil), in.Drift.Evidence...)
+		}
+	}
+	switch in.Health {
+	case Unhealthy:
+		return ReasonUnhealthy, verdictEvidence(in, "failed its health checks")
+	case NeverHealthy:
+		return ReasonNeverHealthy, verdictEvidence(in, "never passed its health checks within startup_timeout")
+	}
+	return remedy, ev
 }
 
 func verdictEvidence(in *Inst, summary string) []string {

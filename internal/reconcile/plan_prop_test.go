@@ -195,7 +195,7 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 		}
 	}
 	st := res.Fleets[0]
-	blocked := map[string]bool{}
+	blocked := map[Cause]bool{}
 	for _, b := range st.Blocked {
 		blocked[b.Cause] = true
 	}

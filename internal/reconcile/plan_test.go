@@ -24,7 +24,7 @@ const (
 func desired(size int, mut ...func(*state.DesiredFleet)) *state.DesiredFleet {
 	d := &state.DesiredFleet{
 		Spec: state.FleetSpec{
-			Name: "web", Size: size, Provider: "local", Image: "/img",
+			Name: "web", Size: size, Provider: "fake", Image: "/img",
 			Drift:       state.DriftSpec{Interval: 10 * time.Second, Orphans: state.OrphanAdopt},
 			Remediation: state.RemediationSpec{Enabled: true, MaxUnhealthy: quantity.Percent(50), MaxParallel: 1},
 			Rollout:     state.RolloutSpec{MaxSurge: quantity.Count(1), MaxUnavailable: quantity.Count(0)},
@@ -75,7 +75,7 @@ func brief(acts []Action) []string {
 	var out []string
 	for _, a := range acts {
 		if a.Kind == ActLaunch {
-			out = append(out, "launch:"+a.Reason)
+			out = append(out, "launch:"+string(a.Reason))
 		} else {
 			out = append(out, fmt.Sprintf("%s:%s:%s", a.Kind, a.InstanceID, a.Reason))
 		}
@@ -84,8 +84,8 @@ func brief(acts []Action) []string {
 	return out
 }
 
-func causes(st FleetStatus) []string {
-	var out []string
+func causes(st FleetStatus) []Cause {
+	var out []Cause
 	for _, b := range st.Blocked {
 		out = append(out, b.Cause)
 	}
@@ -100,7 +100,7 @@ func TestPlanTable(t *testing.T) {
 		obsErr  string
 		insts   []Inst
 		want    []string
-		blocked []string
+		blocked []Cause
 	}{
 		{name: "empty fleet launches size", desired: desired(3),
 			want: []string{"launch:scale_up", "launch:scale_up", "launch:scale_up"}},
@@ -144,7 +144,7 @@ func TestPlanTable(t *testing.T) {
 		{name: "too many unhealthy blocks every kill", desired: desired(3),
 			insts:   []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c", health(Unhealthy))},
 			want:    []string{"launch:replacement"},
-			blocked: []string{CauseTooManyUnhealthy}},
+			blocked: []Cause{CauseTooManyUnhealthy}},
 		{name: "max_unhealthy as a count", desired: desired(4, func(d *state.DesiredFleet) {
 			d.Spec.Remediation.MaxUnhealthy = quantity.Count(2)
 			d.Spec.Remediation.MaxParallel = 2
@@ -159,19 +159,19 @@ func TestPlanTable(t *testing.T) {
 			want:  []string{"terminate:a:unhealthy"}},
 		{name: "the breaker does not churn a fleet at its surge", desired: desired(3),
 			insts:   []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c", health(Unhealthy)), inst("d", health(Unhealthy))},
-			blocked: []string{CauseTooManyUnhealthy}},
+			blocked: []Cause{CauseTooManyUnhealthy}},
 		{name: "scaled to 0, never-healthy instances go despite the breaker", desired: desired(0, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxParallel = 2 }),
 			insts: []Inst{inst("a", health(NeverHealthy)), inst("b", health(NeverHealthy)), inst("c", health(NeverHealthy)), inst("d", health(NeverHealthy))},
-			want:  []string{"terminate:a:never_healthy", "terminate:b:never_healthy"}, blocked: []string{CauseTooManyUnhealthy}},
+			want:  []string{"terminate:a:never_healthy", "terminate:b:never_healthy"}, blocked: []Cause{CauseTooManyUnhealthy}},
 		{name: "scaled down, unhealthy instances beyond size and surge go despite the breaker", desired: desired(1),
 			insts: []Inst{inst("a", health(Unhealthy)), inst("b", health(Unhealthy)), inst("c", health(Unhealthy))},
-			want:  []string{"terminate:a:unhealthy"}, blocked: []string{CauseTooManyUnhealthy}},
+			want:  []string{"terminate:a:unhealthy"}, blocked: []Cause{CauseTooManyUnhealthy}},
 		{name: "max_parallel bounds kills in flight", desired: desired(4, func(d *state.DesiredFleet) { d.Spec.Remediation.MaxUnhealthy = quantity.Count(4) }),
 			insts: []Inst{inst("a"), inst("b", health(Unhealthy), opening(state.Terminate)), inst("c", health(Unhealthy)), inst("d")},
 			want:  []string{"launch:replacement"}},
 		{name: "provider list failure blocks everything", desired: desired(3), obsErr: "dial unix /run/docker.sock: connection refused",
 			insts:   []Inst{inst("a", health(Unhealthy))},
-			blocked: []string{CauseProviderUnreachable}},
+			blocked: []Cause{CauseProviderUnreachable}},
 		{name: "rollout starts surge-first", desired: desired(3),
 			insts: []Inst{inst("a", oldImage), inst("b", oldImage), inst("c", oldImage)},
 			want:  []string{"launch:rollout"}},
@@ -193,7 +193,7 @@ func TestPlanTable(t *testing.T) {
 		{name: "launch backoff after repeated failures", desired: desired(3),
 			stats:   state.FleetStats{LaunchFailures: 3, LastFailureAt: t0.Add(-time.Second), LastFailureReason: "never_healthy"},
 			insts:   []Inst{inst("a"), inst("b")},
-			blocked: []string{CauseLaunchBackoff}},
+			blocked: []Cause{CauseLaunchBackoff}},
 		{name: "backoff expired launches again", desired: desired(3),
 			stats: state.FleetStats{LaunchFailures: 3, LastFailureAt: t0.Add(-time.Minute)},
 			insts: []Inst{inst("a"), inst("b")},
@@ -222,22 +222,22 @@ func TestPlanTable(t *testing.T) {
 			insts: []Inst{inst("a"), inst("x", orphan)}},
 		{name: "remediation disabled only reports", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
 			insts:   []Inst{inst("a"), inst("b", health(Unhealthy)), inst("c")},
-			blocked: []string{CauseDisabled}},
+			blocked: []Cause{CauseDisabled}},
 		{name: "remediation disabled: an unhealthy instance is kept and counted", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
 			insts:   []Inst{inst("a"), inst("b", health(Unhealthy))},
-			blocked: []string{CauseDisabled}},
+			blocked: []Cause{CauseDisabled}},
 		{name: "remediation disabled: a changed instance is kept and counted", desired: desired(3, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
 			insts:   []Inst{inst("a"), inst("b"), inst("c", mutated)},
-			blocked: []string{CauseDisabled}},
+			blocked: []Cause{CauseDisabled}},
 		{name: "remediation disabled: never-healthy and orphans are kept", desired: desired(2, func(d *state.DesiredFleet) {
 			d.Spec.Remediation.Enabled = false
 			d.Spec.Drift.Orphans = state.OrphanTerminate
 		}),
 			insts:   []Inst{inst("a", health(NeverHealthy)), inst("b", orphan)},
-			blocked: []string{CauseDisabled}},
+			blocked: []Cause{CauseDisabled}},
 		{name: "remediation disabled: a rollout still rolls", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
 			insts: []Inst{inst("a", oldImage, mutated), inst("b", oldImage), inst("n")},
-			want:  []string{"terminate:a:drift_image"}, blocked: []string{CauseDisabled}},
+			want:  []string{"terminate:a:drift_image"}, blocked: []Cause{CauseDisabled}},
 		{name: "remediation disabled: exited instances are still replaced", desired: desired(2, func(d *state.DesiredFleet) { d.Spec.Remediation.Enabled = false }),
 			insts: []Inst{inst("a"), inst("b", exited)},
 			want:  []string{"launch:replacement", "terminate:b:exited"}},
@@ -246,12 +246,12 @@ func TestPlanTable(t *testing.T) {
 			want:  []string{"terminate:a:excess"}},
 		{name: "unconfigured fleet is frozen", desired: desired(3, func(d *state.DesiredFleet) { d.Unconfigured = true }),
 			insts:   []Inst{inst("a", health(Unhealthy))},
-			blocked: []string{CauseUnconfigured}},
+			blocked: []Cause{CauseUnconfigured}},
 		{name: "draining terminates everything, one at a time", desired: desired(3, func(d *state.DesiredFleet) { d.Unconfigured, d.Draining = true, true }),
 			insts: []Inst{inst("a", age(time.Hour)), inst("b", age(2*time.Hour))},
 			want:  []string{"terminate:b:drain"}},
 		{name: "unresolved image launches nothing", desired: desired(2, func(d *state.DesiredFleet) { d.ImageDigest = ""; d.ResolveError = "no such image" }),
-			blocked: []string{CauseNoImage}},
+			blocked: []Cause{CauseNoImage}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -284,7 +284,7 @@ func TestPlanStatusCounts(t *testing.T) {
 		launching("f"), inst("g", opening(state.Terminate)), inst("h", orphan),
 	}}}})
 	st := res.Fleets[0]
-	want := map[string]int{"healthy": 3, "starting": 1, "unhealthy": 1, "never_healthy": 0, "exited": 1, "launching": 1, "terminating": 1}
+	want := map[InstanceState]int{"healthy": 3, "starting": 1, "unhealthy": 1, "never_healthy": 0, "exited": 1, "launching": 1, "terminating": 1}
 	if !reflect.DeepEqual(st.States, want) {
 		t.Errorf("states: got %v want %v", st.States, want)
 	}
@@ -339,7 +339,7 @@ func TestPlanGlobalLimits(t *testing.T) {
 	if got := count(res); !reflect.DeepEqual(got, map[string]int{"a": 2, "b": 2, "c": 1}) {
 		t.Errorf("max_instances 7 with 2 live: launches %v, want a:2 b:2 c:1 (shared in turn)", got)
 	}
-	if gb := causes(res.Fleets[0]); !reflect.DeepEqual(gb, []string{CauseInstanceLimit}) || !strings.Contains(res.Fleets[0].Blocked[0].Detail, "8 of the 10 launches") {
+	if gb := causes(res.Fleets[0]); !reflect.DeepEqual(gb, []Cause{CauseInstanceLimit}) || !strings.Contains(res.Fleets[0].Blocked[0].Detail, "8 of the 10 launches") {
 		t.Errorf("fleet a: %+v", res.Fleets[0].Blocked)
 	}
 	if gb := causes(res.Fleets[2]); gb != nil {
@@ -349,7 +349,7 @@ func TestPlanGlobalLimits(t *testing.T) {
 	if got := count(res); !reflect.DeepEqual(got, map[string]int{"a": 1, "b": 1, "c": 1}) {
 		t.Errorf("max_launches_in_flight 4 with 1 in flight: launches %v", got)
 	}
-	if gb := causes(res.Fleets[3]); !reflect.DeepEqual(gb, []string{CauseLaunchLimit}) {
+	if gb := causes(res.Fleets[3]); !reflect.DeepEqual(gb, []Cause{CauseLaunchLimit}) {
 		t.Errorf("fleet d: %+v", res.Fleets[3].Blocked)
 	}
 	// Full: nothing launches, and an unhealthy instance goes first to make
@@ -358,5 +358,52 @@ func TestPlanGlobalLimits(t *testing.T) {
 	res = Plan(Input{Now: t0, Limits: Limits{MaxInstances: 3}, Fleets: full})
 	if got := brief(res.Actions); !reflect.DeepEqual(got, []string{"terminate:a3:unhealthy"}) {
 		t.Errorf("at max_instances: %v", got)
+	}
+}
+
+func TestPlanClassifiesEveryInstance(t *testing.T) {
+	ignore := func(d *state.DesiredFleet) { d.Spec.Drift.Orphans = state.OrphanIgnore }
+	res := Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: desired(5, ignore), Instances: []Inst{
+		inst("a"), inst("b", health(NeverHealthy)), inst("c", exited), inst("d", gone), inst("e", health(Unknown)),
+		launching("f"), inst("g", opening(state.Terminate)), inst("h", orphan), inst("i", orphan, opening(state.Terminate)),
+	}}}})
+	st := res.Fleets[0]
+	want := map[string]InstanceStatus{"a": {State: StateHealthy}, "b": {State: StateNeverHealthy}, "c": {State: StateExited},
+		"d": {State: StateGone}, "e": {State: StateStarting}, "f": {State: StateLaunching}, "g": {State: StateTerminating},
+		"h": {State: StateHealthy, Ignored: true}, "i": {State: StateTerminating}}
+	if !reflect.DeepEqual(st.Instances, want) {
+		t.Errorf("instances: got %v want %v", st.Instances, want)
+	}
+	// Gone counts as exited; the ignored orphan is not counted, the one
+	// being terminated is.
+	wantStates := map[InstanceState]int{"healthy": 1, "starting": 1, "unhealthy": 0, "never_healthy": 1, "exited": 2, "launching": 1, "terminating": 2}
+	if !reflect.DeepEqual(st.States, wantStates) {
+		t.Errorf("states: got %v want %v", st.States, wantStates)
+	}
+}
+
+func TestStartedCountsIntentsOfThePass(t *testing.T) {
+	ignore := func(d *state.DesiredFleet) { d.Spec.Drift.Orphans = state.OrphanIgnore }
+	res := Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: desired(3, ignore), Instances: []Inst{
+		inst("a"), inst("b", health(Unhealthy)), inst("c", opening(state.Terminate)), inst("h", orphan),
+	}}}})
+	st := res.Fleets[0]
+	for _, it := range []*state.Intent{
+		{Kind: state.Terminate, InstanceID: "b"},
+		{Kind: state.Terminate, InstanceID: "c"},       // terminating already
+		{Kind: state.Terminate, InstanceID: "unknown"}, // not an instance of the plan
+		{Kind: state.Terminate, InstanceID: "h"},
+		{Kind: state.Launch, InstanceID: "n"},
+	} {
+		st.Started(it)
+	}
+	want := map[string]InstanceStatus{"a": {State: StateHealthy}, "b": {State: StateTerminating}, "c": {State: StateTerminating},
+		"h": {State: StateTerminating}, "n": {State: StateLaunching}}
+	if !reflect.DeepEqual(st.Instances, want) {
+		t.Errorf("instances: got %v want %v", st.Instances, want)
+	}
+	wantStates := map[InstanceState]int{"healthy": 1, "starting": 0, "unhealthy": 0, "never_healthy": 0, "exited": 0, "launching": 1, "terminating": 3}
+	if !reflect.DeepEqual(st.States, wantStates) {
+		t.Errorf("states: got %v want %v", st.States, wantStates)
 	}
 }

@@ -92,7 +92,7 @@ func (s *State) setDesired(c *SetDesired) Result {
 		nf.UnconfiguredSince = time.Time{}
 		s.Fleets[name] = &nf
 		changed = append(changed, name)
-		ev := Event{Time: c.At, Fleet: name, Action: "desired_changed", Node: c.Node,
+		ev := Event{Time: c.At, Fleet: name, Action: ActionDesiredChanged, Node: c.Node,
 			Evidence: []string{fmt.Sprintf("generation %d", next), "image " + f.Spec.Image, "digest " + f.ImageDigest, "size " + fmt.Sprint(f.Spec.Size)}}
 		if old == nil {
 			ev.Reason = "fleet_added"
@@ -125,7 +125,7 @@ func (s *State) setDesired(c *SetDesired) Result {
 		}
 		s.Fleets[name] = &nf
 		changed = append(changed, name)
-		s.addEvent(Event{Time: c.At, Fleet: name, Action: "fleet_unconfigured", Reason: reason, Node: c.Node})
+		s.addEvent(Event{Time: c.At, Fleet: name, Action: ActionFleetUnconfigured, Reason: reason, Node: c.Node})
 	}
 	if c.ProposerID != "" {
 		s.Proposed[c.ProposerID] = c.SourceHash
@@ -162,7 +162,7 @@ func (s *State) commitIntents(c *CommitIntents) Result {
 				s.noteFailure(it.Fleet, it.Reason, c.At)
 			}
 		}
-		s.addEvent(Event{Time: c.At, Fleet: it.Fleet, InstanceID: it.InstanceID, Action: string(it.Kind) + "_planned",
+		s.addEvent(Event{Time: c.At, Fleet: it.Fleet, InstanceID: it.InstanceID, Action: plannedAction(it.Kind),
 			Reason: it.Reason, Evidence: it.Evidence, Node: it.Node, OpID: it.OpID})
 	}
 	if len(res.Rejected) == 0 {
@@ -174,7 +174,39 @@ func (s *State) commitIntents(c *CommitIntents) Result {
 // countsAsLaunchFailure says whether terminating an instance that was never
 // healthy for this reason means its launch failed.
 func countsAsLaunchFailure(reason string) bool {
-	return reason == "never_healthy" || reason == "exited"
+	return reason == ReasonNeverHealthy || reason == ReasonExited
+}
+
+// plannedAction is the action of the event that journals an intent of
+// kind k (checkIntent admits no other kinds).
+func plannedAction(k IntentKind) EventAction {
+	if k == Launch {
+		return ActionLaunchPlanned
+	}
+	return ActionTerminatePlanned
+}
+
+// finishedAction is the action of the event that records the outcome of
+// an intent of kind k. An outcome this release does not know still gets
+// an action of its own, <kind>_<outcome>, as every release names it.
+func finishedAction(k IntentKind, o Outcome) EventAction {
+	switch {
+	case k == Launch && o == Done:
+		return ActionLaunched
+	case k == Launch && o == Failed:
+		return ActionLaunchFailed
+	case k == Launch && o == Abandoned:
+		return ActionLaunchAbandoned
+	case k == Launch:
+		return EventAction("launch_" + string(o))
+	case k == Terminate && o == Done:
+		return ActionTerminated
+	case o == Failed:
+		return ActionTerminateFailed
+	case o == Abandoned:
+		return ActionTerminateAbandoned
+	}
+	return EventAction("terminate_" + string(o))
 }
 
 func (s *State) checkIntent(it *Intent) string {
@@ -214,37 +246,31 @@ func (s *State) completeIntent(c *CompleteIntent) Result {
 	delete(s.Intents, c.OpID)
 	delete(s.intentIndex(), it.InstanceID)
 	s.Finished[string(c.Outcome)]++
-	ev := Event{Time: c.At, Fleet: it.Fleet, InstanceID: it.InstanceID, Reason: it.Reason, Node: c.Node, OpID: it.OpID}
+	ev := Event{Time: c.At, Fleet: it.Fleet, InstanceID: it.InstanceID, Action: finishedAction(it.Kind, c.Outcome),
+		Reason: it.Reason, Node: c.Node, OpID: it.OpID}
 	switch {
 	case it.Kind == Launch && c.Outcome == Done:
 		rec := &Instance{ID: it.InstanceID, Fleet: it.Fleet, ImageDigest: it.ImageDigest, TemplateHash: it.TemplateHash,
 			Generation: it.Generation, CreatedAt: c.At, LaunchOp: it.OpID}
-		if o := c.Observed; o != nil {
-			rec.Address, rec.Location, rec.ProviderRef = o.Address, o.Location, o.ProviderRef
-			if !o.StartedAt.IsZero() {
-				rec.CreatedAt = o.StartedAt
-			}
+		if c.Observed != nil {
+			rec.observe(c.Observed)
 		}
 		s.Instances[rec.ID] = rec
-		ev.Action = "launched"
 		ev.Evidence = []string{"image " + it.ImageDigest}
 		if rec.Address != "" {
 			ev.Evidence = append(ev.Evidence, "address "+rec.Address)
 		}
 	case it.Kind == Launch:
-		ev.Action = "launch_" + string(c.Outcome)
 		if c.Error != "" {
 			ev.Evidence = []string{c.Error}
 		}
 		if c.Outcome == Failed {
-			s.noteFailure(it.Fleet, "launch_failed", c.At)
+			s.noteFailure(it.Fleet, ReasonLaunchFailed, c.At)
 		}
 	case it.Kind == Terminate && c.Outcome == Done:
 		delete(s.Instances, it.InstanceID)
-		ev.Action = "terminated"
 		ev.Evidence = it.Evidence
 	default:
-		ev.Action = "terminate_" + string(c.Outcome)
 		if c.Error != "" {
 			ev.Evidence = []string{c.Error}
 		}
@@ -278,7 +304,7 @@ func (s *State) adopt(c *Adopt) Result {
 		cp.Adopted = true
 		s.Instances[in.ID] = &cp
 		res.Accepted = append(res.Accepted, in.ID)
-		s.addEvent(Event{Time: c.At, Fleet: in.Fleet, InstanceID: in.ID, Action: "adopted", Reason: "orphan",
+		s.addEvent(Event{Time: c.At, Fleet: in.Fleet, InstanceID: in.ID, Action: ActionAdopted, Reason: ReasonOrphan,
 			Evidence: []string{"no record explained a running instance", "image " + in.ImageDigest}, Node: c.Node})
 	}
 	return res
@@ -313,7 +339,7 @@ func (s *State) drainFleet(c *DrainFleet) Result {
 	nf := *f
 	nf.Draining = true
 	s.Fleets[c.Fleet] = &nf
-	s.addEvent(Event{Time: c.At, Fleet: c.Fleet, Action: "drain_started", Reason: "operator", Node: c.Node})
+	s.addEvent(Event{Time: c.At, Fleet: c.Fleet, Action: ActionDrainStarted, Reason: "operator", Node: c.Node})
 	s.forgetDrained(c.At)
 	return Result{Generation: s.Generation}
 }
@@ -342,7 +368,7 @@ func (s *State) forgetDrained(at time.Time) {
 		if !busy {
 			delete(s.Fleets, name)
 			delete(s.Stats, name)
-			s.addEvent(Event{Time: at, Fleet: name, Action: "fleet_forgotten", Reason: "drained"})
+			s.addEvent(Event{Time: at, Fleet: name, Action: ActionFleetForgotten, Reason: "drained"})
 		}
 	}
 }

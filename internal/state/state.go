@@ -9,6 +9,8 @@ package state
 import (
 	"sort"
 	"time"
+
+	"github.com/immutd/immutd/internal/instance"
 )
 
 // MaxEvents is how many events the replicated log keeps at least; it holds
@@ -57,6 +59,24 @@ type Instance struct {
 	Adopted     bool `json:"adopted,omitempty"`
 }
 
+// RecordOf is the record of an instance as the provider observed it:
+// what an adoption records. (A launch's record takes its image and
+// template from its intent, and the rest from observe.)
+func RecordOf(o instance.Observed) Instance {
+	r := Instance{ID: o.ID, Fleet: o.Fleet, ImageDigest: o.ImageDigest, TemplateHash: o.TemplateHash}
+	r.observe(&o)
+	return r
+}
+
+// observe copies into the record where the provider runs the instance,
+// its handle and, when the provider knows it, when it started.
+func (r *Instance) observe(o *instance.Observed) {
+	r.Address, r.Location, r.ProviderRef = o.Address, o.Location, o.ProviderRef
+	if !o.StartedAt.IsZero() {
+		r.CreatedAt = o.StartedAt
+	}
+}
+
 // IntentKind is the provider verb an intent journals.
 type IntentKind string
 
@@ -92,16 +112,66 @@ type Intent struct {
 // Event is one entry of the replicated event log: every launch, kill and
 // decision with its reason and evidence.
 type Event struct {
-	Seq        uint64    `json:"seq"`
-	Time       time.Time `json:"time"`
-	Fleet      string    `json:"fleet,omitempty"`
-	InstanceID string    `json:"instance,omitempty"`
-	Action     string    `json:"action"`
-	Reason     string    `json:"reason,omitempty"`
-	Evidence   []string  `json:"evidence,omitempty"`
-	Node       string    `json:"node,omitempty"`
-	OpID       string    `json:"op_id,omitempty"`
+	Seq        uint64      `json:"seq"`
+	Time       time.Time   `json:"time"`
+	Fleet      string      `json:"fleet,omitempty"`
+	InstanceID string      `json:"instance,omitempty"`
+	Action     EventAction `json:"action"`
+	// Reason comes from several vocabularies: the planner's reasons and
+	// causes (reconcile.Reason, reconcile.Cause) and the state's own.
+	Reason   string   `json:"reason,omitempty"`
+	Evidence []string `json:"evidence,omitempty"`
+	Node     string   `json:"node,omitempty"`
+	OpID     string   `json:"op_id,omitempty"`
 }
+
+// EventAction says what an event records. Operators, alerts and tests
+// filter the event log on actions: their values are a compatibility
+// surface.
+type EventAction string
+
+// Event actions.
+const (
+	// The desired state.
+	ActionDesiredChanged    EventAction = "desired_changed"
+	ActionFleetUnconfigured EventAction = "fleet_unconfigured"
+	ActionDrainStarted      EventAction = "drain_started"
+	ActionFleetForgotten    EventAction = "fleet_forgotten"
+	// ActionConfigRejected: an agent's fleet files did not load; the last
+	// good desired state stays in force.
+	ActionConfigRejected EventAction = "config_rejected"
+
+	// Intents (see plannedAction and finishedAction) and adoptions.
+	ActionLaunchPlanned      EventAction = "launch_planned"
+	ActionTerminatePlanned   EventAction = "terminate_planned"
+	ActionLaunched           EventAction = "launched"
+	ActionLaunchFailed       EventAction = "launch_failed"
+	ActionLaunchAbandoned    EventAction = "launch_abandoned"
+	ActionTerminated         EventAction = "terminated"
+	ActionTerminateFailed    EventAction = "terminate_failed"
+	ActionTerminateAbandoned EventAction = "terminate_abandoned"
+	ActionAdopted            EventAction = "adopted"
+
+	// The leader.
+	ActionLeaderReady          EventAction = "leader_ready"
+	ActionRemediationBlocked   EventAction = "remediation_blocked"
+	ActionRemediationUnblocked EventAction = "remediation_unblocked"
+	ActionImageRefMoved        EventAction = "image_ref_moved"
+)
+
+// Reasons the state interprets or writes itself. They are values of the
+// planner's vocabulary too (reconcile defines its Reason constants of the
+// same names from these), kept here because state cannot import reconcile.
+const (
+	// ReasonNeverHealthy and ReasonExited: terminating an instance that
+	// was never healthy for one of these means its launch failed.
+	ReasonNeverHealthy = "never_healthy"
+	ReasonExited       = "exited"
+	// ReasonOrphan is the reason of an adoption.
+	ReasonOrphan = "orphan"
+	// ReasonLaunchFailed is the LastFailureReason of a launch that failed.
+	ReasonLaunchFailed = "launch_failed"
+)
 
 // FleetStats are per-fleet counters kept in the replicated state.
 type FleetStats struct {

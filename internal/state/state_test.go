@@ -15,7 +15,7 @@ import (
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 func fleet(name string, size int, digest string) *DesiredFleet {
-	return &DesiredFleet{Spec: FleetSpec{Name: name, Size: size, Provider: "local", Image: "/img/" + digest}, ImageDigest: digest, TemplateHash: "t1"}
+	return &DesiredFleet{Spec: FleetSpec{Name: name, Size: size, Provider: "fake", Image: "/img/" + digest}, ImageDigest: digest, TemplateHash: "t1"}
 }
 
 func mustApply(t *testing.T, s *State, c Command) Result {
@@ -168,7 +168,7 @@ func TestIntentLifecycle(t *testing.T) {
 	}
 	actions := []string{}
 	for _, e := range s.Events {
-		actions = append(actions, e.Action)
+		actions = append(actions, string(e.Action))
 	}
 	want := []string{"desired_changed", "launch_planned", "launched", "terminate_planned", "terminated"}
 	if !reflect.DeepEqual(actions, want) {
@@ -302,5 +302,35 @@ func TestSnapshotRoundTripAndDeterminism(t *testing.T) {
 	}
 	if _, err := ReadSnapshot(strings.NewReader(`{"format":99}` + "\n{}")); err == nil {
 		t.Fatal("future snapshot format accepted")
+	}
+}
+
+// The actions of intent events are what operators and tests filter the
+// event log on: their values must not change.
+func TestIntentEventActions(t *testing.T) {
+	for _, tc := range []struct {
+		kind    IntentKind
+		outcome Outcome
+		want    string
+	}{
+		{Launch, Done, "launched"}, {Launch, Failed, "launch_failed"}, {Launch, Abandoned, "launch_abandoned"},
+		{Terminate, Done, "terminated"}, {Terminate, Failed, "terminate_failed"}, {Terminate, Abandoned, "terminate_abandoned"},
+		{Launch, "later", "launch_later"}, {Terminate, "later", "terminate_later"},
+	} {
+		if got := finishedAction(tc.kind, tc.outcome); string(got) != tc.want {
+			t.Errorf("%s %s: %q, want %q", tc.kind, tc.outcome, got, tc.want)
+		}
+	}
+	if plannedAction(Launch) != "launch_planned" || plannedAction(Terminate) != "terminate_planned" {
+		t.Errorf("planned actions: %q, %q", plannedAction(Launch), plannedAction(Terminate))
+	}
+}
+
+func TestRecordOfObserved(t *testing.T) {
+	o := instance.Observed{ID: "web-x", Fleet: "web", ImageDigest: "d1", TemplateHash: "t1", Address: "127.0.0.1:1", Location: "here",
+		ProviderRef: "42", StartedAt: t0, Phase: instance.Running}
+	want := Instance{ID: "web-x", Fleet: "web", ImageDigest: "d1", TemplateHash: "t1", Address: "127.0.0.1:1", Location: "here", ProviderRef: "42", CreatedAt: t0}
+	if got := RecordOf(o); !reflect.DeepEqual(got, want) {
+		t.Errorf("RecordOf: %+v, want %+v", got, want)
 	}
 }

@@ -44,7 +44,7 @@ func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []
 	}
 	ref := obs.ProviderRef
 	if ref == "" {
-		if err := checkID(obs.ID); err != nil {
+		if err := instance.CheckID(obs.ID); err != nil {
 			return nil, err
 		}
 		ref = containerName(obs.ID)

@@ -1,18 +1,16 @@
 package docker
 
 import (
-	"context"
-
+	"github.com/immutd/immutd/internal/leader"
 	"github.com/immutd/immutd/internal/reconcile"
 )
 
 // The provider offers everything the executor asks of a driver, and the
-// event stream capability.
+// capabilities the leader uses.
 var (
-	_ reconcile.Provider       = (*Provider)(nil)
-	_ reconcile.DriftInspector = (*Provider)(nil)
-	_ reconcile.ImageResolver  = (*Provider)(nil)
-	_ interface {
-		Watch(ctx context.Context, notify func())
-	} = (*Provider)(nil)
+	_ reconcile.Provider    = (*Provider)(nil)
+	_ leader.DriftInspector = (*Provider)(nil)
+	_ leader.ImageResolver  = (*Provider)(nil)
+	_ leader.RefChecker     = (*Provider)(nil)
+	_ leader.EventSource    = (*Provider)(nil)
 )

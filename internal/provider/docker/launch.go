@@ -2,10 +2,12 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
@@ -50,23 +52,33 @@ func (p *Provider) Launch(ctx context.Context, req instance.LaunchRequest) (inst
 }
 
 func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (instance.Observed, error) {
-	if err := checkID(req.InstanceID); err != nil {
+	if err := req.Check(); err != nil {
 		return instance.Observed{}, err
 	}
 	if req.ImageDigest == "" {
-		return instance.Observed{}, fmt.Errorf("no image id")
-	}
-	if err := checkEnv(req.Launch.Env); err != nil {
-		return instance.Observed{}, err
+		return instance.Observed{}, instance.Permanent(errors.New("no image id"))
 	}
 	nw, err := networkOf(req.Launch.Docker)
 	if err != nil {
 		return instance.Observed{}, err
 	}
 	name := containerName(req.InstanceID)
-	// Two tries: a concurrent launch of the same id may create the
-	// container between our look and our create; the second look finds it.
-	for try := 0; try < 2; try++ {
+	// A concurrent launch of the same id may create the container between
+	// our look and our create; a later look finds it. The engine reserves
+	// a name a moment before it can be looked up by it, so the looks wait
+	// a little, for at most nameSettle in all.
+	deadline := time.Now().Add(nameSettle)
+	for try := 0; ; try++ {
+		if try > 0 {
+			if time.Now().After(deadline) {
+				return instance.Observed{}, fmt.Errorf("create %s: the name is in use but the container cannot be found", name)
+			}
+			select {
+			case <-ctx.Done():
+				return instance.Observed{}, ctx.Err()
+			case <-time.After(min(time.Duration(try)*20*time.Millisecond, 250*time.Millisecond)):
+			}
+		}
 		c, err := p.cli.ContainerInspect(ctx, name)
 		switch {
 		case err == nil:
@@ -88,18 +100,40 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 				p.log.Warn("engine warning on create", zapID(req.InstanceID), zap.String("warning", w))
 			}
 			if err := p.cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
-				return instance.Observed{}, fmt.Errorf("start %s: %w", name, err)
+				return instance.Observed{}, p.failedStart(ctx, req.InstanceID, created.ID, err)
 			}
 			return p.observeID(ctx, created.ID)
 		case cerrdefs.IsConflict(err):
 			continue // the name was taken meanwhile: look again
 		case cerrdefs.IsNotFound(err):
-			return instance.Observed{}, fmt.Errorf("image %s is not on the engine at %s: %w", req.ImageDigest, p.host, err)
+			return instance.Observed{}, instance.Permanent(fmt.Errorf("image %s is not on the engine at %s: %w", req.ImageDigest, p.host, err))
 		default:
 			return instance.Observed{}, fmt.Errorf("create %s: %w", name, err)
 		}
 	}
-	return instance.Observed{}, fmt.Errorf("create %s: the name is in use but the container cannot be found", name)
+}
+
+// nameSettle bounds how long a launch waits for a container name that is
+// in use to become visible.
+const nameSettle = 10 * time.Second
+
+// failedStart removes a container that was created but would not start
+// (a command that does not exist, say), so that a failed launch leaves
+// nothing behind. When the start failed because the launch was cancelled,
+// the container stays: it may have started after all, and the retry of
+// the launch adopts it.
+func (p *Provider) failedStart(ctx context.Context, id, containerID string, startErr error) error {
+	err := fmt.Errorf("start %s: %w", containerName(id), startErr)
+	if ctx.Err() != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if rerr := p.cli.ContainerRemove(rctx, containerID, container.RemoveOptions{Force: true}); rerr != nil && !cerrdefs.IsNotFound(rerr) {
+		p.log.Warn("could not remove a container that failed to start", zapID(id), zap.String("container", containerID), zap.Error(rerr))
+		return fmt.Errorf("%w (and removing it failed: %v)", err, rerr)
+	}
+	return err
 }
 
 // adoptExisting returns the container an earlier try of the same launch
@@ -111,7 +145,7 @@ func (p *Provider) adoptExisting(ctx context.Context, id string, c container.Ins
 	if c.State != nil && c.State.Status == container.StateCreated {
 		p.log.Info("starting container left created by an earlier launch", zapID(id), zap.String("container", c.ID))
 		if err := p.cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
-			return instance.Observed{}, fmt.Errorf("start %s: %w", containerName(id), err)
+			return instance.Observed{}, p.failedStart(ctx, id, c.ID, err)
 		}
 		return p.observeID(ctx, c.ID)
 	}
@@ -203,15 +237,6 @@ func (p *Provider) containerConfig(req instance.LaunchRequest, n network, hostPo
 		hcfg.NanoCPUs = d.NanoCPUs
 	}
 	return cfg, hcfg
-}
-
-func checkEnv(env map[string]string) error {
-	for k, v := range env {
-		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
-			return fmt.Errorf("launch env %q: names must be non-empty without '=' or NUL, values without NUL", k)
-		}
-	}
-	return nil
 }
 
 // buildEnv returns the container's environment, sorted. The image's own

@@ -117,7 +117,7 @@ func (p *Provider) observe(c container.InspectResponse) (instance.Observed, erro
 	id := labels[LabelInstance]
 	if id == "" {
 		id = strings.TrimPrefix(name, NamePrefix)
-		if id == name || checkID(id) != nil {
+		if id == name || instance.CheckID(id) != nil {
 			return instance.Observed{}, fmt.Errorf("container %s has no %s label and no %s name", name, LabelInstance, NamePrefix+"<id>")
 		}
 	}

@@ -1,12 +1,12 @@
 package docker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
-	"regexp"
 	"time"
 
 	"github.com/docker/docker/client"
@@ -181,16 +181,10 @@ func (p *Provider) Close() error { return p.cli.Close() }
 // containerName is the deterministic name of the instance's container.
 func containerName(id string) string { return NamePrefix + id }
 
-// validID is what both immutd and the engine accept as (part of) a
-// container name.
-var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-
-// checkID rejects ids that cannot name a container.
-func checkID(id string) error {
-	if !validID.MatchString(id) {
-		return fmt.Errorf("instance id %q must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", id)
-	}
-	return nil
-}
-
 func zapID(id string) zap.Field { return zap.String("instance_id", id) }
+
+// CheckRef resolves an image reference again without pinning it, so the
+// leader can tell a tag that moved to other content (leader.RefChecker).
+func (p *Provider) CheckRef(ctx context.Context, ref string) (string, error) {
+	return p.Resolve(ctx, ref)
+}

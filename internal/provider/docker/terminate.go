@@ -7,6 +7,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/immutd/immutd/internal/instance"
 	"go.uber.org/zap"
 )
 
@@ -28,7 +29,7 @@ func (p *Provider) Terminate(ctx context.Context, id string, grace time.Duration
 }
 
 func (p *Provider) terminate(ctx context.Context, id string, grace time.Duration) error {
-	if err := checkID(id); err != nil {
+	if err := instance.CheckID(id); err != nil {
 		return err
 	}
 	name := containerName(id)

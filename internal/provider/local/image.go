@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/immutd/immutd/internal/instance"
 	"go.uber.org/zap"
 )
 
@@ -318,7 +319,7 @@ func (p *Provider) record(ctx context.Context, digest string) (*imageRecord, err
 		entries, werr := walkTree(ctx, dir, walkOptions{strict: true})
 		if werr != nil {
 			if errors.Is(werr, fs.ErrNotExist) {
-				return nil, fmt.Errorf("image %s is not in the store (import it first)", digest)
+				return nil, instance.Permanent(fmt.Errorf("image %s is not in the store (import it first)", digest))
 			}
 			return nil, fmt.Errorf("image %s: %w", digest, werr)
 		}

@@ -40,7 +40,7 @@ func (p *Provider) Inspect(ctx context.Context, obs instance.Observed, ignore []
 
 func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []string) (*instance.Finding, error) {
 	id := obs.ID
-	if err := checkID(id); err != nil {
+	if err := instance.CheckID(id); err != nil {
 		return nil, err
 	}
 	ign, err := pathmatch.Compile(ignore)

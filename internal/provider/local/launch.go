@@ -64,14 +64,11 @@ func (p *Provider) Launch(ctx context.Context, req instance.LaunchRequest) (inst
 
 func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (instance.Observed, error) {
 	id := req.InstanceID
-	if err := checkID(id); err != nil {
+	if err := req.Check(); err != nil {
 		return instance.Observed{}, err
 	}
 	if _, err := parseDigest(req.ImageDigest); err != nil {
-		return instance.Observed{}, err
-	}
-	if err := checkEnv(req.Launch.Env); err != nil {
-		return instance.Observed{}, err
+		return instance.Observed{}, instance.Permanent(err)
 	}
 	lock, err := p.lockInstance(ctx, id)
 	if err != nil {
@@ -274,15 +271,6 @@ func (p *Provider) reap(id string, cmd *exec.Cmd, c *child, ticks uint64) {
 		p.log.Warn("record exit failed", zapID(id), zapErr(err))
 	}
 	p.log.Info("instance exited", zapID(id), zap.String("fleet", m.Fleet), zapPID(c.pid), zap.String("reason", reason))
-}
-
-func checkEnv(env map[string]string) error {
-	for k, v := range env {
-		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
-			return fmt.Errorf("launch env %q: names must be non-empty without '=' or NUL, values without NUL", k)
-		}
-	}
-	return nil
 }
 
 // buildEnv returns the instance's environment, sorted.

@@ -47,7 +47,7 @@ func (p *Provider) List(ctx context.Context) ([]instance.Observed, error) {
 }
 
 func (p *Provider) listOne(ctx context.Context, id string) (instance.Observed, bool, error) {
-	if err := checkID(id); err != nil {
+	if err := instance.CheckID(id); err != nil {
 		// Not a file this provider writes; nothing it could terminate.
 		p.log.Warn("ignoring foreign file in metadata directory", zapID(id), zapErr(err))
 		return instance.Observed{}, false, nil

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/immutd/immutd/internal/instance"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -111,7 +112,7 @@ func addLogEvent(ids map[string]bool, ev fsnotify.Event) {
 // logID returns the instance id of a log file name ("<id>.log").
 func logID(name string) (string, bool) {
 	id, ok := strings.CutSuffix(name, ".log")
-	if !ok || checkID(id) != nil {
+	if !ok || instance.CheckID(id) != nil {
 		return "", false
 	}
 	return id, true

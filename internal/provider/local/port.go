@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/immutd/immutd/internal/instance"
 	"go.uber.org/zap"
 )
 
@@ -103,7 +104,7 @@ func (p *Provider) claimPort(id string, port int) (bool, error) {
 // instead could deadlock: two launches, each holding its own lock, may
 // each find a reservation of the other.
 func (p *Provider) takeOverStale(id string, port int, owner string) (bool, error) {
-	if checkID(owner) != nil {
+	if instance.CheckID(owner) != nil {
 		return false, nil // not written by us; leave it
 	}
 	l, err := p.tryLockInstance(owner)
@@ -168,7 +169,7 @@ func (p *Provider) reserveRecordedPorts() {
 	}
 	for _, de := range des {
 		id, ok := strings.CutSuffix(de.Name(), ".json")
-		if !ok || strings.HasPrefix(id, ".") || checkID(id) != nil {
+		if !ok || strings.HasPrefix(id, ".") || instance.CheckID(id) != nil {
 			continue
 		}
 		m, err := p.readMeta(id)

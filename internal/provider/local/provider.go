@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -196,7 +195,7 @@ func (p *Provider) removeLeftovers() {
 	if des, err := os.ReadDir(p.locksDir); err == nil {
 		for _, de := range des {
 			id, ok := strings.CutSuffix(de.Name(), ".lock")
-			if !ok || checkID(id) != nil {
+			if !ok || instance.CheckID(id) != nil {
 				continue
 			}
 			if l, err := p.tryLockInstance(id); err == nil {
@@ -216,16 +215,6 @@ func (p *Provider) LogPath(id string) string { return filepath.Join(p.logDir, id
 func (p *Provider) instanceRoot(id string) string { return filepath.Join(p.instancesDir, id) }
 func (p *Provider) instanceTmp(id string) string  { return filepath.Join(p.tmpDir, id) }
 func (p *Provider) metaPath(id string) string     { return filepath.Join(p.metaDir, id+".json") }
-
-var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-
-// checkID rejects ids that cannot safely name files.
-func checkID(id string) error {
-	if !validID.MatchString(id) {
-		return fmt.Errorf("instance id %q must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", id)
-	}
-	return nil
-}
 
 // tmpSuffix ends the names of files being written atomically.
 const tmpSuffix = ".tmp"

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"time"
 
+	"github.com/immutd/immutd/internal/instance"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -34,7 +35,7 @@ func (p *Provider) Terminate(ctx context.Context, id string, grace time.Duration
 }
 
 func (p *Provider) terminate(ctx context.Context, id string, grace time.Duration) error {
-	if err := checkID(id); err != nil {
+	if err := instance.CheckID(id); err != nil {
 		return err
 	}
 	lock, err := p.lockInstance(ctx, id)

@@ -239,77 +239,93 @@ func (w *walker) dir(src *os.File, dstDir, rel string) error {
 		if w.opts.skip != nil && w.opts.skip(childRel) {
 			continue
 		}
-		srcPath := filepath.Join(src.Name(), name) // for errors only
-		var st unix.Stat_t
-		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			if !w.opts.strict && errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			return &fs.PathError{Op: "lstat", Path: srcPath, Err: err}
-		}
-		e := entry{Path: childRel, Type: statType(st.Mode)}
-		if e.Type != typeSymlink {
-			e.Mode = statModeBits(st.Mode)
-		}
 		dst := ""
 		if dstDir != "" {
 			dst = filepath.Join(dstDir, name)
 		}
-		switch e.Type {
-		case typeDir:
-			if dst != "" {
-				if err := os.Mkdir(dst, 0o700); err != nil {
-					return err
-				}
+		if err := w.entry(dirfd, name, filepath.Join(src.Name(), name), dst, childRel); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// entry looks at the entry name of dirfd (srcPath is for errors only),
+// records it as rel, and copies it to dst when dst is set. Outside strict
+// mode, an entry that vanished meanwhile is left out and a file that
+// cannot be read is recorded as unreadable.
+func (w *walker) entry(dirfd int, name, srcPath, dst, rel string) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if !w.opts.strict && errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return &fs.PathError{Op: "lstat", Path: srcPath, Err: err}
+	}
+	e := entry{Path: rel, Type: statType(st.Mode)}
+	if e.Type != typeSymlink {
+		e.Mode = statModeBits(st.Mode)
+	}
+	switch e.Type {
+	case typeDir:
+		return w.dirEntry(dirfd, name, srcPath, dst, e)
+	case typeFile:
+		sum, size, err := w.file(dirfd, name, srcPath, dst, e.Mode)
+		switch {
+		case err == nil:
+		case w.opts.strict:
+			return err
+		case errors.Is(err, fs.ErrNotExist):
+			return nil
+		default:
+			sum = unreadable
+		}
+		e.SHA256, e.Size = sum, size
+	case typeSymlink:
+		target, err := readlinkAt(dirfd, name)
+		if err != nil {
+			if !w.opts.strict && errors.Is(err, fs.ErrNotExist) {
+				return nil
 			}
-			w.out = append(w.out, e)
-			if err := w.subdir(dirfd, name, srcPath, dst, childRel); err != nil {
+			return &fs.PathError{Op: "readlink", Path: srcPath, Err: err}
+		}
+		e.Target = target
+		if dst != "" {
+			if err := os.Symlink(target, dst); err != nil {
 				return err
 			}
-			if dst != "" {
-				if w.opts.fsync {
-					if err := syncDir(dst); err != nil {
-						return err
-					}
-				}
-				if err := unix.Chmod(dst, e.Mode); err != nil {
-					return fmt.Errorf("chmod %s: %w", dst, err)
-				}
-			}
-			continue
-		case typeFile:
-			sum, size, err := w.file(dirfd, name, srcPath, dst, e.Mode)
-			if err != nil {
-				if !w.opts.strict {
-					if errors.Is(err, fs.ErrNotExist) {
-						continue
-					}
-					sum = unreadable
-				} else {
-					return err
-				}
-			}
-			e.SHA256, e.Size = sum, size
-		case typeSymlink:
-			target, err := readlinkAt(dirfd, name)
-			if err != nil {
-				if !w.opts.strict && errors.Is(err, fs.ErrNotExist) {
-					continue
-				}
-				return &fs.PathError{Op: "readlink", Path: srcPath, Err: err}
-			}
-			e.Target = target
-			if dst != "" {
-				if err := os.Symlink(target, dst); err != nil {
-					return err
-				}
-			}
-		default:
-			if w.opts.strict {
-				return fmt.Errorf("%s: %s files are not allowed", childRel, e.Type)
-			}
 		}
-		w.out = append(w.out, e)
+	default:
+		if w.opts.strict {
+			return fmt.Errorf("%s: %s files are not allowed", rel, e.Type)
+		}
+	}
+	w.out = append(w.out, e)
+	return nil
+}
+
+// dirEntry records the directory e, walks it, and, when dst is set,
+// makes the copy with e's mode once its content is in.
+func (w *walker) dirEntry(dirfd int, name, srcPath, dst string, e entry) error {
+	if dst != "" {
+		if err := os.Mkdir(dst, 0o700); err != nil {
+			return err
+		}
+	}
+	w.out = append(w.out, e)
+	if err := w.subdir(dirfd, name, srcPath, dst, e.Path); err != nil {
+		return err
+	}
+	if dst == "" {
+		return nil
+	}
+	if w.opts.fsync {
+		if err := syncDir(dst); err != nil {
+			return err
+		}
+	}
+	if err := unix.Chmod(dst, e.Mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", dst, err)
 	}
 	return nil
 }

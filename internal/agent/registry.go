@@ -1,0 +1,38 @@
+package agent
+
+import (
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/provider/docker"
+	"github.com/immutd/immutd/internal/provider/local"
+	"github.com/immutd/immutd/internal/reconcile"
+)
+
+// providerRegistry makes the providers an agent configuration names. It
+// is the one place that knows providers by name; everything else finds
+// what a provider can do by its interfaces (see internal/leader's
+// capabilities).
+func providerRegistry(cfg *config.Agent, log *zap.Logger) (map[string]reconcile.Provider, error) {
+	providers := map[string]reconcile.Provider{}
+	// In a cluster the local provider is used only with an explicitly
+	// configured directory that all agents share (one host); elsewhere its
+	// fleets are refused with a clear reason.
+	if !cfg.Cluster.Multi() || cfg.Local.DirSet {
+		lp, err := local.New(local.Options{Dir: cfg.Local.Dir, BindHost: cfg.Local.BindHost, LogDir: cfg.Local.LogDir,
+			LogMaxSize: cfg.Local.LogMaxSize, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("agent: local provider: %w", err)
+		}
+		providers[config.ProviderLocal] = lp
+	}
+	dp, err := docker.New(docker.Options{Host: cfg.Docker.Host, CertPath: cfg.Docker.CertPath, TLSVerify: cfg.Docker.TLSVerify,
+		PublishHost: cfg.Docker.PublishHost, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("agent: docker provider: %w", err)
+	}
+	providers[config.ProviderDocker] = dp
+	return providers, nil
+}

@@ -1,0 +1,342 @@
+package leader
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/reconcile"
+	"github.com/immutd/immutd/internal/state"
+)
+
+// view is a consistent copy of what a pass needs from the state, read
+// once at the start of the pass.
+type view struct {
+	generation uint64
+	fleets     map[string]*state.DesiredFleet
+	records    map[string]state.Instance
+	intents    []*state.Intent
+	stats      map[string]state.FleetStats
+}
+
+func (t *Term) readView() view {
+	var v view
+	t.cfg.Journal.Read(func(st *state.State) {
+		v.generation = st.Generation
+		v.fleets = make(map[string]*state.DesiredFleet, len(st.Fleets))
+		for n, f := range st.Fleets {
+			v.fleets[n] = f // desired fleets are replaced, never mutated, by the state
+		}
+		v.records = make(map[string]state.Instance, len(st.Instances))
+		for id, in := range st.Instances {
+			v.records[id] = *in
+		}
+		for _, it := range st.SortedIntents() {
+			cp := *it
+			v.intents = append(v.intents, &cp)
+		}
+		v.stats = make(map[string]state.FleetStats, len(st.Stats))
+		for n, s := range st.Stats {
+			v.stats[n] = *s
+		}
+	})
+	return v
+}
+
+// pass is one level-based reconcile pass. The order matters: the state
+// is read before the providers are observed, never after (an intent
+// finishing in between would otherwise make its instance look
+// unexplained), and intents no one drives are taken over before anything
+// is planned on top of them.
+func (t *Term) pass(ctx context.Context, now time.Time) (string, error) {
+	v := t.readView()
+	observed, listErr, err := t.observe(ctx, v)
+	if err != nil {
+		return "error", err
+	}
+	if n, err := t.resume(ctx, v, observed, listErr); err != nil {
+		return "error", err
+	} else if n > 0 {
+		t.cfg.Notify() // plan in a fresh pass, on state read after the takeover
+		return "resumed", nil
+	}
+	in := t.input(v, observed, listErr, now)
+	plan := reconcile.Plan(in)
+	started, err := t.exec.Apply(ctx, v.generation, plan, v.fleets, observed)
+	if err != nil {
+		if ctx.Err() != nil {
+			return "error", ctx.Err()
+		}
+		t.log.Warn("plan not applied; replanning", zap.Error(err))
+		t.cfg.Notify()
+	}
+	t.markHealthy(ctx, v, now)
+	t.recordBlocks(ctx, plan, now)
+	t.publish(v, in, plan, started, now)
+	if err != nil {
+		return "error", nil
+	}
+	return "ok", nil
+}
+
+// observe lists every provider a fleet uses. A provider that cannot be
+// listed, or that is backing off after failures, blocks its fleets for
+// this pass (listErr says why); nothing of them is launched or
+// terminated then.
+func (t *Term) observe(ctx context.Context, v view) (map[string]instance.Observed, map[string]string, error) {
+	used := map[string]bool{}
+	for _, f := range v.fleets {
+		used[f.Spec.Provider] = true
+	}
+	t.watchEvents(ctx, used)
+	observed := map[string]instance.Observed{}
+	listErr := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(used)) {
+		p := t.cfg.Providers[name]
+		if p == nil {
+			listErr[name] = fmt.Sprintf("provider %q is not configured on agent %s", name, t.cfg.Node)
+			continue
+		}
+		if pc, ok := p.(PlacementChecker); ok {
+			if ids, err := t.cfg.Journal.ServerIDs(); err == nil {
+				if err := pc.CheckServers(ids); err != nil {
+					listErr[name] = err.Error()
+					continue
+				}
+			}
+		}
+		if wait := t.listWaiting(name); wait != "" {
+			listErr[name] = wait
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, listTimeout)
+		list, err := p.List(lctx)
+		cancel()
+		if ctx.Err() != nil {
+			// Leadership lost (or the agent stops) while listing: that is
+			// not the provider's fault, and not news to log as an outage.
+			return nil, nil, ctx.Err()
+		}
+		if err != nil {
+			listErr[name] = err.Error()
+			t.backOffList(name, err)
+			continue
+		}
+		t.listOK(name)
+		for _, o := range list {
+			observed[o.ID] = o
+		}
+	}
+	t.setObserved(observed)
+	return observed, listErr, nil
+}
+
+// resume takes over the intents no one drives (left by an earlier leader
+// or by a crash), except those of fleets whose provider could not be
+// listed: whether they happened cannot be told yet.
+func (t *Term) resume(ctx context.Context, v view, observed map[string]instance.Observed, listErr map[string]string) (int, error) {
+	var orphaned []*state.Intent
+	for _, it := range v.intents {
+		f := v.fleets[it.Fleet]
+		if f != nil && listErr[f.Spec.Provider] != "" {
+			continue
+		}
+		if !t.exec.Driving(it.OpID) {
+			orphaned = append(orphaned, it)
+		}
+	}
+	if len(orphaned) == 0 {
+		return 0, nil
+	}
+	return t.exec.Resume(ctx, orphaned, v.fleets, observed)
+}
+
+// input joins records, intents, observations, verdicts and drift
+// findings per fleet.
+func (t *Term) input(v view, observed map[string]instance.Observed, listErr map[string]string, now time.Time) reconcile.Input {
+	judged := t.cfg.Judge.Judge(now)
+	t.mu.Lock()
+	t.judged = judged
+	t.mu.Unlock()
+	openBy := map[string]*state.Intent{}
+	for _, it := range v.intents {
+		openBy[it.InstanceID] = it
+	}
+	ids := map[string]map[string]bool{}
+	add := func(fleet, id string) {
+		if ids[fleet] == nil {
+			ids[fleet] = map[string]bool{}
+		}
+		ids[fleet][id] = true
+	}
+	for id, r := range v.records {
+		add(r.Fleet, id)
+	}
+	for id, it := range openBy {
+		add(it.Fleet, id)
+	}
+	for id, o := range observed {
+		if v.fleets[o.Fleet] != nil {
+			add(o.Fleet, id)
+		}
+	}
+	settings := t.cfg.Settings()
+	in := reconcile.Input{Now: now, Limits: settings.Limits}
+	t.driftMu.Lock()
+	defer t.driftMu.Unlock()
+	for _, name := range slices.Sorted(maps.Keys(v.fleets)) {
+		f := v.fleets[name]
+		fi := reconcile.FleetInput{Desired: f, Stats: v.stats[name], ObserveError: listErr[f.Spec.Provider]}
+		for _, id := range slices.Sorted(maps.Keys(ids[name])) {
+			x := reconcile.Inst{ID: id, Open: openBy[id]}
+			if r, ok := v.records[id]; ok {
+				x.Record = &r
+			}
+			if o, ok := observed[id]; ok {
+				x.Observed = &o
+			}
+			if j, ok := judged[id]; ok {
+				x.Health, x.Evidence = j.Health, j.Evidence
+			}
+			if d, ok := t.drift[id]; ok && d.finding != nil {
+				x.Drift = d.finding
+			}
+			fi.Instances = append(fi.Instances, x)
+		}
+		in.Fleets = append(in.Fleets, fi)
+	}
+	return in
+}
+
+// markHealthy records instances judged healthy for the first time (this
+// resets the fleet's launch backoff).
+func (t *Term) markHealthy(ctx context.Context, v view, now time.Time) {
+	judged := t.Judged()
+	var ids []string
+	for id, r := range v.records {
+		if !r.EverHealthy && judged[id].Health == reconcile.Healthy {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	sort.Strings(ids)
+	if _, err := t.cfg.Journal.Apply(ctx, &state.MarkHealthy{InstanceIDs: ids, At: now}); err != nil && ctx.Err() == nil {
+		t.log.Warn("could not record healthy instances", zap.Error(err))
+	}
+}
+
+// recordBlocks logs and journals every change of a fleet's blocked
+// causes, so "why is nothing happening" has an answer in the event log.
+// The launch throttle comes and goes every few passes: status only.
+func (t *Term) recordBlocks(ctx context.Context, plan reconcile.Result, now time.Time) {
+	var events []state.Event
+	for _, st := range plan.Fleets {
+		var causes, details []string
+		for _, b := range st.Blocked {
+			if b.Cause == reconcile.CauseLaunchLimit {
+				continue
+			}
+			causes = append(causes, string(b.Cause))
+			details = append(details, string(b.Cause)+": "+b.Detail)
+		}
+		key := strings.Join(causes, ",")
+		prev, seen := t.blocked[st.Fleet]
+		if seen && prev == key || !seen && key == "" {
+			continue
+		}
+		t.blocked[st.Fleet] = key
+		if key == "" {
+			events = append(events, state.Event{Time: now, Fleet: st.Fleet, Action: state.ActionRemediationUnblocked, Reason: prev, Node: t.cfg.Node})
+			t.log.Info("remediation unblocked", zap.String("fleet", st.Fleet), zap.String("reason", prev))
+			continue
+		}
+		events = append(events, state.Event{Time: now, Fleet: st.Fleet, Action: state.ActionRemediationBlocked, Reason: key, Evidence: details, Node: t.cfg.Node})
+		t.log.Warn("remediation blocked", zap.String("fleet", st.Fleet), zap.String("reason", key), zap.Strings("evidence", details))
+	}
+	t.record(ctx, events...)
+}
+
+// listRetry is a provider's List backoff while it fails: nothing of its
+// fleets is launched or terminated meanwhile.
+type listRetry struct {
+	wait  time.Duration
+	until time.Time
+	err   string
+}
+
+const (
+	listBackoffMin = 500 * time.Millisecond
+	listBackoffMax = 8 * time.Second
+)
+
+// listWaiting returns the last error and the wait when a provider's List
+// is backing off, "" when it is due.
+func (t *Term) listWaiting(name string) string {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if b := t.listBackoff[name]; b != nil && now.Before(b.until) {
+		return fmt.Sprintf("%s (next attempt in %s)", b.err, b.until.Sub(now).Round(100*time.Millisecond))
+	}
+	return ""
+}
+
+func (t *Term) listOK(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.listBackoff[name] != nil {
+		t.log.Info("provider reachable again", zap.String("provider", name))
+		delete(t.listBackoff, name)
+	}
+}
+
+func (t *Term) backOffList(name string, err error) {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	b := t.listBackoff[name]
+	if b == nil {
+		b = &listRetry{wait: listBackoffMin}
+		t.log.Warn("provider unreachable; nothing of its fleets is launched or terminated until it answers",
+			zap.String("provider", name), zap.String("reason", string(reconcile.CauseProviderUnreachable)), zap.Error(err))
+	} else {
+		b.wait = min(2*b.wait, listBackoffMax)
+	}
+	b.until, b.err = now.Add(b.wait), err.Error()
+	t.listBackoff[name] = b
+}
+
+// providerEvent is a provider's event stream speaking: it is reachable,
+// so a List backoff ends.
+func (t *Term) providerEvent(name string) {
+	t.mu.Lock()
+	if b := t.listBackoff[name]; b != nil {
+		b.until = time.Time{}
+	}
+	t.mu.Unlock()
+	t.cfg.Notify()
+}
+
+// watchEvents starts the event stream of every used provider that has one.
+func (t *Term) watchEvents(ctx context.Context, used map[string]bool) {
+	for name := range used {
+		if t.watching[name] {
+			continue
+		}
+		src, ok := t.cfg.Providers[name].(EventSource)
+		if !ok {
+			continue
+		}
+		t.watching[name] = true
+		t.goRun(func() { src.Watch(ctx, func() { t.providerEvent(name) }) })
+	}
+}
