@@ -154,8 +154,8 @@ func (j journal) ServerIDs() ([]string, error) {
 // leaderMetrics feeds the term's measurements into the agent's metrics.
 type leaderMetrics struct{ m *metrics }
 
-func (l leaderMetrics) Pass(result string, took time.Duration) {
-	l.m.passes.WithLabelValues(result).Inc()
+func (l leaderMetrics) Pass(result leader.PassResult, took time.Duration) {
+	l.m.passes.WithLabelValues(string(result)).Inc()
 	l.m.reconcileDur.Observe(took.Seconds())
 }
 

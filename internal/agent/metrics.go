@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/immutd/immutd/internal/leader"
 	"github.com/immutd/immutd/internal/reconcile"
 )
 
@@ -98,8 +99,8 @@ func newMetrics() *metrics {
 	}
 	m.passes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immutd_reconcile_passes_total",
 		Help: "Reconcile passes of the leader by result: ok, resumed (intents were taken over; planning waits for the next pass), error."}, []string{"result"})
-	for _, r := range []string{"ok", "resumed", "error"} {
-		m.passes.WithLabelValues(r)
+	for _, r := range leader.PassResults {
+		m.passes.WithLabelValues(string(r))
 	}
 	m.dataDirWritable = prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_data_dir_writable",
 		Help: "1 when the agent could write and sync a file in its data directory at the last check (every 5s); raft persists nothing while it is 0."})

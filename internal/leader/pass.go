@@ -55,24 +55,24 @@ func (t *Term) readView() view {
 // finishing in between would otherwise make its instance look
 // unexplained), and intents no one drives are taken over before anything
 // is planned on top of them.
-func (t *Term) pass(ctx context.Context, now time.Time) (string, error) {
+func (t *Term) pass(ctx context.Context, now time.Time) (PassResult, error) {
 	v := t.readView()
 	observed, listErr, err := t.observe(ctx, v)
 	if err != nil {
-		return "error", err
+		return PassError, err
 	}
 	if n, err := t.resume(ctx, v, observed, listErr); err != nil {
-		return "error", err
+		return PassError, err
 	} else if n > 0 {
 		t.cfg.Notify() // plan in a fresh pass, on state read after the takeover
-		return "resumed", nil
+		return PassResumed, nil
 	}
 	in := t.input(v, observed, listErr, now)
 	plan := reconcile.Plan(in)
 	started, err := t.exec.Apply(ctx, v.generation, plan, v.fleets, observed)
 	if err != nil {
 		if ctx.Err() != nil {
-			return "error", ctx.Err()
+			return PassError, ctx.Err()
 		}
 		t.log.Warn("plan not applied; replanning", zap.Error(err))
 		t.cfg.Notify()
@@ -81,9 +81,9 @@ func (t *Term) pass(ctx context.Context, now time.Time) (string, error) {
 	t.recordBlocks(ctx, plan, now)
 	t.publish(v, in, plan, started, now)
 	if err != nil {
-		return "error", nil
+		return PassError, nil
 	}
-	return "ok", nil
+	return PassOK, nil
 }
 
 // observe lists every provider a fleet uses. A provider that cannot be

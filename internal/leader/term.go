@@ -59,12 +59,29 @@ type Judgement struct {
 	Since time.Time
 }
 
+// PassResult is how a reconcile pass ended.
+type PassResult string
+
+// Pass results.
+const (
+	// PassOK: the pass planned and applied.
+	PassOK PassResult = "ok"
+	// PassResumed: the pass took over intents no one drove; planning
+	// waits for the next pass, on state read after the takeover.
+	PassResumed PassResult = "resumed"
+	// PassError: the pass stopped early (leadership lost, state not
+	// readable, a plan not applied).
+	PassError PassResult = "error"
+)
+
+// PassResults are every result, for metrics that export each one.
+var PassResults = []PassResult{PassOK, PassResumed, PassError}
+
 // Metrics receives what the term measures. Nil methods are not called:
 // use NopMetrics.
 type Metrics interface {
-	// Pass is one reconcile pass: result is "ok", "resumed" (intents were
-	// taken over; planning waits for the next pass) or "error".
-	Pass(result string, took time.Duration)
+	// Pass is one reconcile pass and its result.
+	Pass(result PassResult, took time.Duration)
 	// Finished is one provider call whose outcome was journaled.
 	Finished(it *state.Intent, provider string, outcome state.Outcome, took time.Duration)
 	// Fleet is the planner's status of a fleet after a pass.
@@ -77,7 +94,7 @@ type Metrics interface {
 // NopMetrics discards everything.
 type NopMetrics struct{}
 
-func (NopMetrics) Pass(string, time.Duration)                                   {}
+func (NopMetrics) Pass(PassResult, time.Duration)                               {}
 func (NopMetrics) Finished(*state.Intent, string, state.Outcome, time.Duration) {}
 func (NopMetrics) Fleet(reconcile.FleetStatus)                                  {}
 func (NopMetrics) ImageRefMoved(string, bool)                                   {}

@@ -240,12 +240,12 @@ func (c *clock) advance(d time.Duration) {
 // metricsRec records what the term measured.
 type metricsRec struct {
 	mu     sync.Mutex
-	passes map[string]int
+	passes map[PassResult]int
 	moved  map[string]bool
 	fleets map[string]reconcile.FleetStatus
 }
 
-func (m *metricsRec) Pass(r string, _ time.Duration)                               { m.mu.Lock(); m.passes[r]++; m.mu.Unlock() }
+func (m *metricsRec) Pass(r PassResult, _ time.Duration)                           { m.mu.Lock(); m.passes[r]++; m.mu.Unlock() }
 func (m *metricsRec) Finished(*state.Intent, string, state.Outcome, time.Duration) {}
 func (m *metricsRec) Fleet(st reconcile.FleetStatus) {
 	m.mu.Lock()
@@ -276,7 +276,7 @@ func newRig(t *testing.T, providers ...func(*fakeProvider) reconcile.Provider) *
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	r := &rig{t: t, j: newJournal(), p: newProvider(), clk: &clock{now: t0}, logs: logs,
-		m: &metricsRec{passes: map[string]int{}, moved: map[string]bool{}, fleets: map[string]reconcile.FleetStatus{}}}
+		m: &metricsRec{passes: map[PassResult]int{}, moved: map[string]bool{}, fleets: map[string]reconcile.FleetStatus{}}}
 	r.judge = &fakeJudge{health: map[string]reconcile.Health{}, p: r.p}
 	var prov reconcile.Provider = r.p
 	if len(providers) > 0 {

@@ -26,8 +26,9 @@ type DriftInspector = leader.DriftInspector
 // must be safe for concurrent use, because the behaviours run in
 // parallel, each over a state of its own.
 type Harness struct {
-	// Name is the provider's name as fleet files spell it ("local",
-	// "docker"); it is part of every TemplateHash the suite computes.
+	// Name is the provider's name as fleet files spell it (one of the
+	// config.Provider* names); it is part of every TemplateHash the suite
+	// computes.
 	Name string
 
 	// NewState prepares a fresh state location for one behaviour and
