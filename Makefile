@@ -12,10 +12,10 @@ GOFILES     := $(shell find . -name '*.go' -not -path './build/*' -not -path './
 # The go test timeout for the whole suite; make test stays well below it.
 TEST_TIMEOUT ?= 18m
 
-.PHONY: help build images docker-images run test test-short bench lint install clean
+.PHONY: help build images docker-images run test test-short e2e bench lint install clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: $(BIN) images ## build immutd and the sample app images
 
@@ -49,8 +49,13 @@ test: ## run every test (installs promtool, starts Docker if needed)
 	$(GO) vet ./...
 	$(GO) test -race -timeout $(TEST_TIMEOUT) -count=1 ./...
 
-test-short: ## unit tests only
+test-short: ## unit tests only: no e2e suite, no Docker, promtool or systemd tools (go test -short)
 	$(GO) test -short -count=1 ./...
+
+e2e: ## the end-to-end suite only (real binary, real Docker)
+	.ci/ensure-tools
+	.ci/ensure-docker
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./internal/e2e/
 
 bench: build ## run the benchmarks recorded in BENCHMARKS.md (about 15 minutes; output in build/bench.txt)
 	@mkdir -p build

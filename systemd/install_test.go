@@ -23,6 +23,9 @@ import (
 // (mount, pid and network: nothing it starts outlives it or listens on
 // the host's ports). It needs root, as make install does.
 func TestInstallProducesAServiceThatStarts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs make install, systemd-sysusers and unshare as root: skipped in -short mode (unit tests only)")
+	}
 	if os.Geteuid() != 0 {
 		t.Fatal("make install and this test need root (CI runs as root)")
 	}

@@ -6,7 +6,9 @@
 //
 // The tools are found through PATH (or SYSTEMD_ANALYZE, SYSTEMD_SYSUSERS,
 // SYSTEMD_TMPFILES). A missing tool is a failure, not a skip:
-// .ci/ensure-tools installs it (Debian package "systemd").
+// .ci/ensure-tools installs it (Debian package "systemd"). Under go test
+// -short (unit tests only) the tests that run a tool, and the install
+// test (make install, root, unshare), are skipped.
 package systemd_test
 
 import (
@@ -34,9 +36,13 @@ const (
 	wantExecStart   = installedBinary + " agent -config /etc/immutd/agent.hcl"
 )
 
-// tool returns the path of a systemd tool or fails the test.
+// tool returns the path of a systemd tool or fails the test; in -short
+// mode it skips the test.
 func tool(t *testing.T, name, env string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skipf("runs %s: skipped in -short mode (unit tests only)", name)
+	}
 	if p := os.Getenv(env); p != "" {
 		return p
 	}

@@ -4,7 +4,8 @@
 //
 // promtool is found through the PROMTOOL environment variable or PATH.
 // A missing promtool is a failure, not a skip: .ci/ensure-tools installs it
-// (Debian package "prometheus").
+// (Debian package "prometheus"). Under go test -short (unit tests only)
+// the tests that run promtool are skipped.
 package prometheus_test
 
 import (
@@ -25,9 +26,13 @@ const (
 	rulesTestFile = "immutd.rules_test.yml"
 )
 
-// promtool returns the path of the promtool binary or fails the test.
+// promtool returns the path of the promtool binary or fails the test; in
+// -short mode it skips the test.
 func promtool(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("runs promtool: skipped in -short mode (unit tests only)")
+	}
 	if p := os.Getenv("PROMTOOL"); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("PROMTOOL=%s: %v", p, err)

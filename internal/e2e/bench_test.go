@@ -3,14 +3,13 @@ package e2e
 import (
 	"fmt"
 	"net/http"
-
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -19,44 +18,6 @@ import (
 // also measures its baseline in the same run.
 
 const benchTrials = 10
-
-func percentile(ds []time.Duration, p float64) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(float64(len(s)-1) * p)
-	return s[i]
-}
-
-func report(b *testing.B, name string, ds []time.Duration) {
-	b.ReportMetric(percentile(ds, 0.5).Seconds()*1000, name+"_p50_ms")
-	b.ReportMetric(percentile(ds, 0.95).Seconds()*1000, name+"_p95_ms")
-	b.ReportMetric(percentile(ds, 1).Seconds()*1000, name+"_max_ms")
-}
-
-// eventAfter waits for the first event matching the predicate with a
-// sequence number above after.
-func (e *env) eventAfter(after uint64, timeout time.Duration, match func(state.Event) bool) state.Event {
-	e.t.Helper()
-	var found state.Event
-	e.waitFor("event", timeout, func() (bool, string) {
-		for _, ev := range e.events() {
-			if ev.Seq > after && match(ev) {
-				found = ev
-				return true, ""
-			}
-		}
-		return false, ""
-	})
-	return found
-}
-
-func (e *env) lastSeq() uint64 {
-	evs := e.events()
-	if len(evs) == 0 {
-		return 0
-	}
-	return evs[len(evs)-1].Seq
-}
 
 // BenchmarkFailureToReplacementLaunch: an instance starts failing its
 // health check (interval 1s, unhealthy_threshold 3); time until immutd
@@ -70,7 +31,7 @@ func BenchmarkFailureToReplacementLaunch(b *testing.B) {
 		extra := ""
 		ff := fmt.Sprintf(`fleet "web" {
   size = 2
-  provider = "local"
+  provider = %q
   image = %q
   health {
     http "ready" {
@@ -83,7 +44,7 @@ func BenchmarkFailureToReplacementLaunch(b *testing.B) {
   }
   remediation { max_unhealthy = 1 }
 %s}
-`, filepath.Join(imagesDir, "sampleapp-v1"), extra)
+`, config.ProviderLocal, filepath.Join(imagesDir, "sampleapp-v1"), extra)
 		e.writeFleet("web.hcl", ff)
 		e.start()
 		var immutd, baseline []time.Duration
@@ -103,7 +64,7 @@ func BenchmarkFailureToReplacementLaunch(b *testing.B) {
 				b.Fatal(err)
 			}
 			resp.Body.Close()
-			ev := e.eventAfter(after, 30*time.Second, func(ev state.Event) bool {
+			ev := e.waitEvent(after, 30*time.Second, func(ev state.Event) bool {
 				return ev.Action == "launch_planned" && ev.Fleet == "web"
 			})
 			immutd = append(immutd, ev.Time.Sub(t0))
@@ -184,8 +145,8 @@ func BenchmarkFleetFileToProviderCall(b *testing.B) {
 			case <-time.After(5 * time.Second):
 				b.Fatal("fsnotify saw nothing")
 			}
-			planned := e.eventAfter(after, 10*time.Second, func(ev state.Event) bool { return ev.Action == "launch_planned" })
-			launched := e.eventAfter(after, 10*time.Second, func(ev state.Event) bool { return ev.Action == "launched" })
+			planned := e.waitEvent(after, 10*time.Second, func(ev state.Event) bool { return ev.Action == "launch_planned" })
+			launched := e.waitEvent(after, 10*time.Second, func(ev state.Event) bool { return ev.Action == "launched" })
 			toIntent = append(toIntent, planned.Time.Sub(t0))
 			toLaunched = append(toLaunched, launched.Time.Sub(t0))
 			e.waitHealthy("web", size, "", 30*time.Second)

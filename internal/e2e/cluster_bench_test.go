@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,7 +36,7 @@ func BenchmarkLeaderFailover(b *testing.B) {
 			t0 := time.Now()
 			c.agents[l].kill9()
 			nl := c.leader(l)
-			ev := c.agents[nl].eventAfter(after, 30*time.Second, func(ev state.Event) bool {
+			ev := c.agents[nl].waitEvent(after, 30*time.Second, func(ev state.Event) bool {
 				return ev.Action == "leader_ready" && ev.Node == fmt.Sprintf("agent-%d", nl+1)
 			})
 			took = append(took, ev.Time.Sub(t0))
@@ -92,7 +93,7 @@ func BenchmarkSoakNoSpuriousElections(b *testing.B) {
 func probeCount(b *testing.B, c *cluster) float64 {
 	total := 0.0
 	for _, e := range c.agents {
-		for _, line := range splitLinesE2E(get(b, "http://"+e.httpAddr+"/metrics")) {
+		for _, line := range strings.Split(get(b, "http://"+e.httpAddr+"/metrics"), "\n") {
 			var kind, result string
 			var v float64
 			if n, _ := fmt.Sscanf(line, "immutd_probe_duration_seconds_count{kind=%q,result=%q} %g", &kind, &result, &v); n == 3 {
@@ -101,16 +102,4 @@ func probeCount(b *testing.B, c *cluster) float64 {
 		}
 	}
 	return total
-}
-
-func splitLinesE2E(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	return out
 }

@@ -3,181 +3,18 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/immutd/immutd/internal/api"
-	"github.com/immutd/immutd/internal/pki"
 	"github.com/immutd/immutd/internal/state"
 )
-
-// cluster is three (or more) real agents on loopback with mutual TLS,
-// sharing one fleets directory and one local provider directory (the
-// only way the local provider works in a cluster: one host).
-type cluster struct {
-	t         testing.TB
-	agents    []*env
-	fleetsDir string
-	localDir  string
-	tlsDir    string
-	raftAddrs []string
-}
-
-// makeCerts writes a CA and one certificate per name into dir.
-func makeCerts(t testing.TB, dir string, names ...string) {
-	t.Helper()
-	caCert, caKey, err := pki.NewCA("e2e CA", 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pki.WriteFiles(dir, "ca", caCert, caKey); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range names {
-		c, k, err := pki.NewCert(caCert, caKey, n, []string{"server.immutd", n}, []net.IP{net.ParseIP("127.0.0.1")}, 24*time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := pki.WriteFiles(dir, n, c, k); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func clusterBlock(tlsDir, name string, join []string, expect int) string {
-	quoted := make([]string, len(join))
-	for i, j := range join {
-		quoted[i] = strconv.Quote(j)
-	}
-	return fmt.Sprintf(`  bootstrap_expect = %d
-  join = [%s]
-  tls {
-    ca_file   = %q
-    cert_file = %q
-    key_file  = %q
-  }`, expect, strings.Join(quoted, ", "), filepath.Join(tlsDir, "ca.pem"), filepath.Join(tlsDir, name+".pem"), filepath.Join(tlsDir, name+"-key.pem"))
-}
-
-func newCluster(t testing.TB, n int, extra string) *cluster {
-	t.Helper()
-	return newClusterOpts(t, n, extra, false)
-}
-
-// newClusterOpts can give every agent its own fleets directory
-// (separateFleets) instead of one shared directory.
-func newClusterOpts(t testing.TB, n int, extra string, separateFleets bool) *cluster {
-	t.Helper()
-	base := t.TempDir()
-	c := &cluster{t: t, fleetsDir: filepath.Join(base, "fleets.d"), localDir: filepath.Join(base, "local"), tlsDir: filepath.Join(base, "tls")}
-	for _, d := range []string{c.fleetsDir, c.localDir, c.tlsDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var names []string
-	for i := 0; i < n; i++ {
-		names = append(names, fmt.Sprintf("agent-%d", i+1))
-		c.raftAddrs = append(c.raftAddrs, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
-	}
-	makeCerts(t, c.tlsDir, names...)
-	for i, name := range names {
-		fleets := c.fleetsDir
-		if separateFleets {
-			fleets = ""
-		}
-		e := newEnv(t, envOpts{name: name, fleetsDir: fleets, raftAddr: c.raftAddrs[i],
-			cluster: clusterBlock(c.tlsDir, name, c.raftAddrs, n),
-			extra:   fmt.Sprintf("provider \"local\" {\n  dir = %q\n}\n%s", c.localDir, extra)})
-		c.agents = append(c.agents, e)
-	}
-	t.Cleanup(func() {
-		for _, e := range c.agents {
-			e.kill9()
-		}
-		for _, pid := range processesUnder(c.localDir) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	})
-	return c
-}
-
-func (c *cluster) start() {
-	c.t.Helper()
-	for _, e := range c.agents {
-		e.launch()
-	}
-	for _, e := range c.agents {
-		e.waitReady(60 * time.Second)
-	}
-}
-
-func (c *cluster) writeFleet(file, content string) { c.agents[0].writeFleet(file, content) }
-
-// leader returns the index of the agent that reports itself leader, as
-// seen by all running agents (waits until they agree).
-func (c *cluster) leader(down ...int) int {
-	c.t.Helper()
-	idx := -1
-	c.agents[0].waitFor("one agreed leader", 30*time.Second, func() (bool, string) {
-		leaders := map[string]int{}
-		var leaderName string
-		views := 0
-		for i, e := range c.agents {
-			if slices.Contains(down, i) {
-				continue
-			}
-			st, err := e.trystatus()
-			if err != nil {
-				return false, fmt.Sprintf("agent %d: %v", i, err)
-			}
-			views++
-			if st.IsLeader {
-				idx = i
-				leaderName = st.Node
-			}
-			leaders[st.Leader]++
-		}
-		return idx >= 0 && len(leaders) == 1 && leaders[""] == 0 && leaderName != "", fmt.Sprintf("leaders seen %v", leaders)
-	})
-	return idx
-}
-
-// consistent returns the leader's status through agent i.
-func (c *cluster) consistent(i int) (api.Status, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return c.agents[i].client.Status(ctx, true)
-}
-
-func (c *cluster) waitHealthy(name string, n int, down ...int) api.Fleet {
-	c.t.Helper()
-	for i := range c.agents {
-		if !slices.Contains(down, i) {
-			return c.agents[i].waitHealthyConsistent(name, n, 60*time.Second)
-		}
-	}
-	return api.Fleet{}
-}
-
-// waitHealthyConsistent is waitHealthy through the leader.
-func (e *env) waitHealthyConsistent(name string, n int, timeout time.Duration, without ...string) api.Fleet {
-	e.t.Helper()
-	read := func() (api.Status, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return e.client.Status(ctx, true)
-	}
-	return e.waitFleetHealthy(read, name, n, "", timeout, without...)
-}
 
 // auditIntents checks the event log: every planned intent finished
 // exactly once, and no instance id was launched twice.
@@ -324,7 +161,7 @@ func TestClusterAgentCutOffFromInstancesKillsNothing(t *testing.T) {
 		name := fmt.Sprintf("agent-%d", victim+1)
 		// The cluster sees that agent's failures, and does nothing.
 		c.agents[l].waitFor("the cut-off agent's failures to reach the leader", 15*time.Second, func() (bool, string) {
-			st, err := c.consistent(l)
+			st, err := c.agents[l].consistentStatus()
 			if err != nil {
 				return false, err.Error()
 			}
@@ -338,7 +175,7 @@ func TestClusterAgentCutOffFromInstancesKillsNothing(t *testing.T) {
 			return false, describe(st.Fleets[0])
 		})
 		time.Sleep(6 * time.Second) // well past 3 x 300ms probes
-		st, err := c.consistent(l)
+		st, err := c.agents[l].consistentStatus()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -393,8 +230,7 @@ func TestClusterWithoutQuorumChangesNothing(t *testing.T) {
 	gen := survivor.status().Generation
 	evsBefore := len(survivor.events())
 	// Give it something to fix: kill an instance, and edit the fleet file.
-	pid, _ := strconv.Atoi(f.Instances[0].ProviderRef)
-	_ = syscall.Kill(pid, syscall.SIGKILL)
+	_ = syscall.Kill(localPID(t, f.Instances[0]), syscall.SIGKILL)
 	c.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
 	time.Sleep(5 * time.Second)
 	st := survivor.status()
@@ -552,7 +388,7 @@ func TestClusterDivergentFleetDirsDoNotFlipFlop(t *testing.T) {
 	}
 	l = c.leader()
 	time.Sleep(2 * time.Second)
-	st, err := c.consistent(l)
+	st, err := c.agents[l].consistentStatus()
 	if err != nil {
 		t.Fatal(err)
 	}

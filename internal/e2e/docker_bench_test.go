@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"testing"
@@ -293,29 +292,6 @@ func BenchmarkDockerFailureToReplacementHealthy(b *testing.B) {
 	}
 }
 
-// eventAfterSeq waits for the first event after seq matching match.
-func (d *dockerBench) eventAfterSeq(b *testing.B, after uint64, timeout time.Duration, match func(state.Event) bool) state.Event {
-	b.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		evs, err := d.e.client.Events(ctx, after, "", 0)
-		cancel()
-		if err == nil {
-			for _, ev := range evs {
-				if ev.Seq > after && match(ev) {
-					return ev
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("no matching event within %v (last error %v)", timeout, err)
-			return state.Event{}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // BenchmarkDockerInPlaceEditToReplaced: a file of the image is changed
 // inside one of 3 containers (exec write at t0); time until immutd plans
 // the replacement (detected, the launch_planned event), until a new
@@ -330,14 +306,14 @@ func BenchmarkDockerInPlaceEditToReplaced(b *testing.B) {
 			f := d.e.waitHealthy(d.fleet.name, 3, d.v1, 60*time.Second)
 			victim := f.Instances[i%3]
 			known := d.containerIDs()
-			after := lastSeqOf(d.e)
+			after := d.e.lastSeq()
 			t0 := time.Now()
 			d.en.execIn(victim.ProviderRef, "/bin/sampleapp", "-write-file", "/config/app.conf", "-content", fmt.Sprint("edit ", i))
 			serving = append(serving, d.waitNewServing(b, known, 60*time.Second).Sub(t0))
-			planned := d.eventAfterSeq(b, after, 60*time.Second, func(ev state.Event) bool {
+			planned := d.e.waitEvent(after, 60*time.Second, func(ev state.Event) bool {
 				return ev.Fleet == d.fleet.name && ev.Action == "launch_planned"
 			})
-			term := d.eventAfterSeq(b, after, 60*time.Second, func(ev state.Event) bool {
+			term := d.e.waitEvent(after, 60*time.Second, func(ev state.Event) bool {
 				return ev.Action == "terminated" && ev.InstanceID == victim.ID
 			})
 			if term.Reason != "drift_mutated" {
@@ -406,15 +382,15 @@ func BenchmarkDockerFleetEditToContainerStarted(b *testing.B) {
 		var planned, created, started, launched []time.Duration
 		for i := 0; i < dockerBenchTrials; i++ {
 			size := 2 + i
-			after := lastSeqOf(d.e)
+			after := d.e.lastSeq()
 			next := d.fleet
 			next.size = size
 			t0 := time.Now()
 			d.e.writeFleet("fleet.hcl", next.hcl())
-			pl := d.eventAfterSeq(b, after, 30*time.Second, func(ev state.Event) bool {
+			pl := d.e.waitEvent(after, 30*time.Second, func(ev state.Event) bool {
 				return ev.Fleet == d.fleet.name && ev.Action == "launch_planned"
 			})
-			la := d.eventAfterSeq(b, after, 30*time.Second, func(ev state.Event) bool {
+			la := d.e.waitEvent(after, 30*time.Second, func(ev state.Event) bool {
 				return ev.Fleet == d.fleet.name && ev.Action == "launched" && ev.InstanceID == pl.InstanceID
 			})
 			insp, err := d.en.inspect(docker.NamePrefix + pl.InstanceID)

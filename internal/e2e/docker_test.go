@@ -1,16 +1,27 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
-	"io"
-	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/client"
 
 	"github.com/immutd/immutd/internal/api"
 	"github.com/immutd/immutd/internal/provider/docker"
@@ -19,34 +30,11 @@ import (
 
 // End-to-end tests of docker fleets: the real immutd binary keeping
 // fleets of the sample app as containers on the machine's engine (or, for
-// the engine outage, on a private dockerd the test starts). See
-// dockerd_test.go for the helpers and for how everything a test makes is
-// named and removed.
-
-// dockerSetup is an agent, an engine and a fleet of the sample app v1.
-type dockerSetup struct {
-	e     *env
-	en    *engine
-	fleet dockerFleet
-	v1    string // image ID of <repo>:1
-}
-
-// startDockerFleet builds <repo>:1 (v1), starts an agent keeping a fleet
-// of size of it and waits until all are healthy.
-func startDockerFleet(t *testing.T, what string, size int, mod func(*dockerFleet)) *dockerSetup {
-	t.Helper()
-	en := newEngine(t, defaultDockerHost, false)
-	v1 := en.buildSample("v1", "1", "")
-	f := dockerFleet{name: en.fleetName(what), size: size, image: en.repo() + ":1"}
-	if mod != nil {
-		mod(&f)
-	}
-	e := newDockerEnv(t, en)
-	e.writeFleet("fleet.hcl", f.hcl())
-	e.start()
-	e.waitHealthy(f.name, size, v1, 60*time.Second)
-	return &dockerSetup{e: e, en: en, fleet: f, v1: v1}
-}
+// the engine outage, on a private dockerd the test starts). The engine
+// and fleet helpers, and how everything a test makes is named and
+// removed, are in harness_test.go; the private dockerd is at the end of
+// this file. The docker rows of TestBrokenInstanceIsReplaced are in
+// broken_instance_test.go.
 
 // containerOf finds the fleet's container of an instance.
 func containerOf(cs []container.Summary, instanceID string) (container.Summary, bool) {
@@ -91,7 +79,7 @@ func TestDockerFleetComesUpHealthy(t *testing.T) {
 		if !strings.HasPrefix(in.Address, "127.0.0.1:") || in.Address != publishedAddr(c) {
 			t.Errorf("instance %s address %q, container published at %q", in.ID, in.Address, publishedAddr(c))
 		}
-		body := getBody(t, "http://"+in.Address+"/")
+		body := get(t, "http://"+in.Address+"/")
 		if !strings.Contains(body, "sampleapp 1.0.0") || !strings.Contains(body, "instance: "+in.ID) || !strings.Contains(body, "fleet: "+s.fleet.name) {
 			t.Errorf("instance %s at %s answers:\n%s", in.ID, in.Address, body)
 		}
@@ -117,106 +105,6 @@ func TestDockerFleetComesUpHealthy(t *testing.T) {
 			t.Fatalf("a quiet fleet had a termination: %+v", ev)
 		}
 	}
-}
-
-func getBody(t *testing.T, url string) string {
-	t.Helper()
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-func TestDockerKilledContainerIsReplaced(t *testing.T) {
-	s := startDockerFleet(t, "kill", 3, nil)
-	f := s.e.fleet(s.fleet.name)
-	victim := f.Instances[1]
-	ctx, cancel := s.en.ctx()
-	defer cancel()
-	if err := s.en.cli.ContainerKill(ctx, victim.ProviderRef, "SIGKILL"); err != nil {
-		t.Fatal(err)
-	}
-	s.e.waitHealthy(s.fleet.name, 3, s.v1, 60*time.Second, victim.ID)
-	ev := findEvent(s.e.events(), "terminated", victim.ID)
-	if ev == nil || ev.Reason != "exited" {
-		t.Fatalf("want a terminated event with reason exited for %s, got %+v", victim.ID, ev)
-	}
-	if !strings.Contains(strings.Join(ev.Evidence, " "), "exited with code 137") {
-		t.Errorf("the evidence does not say how it exited: %q", ev.Evidence)
-	}
-	// The dead container is removed, and the fleet has 3 containers.
-	s.e.waitFor("the killed container to be removed", 30*time.Second, func() (bool, string) {
-		_, err := s.en.inspect(victim.ProviderRef)
-		return cerrdefs.IsNotFound(err), fmt.Sprint(err)
-	})
-	if cs := s.en.mustContainers(s.fleet.name); len(cs) != 3 {
-		t.Fatalf("%d containers of the fleet after the replacement, want 3", len(cs))
-	}
-}
-
-func TestDockerInPlaceChangeIsReplaced(t *testing.T) {
-	s := startDockerFleet(t, "inplace", 2, nil)
-	f := s.e.fleet(s.fleet.name)
-
-	// (a) A file of the image changed by a process run in the container.
-	victim := f.Instances[0]
-	s.en.execIn(victim.ProviderRef, "/bin/sampleapp", "-write-file", "/config/app.conf", "-content", "x")
-	ev := s.e.waitTerminated(s.fleet.name, victim.ID)
-	if ev.Reason != "drift_mutated" || !strings.Contains(strings.Join(ev.Evidence, "\n"), "modified /config/app.conf") {
-		t.Fatalf("want reason drift_mutated with evidence naming /config/app.conf, got %+v", ev)
-	}
-	f = s.e.waitHealthy(s.fleet.name, 2, s.v1, 60*time.Second, victim.ID)
-
-	// (b) A file added from outside, as `docker cp` does.
-	victim2 := f.Instances[1]
-	s.en.copyFile(victim2.ProviderRef, "/config/added-by-e2e.conf", "greeting = \"copied in\"\n")
-	ev = s.e.waitTerminated(s.fleet.name, victim2.ID)
-	if ev.Reason != "drift_mutated" || !strings.Contains(strings.Join(ev.Evidence, "\n"), "added /config/added-by-e2e.conf") {
-		t.Fatalf("want reason drift_mutated with evidence naming the added file, got %+v", ev)
-	}
-	s.e.waitHealthy(s.fleet.name, 2, s.v1, 60*time.Second, victim.ID, victim2.ID)
-	if cs := s.en.mustContainers(s.fleet.name); len(cs) != 2 {
-		t.Fatalf("%d containers of the fleet, want 2", len(cs))
-	}
-}
-
-// rolloutSample is what one sample of a rollout saw.
-type rolloutSample struct {
-	servingCheck
-	containers int // containers of the fleet on the engine, any state
-	byImage    map[string]int
-}
-
-// sample lists the engine's containers of the fleet while it checks
-// which instances are healthy and answering (see servingCheck).
-func (s *dockerSetup) sample(t testing.TB) (rolloutSample, api.Fleet) {
-	t.Helper()
-	type listed struct {
-		cs  []container.Summary
-		err error
-	}
-	lc := make(chan listed, 1)
-	go func() {
-		cs, err := s.en.containers(s.fleet.name)
-		lc <- listed{cs, err}
-	}()
-	r := rolloutSample{servingCheck: s.e.checkServing(s.fleet.name), byImage: map[string]int{}}
-	l := <-lc
-	if l.err != nil {
-		t.Fatalf("list containers: %v", l.err)
-	}
-	r.containers = len(l.cs)
-	for _, c := range l.cs {
-		r.byImage[c.ImageID]++
-	}
-	return r, r.after
 }
 
 // TestDockerRolloutIsSurgeFirst changes the fleet's image tag and samples
@@ -289,7 +177,7 @@ func TestDockerBrokenImageDoesNotTakeTheFleetDown(t *testing.T) {
 	broken := s.en.buildSample("v2", "3", `CMD ["-fail-after", "1ms"]`)
 	f0 := s.e.fleet(s.fleet.name)
 	old := ids(f0)
-	after := lastSeqOf(s.e)
+	after := s.e.lastSeq()
 
 	next := s.fleet
 	next.image = s.en.repo() + ":3"
@@ -329,7 +217,7 @@ func TestDockerBrokenImageDoesNotTakeTheFleetDown(t *testing.T) {
 	}
 	f := s.e.fleet(s.fleet.name)
 	var neverHealthy []string
-	for _, ev := range eventsAfter(s.e, after) {
+	for _, ev := range s.e.eventsAfter(after) {
 		if ev.Fleet != s.fleet.name {
 			continue
 		}
@@ -348,24 +236,6 @@ func TestDockerBrokenImageDoesNotTakeTheFleetDown(t *testing.T) {
 	if f.LaunchFailures == 0 {
 		t.Errorf("the status counts no launch failures after %d never_healthy instances", len(neverHealthy))
 	}
-}
-
-func lastSeqOf(e *env) uint64 {
-	evs := e.events()
-	if len(evs) == 0 {
-		return 0
-	}
-	return evs[len(evs)-1].Seq
-}
-
-func eventsAfter(e *env, after uint64) []state.Event {
-	var out []state.Event
-	for _, ev := range e.events() {
-		if ev.Seq > after {
-			out = append(out, ev)
-		}
-	}
-	return out
 }
 
 // TestDockerEngineUnreachable stops the engine (a private dockerd with
@@ -387,7 +257,7 @@ func TestDockerEngineUnreachable(t *testing.T) {
 			t.Fatalf("instance %s with host networking does not answer at %q", in.ID, in.Address)
 		}
 	}
-	after := lastSeqOf(e)
+	after := e.lastSeq()
 
 	d.stop()
 	stopped := time.Now()
@@ -409,7 +279,7 @@ func TestDockerEngineUnreachable(t *testing.T) {
 				t.Fatalf("instance %s stopped serving while the engine was down", in.ID)
 			}
 		}
-		for _, ev := range eventsAfter(e, after) {
+		for _, ev := range e.eventsAfter(after) {
 			if ev.Action == "terminate_planned" || ev.Action == "terminated" {
 				t.Fatalf("a termination while the engine is unreachable: %+v", ev)
 			}
@@ -426,7 +296,7 @@ func TestDockerEngineUnreachable(t *testing.T) {
 	if !last {
 		t.Fatalf("the fleet is not blocked at the end of the outage: %+v", f1.Blocked)
 	}
-	if findEvent(eventsAfter(e, after), "remediation_blocked", "") == nil {
+	if findEvent(e.eventsAfter(after), "remediation_blocked", "") == nil {
 		t.Errorf("no remediation_blocked event for the outage")
 	}
 
@@ -479,7 +349,7 @@ func TestDockerEngineUnreachable(t *testing.T) {
 			t.Fatalf("instance %s launched %d times", id, n)
 		}
 	}
-	if findEvent(eventsAfter(e, after), "remediation_unblocked", "") == nil {
+	if findEvent(e.eventsAfter(after), "remediation_unblocked", "") == nil {
 		t.Errorf("no remediation_unblocked event after the outage")
 	}
 }
@@ -492,13 +362,13 @@ func TestDockerMovedTagIsReportedNotRolled(t *testing.T) {
 	s := startDockerFleet(t, "moved", 2, nil)
 	v2 := s.en.buildSample("v2", "2", "")
 	before := ids(s.e.fleet(s.fleet.name))
-	after := lastSeqOf(s.e)
+	after := s.e.lastSeq()
 
 	s.en.tag(v2, "1")
 	var moved *state.Event
 	// The leader checks references every 30s.
 	s.e.waitFor("an image_ref_moved event", 45*time.Second, func() (bool, string) {
-		evs := eventsAfter(s.e, after)
+		evs := s.e.eventsAfter(after)
 		for _, ev := range evs {
 			if ev.Action == "launch_planned" || ev.Action == "terminate_planned" {
 				t.Fatalf("the fleet changed after its tag moved: %+v", ev)
@@ -528,4 +398,303 @@ func TestDockerMovedTagIsReportedNotRolled(t *testing.T) {
 	if f.ImageDigest != v2 {
 		t.Fatalf("after resolve the fleet is pinned to %s, want %s", f.ImageDigest, v2)
 	}
+}
+
+// privateDockerd is a dockerd of the test's own, with its own data and
+// exec roots, socket and default bridge, no iptables rules, and
+// --live-restore so its containers outlive it.
+//
+// It must not run with --bridge=none: a dockerd started that way
+// deletes the host's docker0 interface (moby's
+// removeDefaultBridgeInterface), which breaks bridge networking of the
+// machine's own engine. It gets a bridge interface the test creates and
+// deletes instead; its containers use host networking.
+type privateDockerd struct {
+	t        testing.TB
+	dir      string // config, socket, pidfile, data root, log
+	execRoot string // short: unix socket paths below it must fit
+	bridge   string // the daemon's default bridge, created by the test
+	host     string
+	logPath  string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startPrivateDockerd starts a private dockerd and registers its removal:
+// its containers, the daemon, its containerd and shims, its mounts and
+// directories. Call it before newEngine and newEnv.
+func startPrivateDockerd(t testing.TB) *privateDockerd {
+	t.Helper()
+	if _, err := exec.LookPath("dockerd"); err != nil {
+		t.Fatalf("the engine-outage test needs dockerd on PATH: %v", err)
+	}
+	dir, err := os.MkdirTemp("", "immutd-e2e-dockerd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	execRoot, err := os.MkdirTemp("/tmp", "ied")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	d := &privateDockerd{t: t, dir: dir, execRoot: execRoot, bridge: "ied" + hex.EncodeToString(b),
+		host: "unix://" + filepath.Join(dir, "docker.sock"), logPath: filepath.Join(dir, "dockerd.log")}
+	t.Cleanup(d.cleanup)
+	if err := os.WriteFile(filepath.Join(dir, "daemon.json"), []byte("{}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("ip", "link", "add", d.bridge, "type", "bridge").CombinedOutput(); err != nil {
+		d.bridge = ""
+		t.Fatalf("create the private dockerd's bridge: %v: %s", err, out)
+	}
+	d.start()
+	return d
+}
+
+func (d *privateDockerd) args() []string {
+	return []string{
+		"--config-file", filepath.Join(d.dir, "daemon.json"),
+		"--host", d.host,
+		"--data-root", filepath.Join(d.dir, "data"),
+		"--exec-root", filepath.Join(d.execRoot, "x"),
+		"--pidfile", filepath.Join(d.dir, "docker.pid"),
+		"--bridge", d.bridge, "--iptables=false", "--ip-masq=false", "--ip-forward=false",
+		"--live-restore",
+	}
+}
+
+// start starts the daemon on the test's directories and waits (bounded)
+// until it answers. A daemon that does not come up fails the test with
+// its log.
+func (d *privateDockerd) start() {
+	d.t.Helper()
+	if err := d.startErr(); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *privateDockerd) startErr() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd != nil {
+		return fmt.Errorf("private dockerd: already running")
+	}
+	f, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("dockerd", d.args()...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("start dockerd: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); f.Close(); close(done) }()
+	d.cmd, d.done = cmd, done
+
+	cli, err := client.NewClientWithOpts(client.WithHost(d.host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-done:
+			d.cmd = nil
+			return fmt.Errorf("private dockerd exited while starting (%v); log:\n%s", cmd.ProcessState, d.logTail(60))
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := cli.Ping(ctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("private dockerd did not answer within 60s: %v; log:\n%s", err, d.logTail(60))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stop stops the daemon with SIGTERM to the pid in its pidfile and waits
+// (bounded) until it exited. Its containers keep running (live-restore).
+func (d *privateDockerd) stop() {
+	d.t.Helper()
+	if err := d.stopErr(); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *privateDockerd) stopErr() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd == nil {
+		return nil
+	}
+	pid := d.cmd.Process.Pid
+	if b, err := os.ReadFile(filepath.Join(d.dir, "docker.pid")); err == nil {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			pid = p
+		}
+	}
+	if pid != d.cmd.Process.Pid {
+		return fmt.Errorf("private dockerd: pidfile says %d, the process started is %d", pid, d.cmd.Process.Pid)
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	var err error
+	select {
+	case <-d.done:
+	case <-time.After(45 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+		err = fmt.Errorf("private dockerd did not stop within 45s of SIGTERM; killed")
+	}
+	d.cmd = nil
+	return err
+}
+
+func (d *privateDockerd) running() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cmd != nil
+}
+
+// cleanup removes every container of the daemon (starting it again if a
+// test left it stopped), stops it, waits for its containerd and shims to
+// exit, unmounts what it left mounted and removes its directories.
+func (d *privateDockerd) cleanup() {
+	t := d.t
+	if !d.running() {
+		// Its containers still run in their shims; the daemon removes them.
+		if err := d.startErr(); err != nil {
+			t.Errorf("cleanup: restarting the private dockerd: %v", err)
+		}
+	}
+	if d.running() {
+		cli, err := client.NewClientWithOpts(client.WithHost(d.host), client.WithAPIVersionNegotiation())
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), engineOpTimeout)
+			cs, err := cli.ContainerList(ctx, container.ListOptions{All: true})
+			if err != nil {
+				t.Errorf("cleanup: list containers of the private dockerd: %v", err)
+			}
+			for _, c := range cs {
+				if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
+					t.Errorf("cleanup: remove container %s: %v", c.ID, err)
+				}
+			}
+			cancel()
+			cli.Close()
+		}
+	}
+	if err := d.stopErr(); err != nil {
+		t.Error(err)
+	}
+	// Its containerd and any shim name the exec root on their command line.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := processesNaming(d.execRoot)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("cleanup: processes of the private dockerd still running after 30s, killing them: %v", left)
+			for _, pid := range left {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if d.bridge != "" {
+		if out, err := exec.Command("ip", "link", "del", d.bridge).CombinedOutput(); err != nil {
+			t.Errorf("cleanup: delete bridge %s: %v: %s", d.bridge, err, out)
+		}
+	}
+	for _, mp := range mountsUnder(d.dir, d.execRoot) {
+		if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
+			t.Errorf("cleanup: unmount %s: %v", mp, err)
+		}
+	}
+	if t.Failed() {
+		t.Logf("private dockerd log (tail):\n%s", d.logTail(40))
+	}
+	for _, p := range []string{d.dir, d.execRoot} {
+		if err := os.RemoveAll(p); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	}
+}
+
+func (d *privateDockerd) logTail(n int) string {
+	b, _ := os.ReadFile(d.logPath)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// processesNaming lists live processes whose command line contains s.
+func processesNaming(s string) []int {
+	return liveProcesses(func(proc string) bool {
+		b, err := os.ReadFile(filepath.Join(proc, "cmdline"))
+		return err == nil && bytes.Contains(b, []byte(s))
+	})
+}
+
+// mountsUnder lists the mount points at or below any of dirs, deepest
+// first.
+func mountsUnder(dirs ...string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		for _, d := range dirs {
+			if mp == d || strings.HasPrefix(mp, d+"/") {
+				out = append(out, mp)
+				break
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

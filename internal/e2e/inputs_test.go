@@ -9,45 +9,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/immutd/immutd/internal/state"
 )
 
 // Tests of findings 2, 3, 5, 6 and 8 of the trust audit, and of the small
 // ones of finding 7: bad or hostile input never takes the agent down,
 // never kills an instance, and is reported in bounded, escaped text.
-
-// maxRSS is the peak resident memory (VmHWM) of a running process in bytes.
-func maxRSS(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmHWM in /proc/%d/status", pid)
-	return 0
-}
-
-func (e *env) pid() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.cmd.Process.Pid
-}
 
 // memoryBound is the most memory a bad fleet file may cost, in all.
 const memoryBound = 512 << 20
@@ -93,7 +64,7 @@ func TestHugeFleetFileIsRefusedWithoutReadingIt(t *testing.T) {
 		st := e.status()
 		return !st.Config.OK && strings.Contains(st.Config.Error, huge), st.Config.Error
 	})
-	if rss := maxRSS(t, e.pid()); rss > memoryBound {
+	if rss := procValue(t, e.pid(), "status", "VmHWM") << 10; rss > memoryBound {
 		t.Errorf("the agent used %d MiB", rss>>20)
 	}
 	// It starts again with the files there, and keeps its fleet.
@@ -103,7 +74,7 @@ func TestHugeFleetFileIsRefusedWithoutReadingIt(t *testing.T) {
 		st := e.status()
 		return !st.Config.OK && strings.Contains(st.Config.Error, huge), st.Config.Error
 	})
-	if rss := maxRSS(t, e.pid()); rss > memoryBound {
+	if rss := procValue(t, e.pid(), "status", "VmHWM") << 10; rss > memoryBound {
 		t.Errorf("the restarted agent used %d MiB", rss>>20)
 	}
 	if g := e.waitHealthy("web", 1, "", 30*time.Second); g.Instances[0].ID != f.Instances[0].ID {
@@ -208,13 +179,6 @@ func TestBrokenFleetEntryNeverDrains(t *testing.T) {
 	}
 }
 
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestRemediationDisabledOnlyReports: with remediation { enabled =
 // false }, a file added to an instance is reported, no replacement is
 // launched, and once the file is gone again nothing is killed as excess.
@@ -224,7 +188,7 @@ func TestRemediationDisabledOnlyReports(t *testing.T) {
 	e.start()
 	f := e.waitHealthy("web", 2, "", 30*time.Second)
 	before := ids(f)
-	seq := lastSeq(e.events())
+	seq := e.lastSeq()
 	added := filepath.Join(f.Instances[0].Location, "intruder.sh")
 	must(t, os.WriteFile(added, []byte("#!/bin/sh\n"), 0o755))
 	e.waitFor("the drift to be reported", 30*time.Second, func() (bool, string) {
@@ -243,21 +207,14 @@ func TestRemediationDisabledOnlyReports(t *testing.T) {
 		return len(f.Blocked) == 0, describe(f)
 	})
 	e.waitPasses(3)
-	for _, ev := range e.events() {
-		if ev.Seq > seq && (strings.HasPrefix(string(ev.Action), "launch") || strings.HasPrefix(string(ev.Action), "terminate")) {
+	for _, ev := range e.eventsAfter(seq) {
+		if strings.HasPrefix(string(ev.Action), "launch") || strings.HasPrefix(string(ev.Action), "terminate") {
 			t.Errorf("with remediation disabled: %s %s (%s) %v", ev.Action, ev.InstanceID, ev.Reason, ev.Evidence)
 		}
 	}
 	if got := ids(e.fleet("web")); fmt.Sprint(got) != fmt.Sprint(before) {
 		t.Fatalf("instances changed: %v, before %v", got, before)
 	}
-}
-
-func lastSeq(evs []state.Event) uint64 {
-	if len(evs) == 0 {
-		return 0
-	}
-	return evs[len(evs)-1].Seq
 }
 
 // TestHostileNamesAreEscaped: a fleet file and a file inside an instance

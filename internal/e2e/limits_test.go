@@ -2,8 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"os"
-	"strconv"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -82,27 +81,6 @@ func TestScaledToZeroNeverHealthyFleetDrains(t *testing.T) {
 	}
 }
 
-// readChars is the rchar of /proc/PID/io: bytes the process read with
-// read(2) and the like, from the page cache or not.
-func readChars(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
-			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatal("no rchar")
-	return 0
-}
-
 // TestManyFleetsShareOneImageHashOnce: committing 300 fleets that name
 // one image bundle resolves (hashes) the bundle once, not twice per
 // fleet: the agent reads a few bundles' worth of bytes, not 600.
@@ -110,7 +88,7 @@ func TestManyFleetsShareOneImageHashOnce(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.start()
 	pid := e.pid()
-	before := readChars(t, pid)
+	before := procValue(t, pid, "io", "rchar")
 	var b strings.Builder
 	for i := 0; i < 300; i++ {
 		b.WriteString(fleetFile(fmt.Sprintf("f%03d", i), 0, "v1", ""))
@@ -120,31 +98,10 @@ func TestManyFleetsShareOneImageHashOnce(t *testing.T) {
 		st := e.status()
 		return len(st.Fleets) == 300 && st.Generation > 0, fmt.Sprintf("%d fleets", len(st.Fleets))
 	})
-	bundle := int64(0)
-	_ = walkSize(imagesDir+"/sampleapp-v1", &bundle)
-	read := readChars(t, pid) - before
+	bundle := dirBytes(t, filepath.Join(imagesDir, "sampleapp-v1"))
+	read := procValue(t, pid, "io", "rchar") - before
 	t.Logf("committing 300 fleets of one %d-byte bundle read %d bytes (%.1f bundles)", bundle, read, float64(read)/float64(bundle))
 	if read > 20*bundle {
 		t.Fatalf("committing 300 fleets of one bundle read %d bytes, %.0f times the bundle", read, float64(read)/float64(bundle))
 	}
-}
-
-func walkSize(dir string, total *int64) error {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	for _, de := range ents {
-		p := dir + "/" + de.Name()
-		if de.IsDir() {
-			if err := walkSize(p, total); err != nil {
-				return err
-			}
-			continue
-		}
-		if fi, err := de.Info(); err == nil {
-			*total += fi.Size()
-		}
-	}
-	return nil
 }

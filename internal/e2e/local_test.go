@@ -2,94 +2,14 @@ package e2e
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/immutd/immutd/internal/api"
 )
-
-func TestKilledInstanceIsReplaced(t *testing.T) {
-	e := newEnv(t, envOpts{})
-	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
-	e.start()
-	f := e.waitHealthy("web", 3, "", 30*time.Second)
-	victim := f.Instances[0]
-	pid, err := strconv.Atoi(victim.ProviderRef)
-	if err != nil {
-		t.Fatalf("instance %s has no pid: %q", victim.ID, victim.ProviderRef)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	e.waitHealthy("web", 3, "", 30*time.Second, victim.ID)
-	ev := findEvent(e.events(), "terminated", victim.ID)
-	if ev == nil || ev.Reason != "exited" {
-		t.Fatalf("want a terminated event with reason exited for %s, got %+v", victim.ID, ev)
-	}
-}
-
-func TestEditedFileInsideInstanceIsReplaced(t *testing.T) {
-	e := newEnv(t, envOpts{})
-	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
-	e.start()
-	f := e.waitHealthy("web", 2, "", 30*time.Second)
-	victim := f.Instances[1]
-	conf := filepath.Join(victim.Location, "config", "app.conf")
-	fh, err := os.OpenFile(conf, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintln(fh, `greeting = "patched by hand"`)
-	fh.Close()
-	ev := e.waitTerminated("web", victim.ID)
-	if ev.Reason != "drift_mutated" || !strings.Contains(strings.Join(ev.Evidence, " "), "config/app.conf") {
-		t.Fatalf("want reason drift_mutated with evidence naming config/app.conf, got %+v", ev)
-	}
-	e.waitHealthy("web", 2, "", 30*time.Second, victim.ID)
-}
-
-func TestUnhealthyInstanceIsReplaced(t *testing.T) {
-	e := newEnv(t, envOpts{})
-	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
-	e.start()
-	f := e.waitHealthy("web", 3, "", 30*time.Second)
-	victim := f.Instances[2]
-	resp, err := http.Post("http://"+victim.Address+"/fail", "text/plain", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	ev := e.waitTerminated("web", victim.ID)
-	if ev.Reason != "unhealthy" || !strings.Contains(strings.Join(ev.Evidence, " "), "status 500") {
-		t.Fatalf("want reason unhealthy with the probe evidence, got %+v", ev)
-	}
-	f = e.waitHealthy("web", 3, "", 30*time.Second, victim.ID)
-	// Surge-first: the replacement was launched, and judged healthy,
-	// before the unhealthy instance's termination was even planned.
-	evs := e.events()
-	var planned, launched uint64
-	for _, x := range evs {
-		switch {
-		case x.Action == "terminate_planned" && x.InstanceID == victim.ID:
-			planned = x.Seq
-		case x.Action == "launched" && x.Reason == "replacement" && launched == 0 && x.Seq > 0:
-			for _, in := range f.Instances {
-				if in.ID == x.InstanceID {
-					launched = x.Seq
-				}
-			}
-		}
-	}
-	if launched == 0 || planned == 0 || launched > planned {
-		t.Fatalf("replacement launched at event %d, the unhealthy instance's terminate planned at %d: not surge-first", launched, planned)
-	}
-}
 
 // TestRolloutNeverDropsBelowDesired changes the image and samples the
 // fleet all along: at no settled sample are fewer than size instances
@@ -215,36 +135,6 @@ func TestBrokenFleetFileChangesNothing(t *testing.T) {
 	}
 }
 
-func keys(m map[string]bool) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	if len(out) < 2 {
-		out = append(out, "", "")
-	}
-	return out
-}
-
-func get(t testing.TB, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	return b.String()
-}
-
 // TestKill9AgentLaunchesNoDuplicates crashes the agent repeatedly while it
 // scales up and rolls, restarts it, and checks that every instance id was
 // launched at most once and the fleet converges to exactly size
@@ -323,10 +213,8 @@ func TestRemovedFleetKeepsRunningUntilDrained(t *testing.T) {
 		t.Fatalf("drain api: exit %d: %s", code, out)
 	}
 	e.waitFor("api to be drained and forgotten", 30*time.Second, func() (bool, string) {
-		for _, x := range e.status().Fleets {
-			if x.Name == "api" {
-				return false, describe(x)
-			}
+		if x, ok := fleetOf(e.status(), "api"); ok {
+			return false, describe(x)
 		}
 		return true, ""
 	})

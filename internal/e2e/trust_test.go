@@ -27,24 +27,6 @@ import (
 // are checked too. They attack as a process on the same host would: over
 // loopback, with what such a process can make itself.
 
-// waitPasses waits until the leader has finished n more reconcile passes.
-func (e *env) waitPasses(n int) {
-	e.t.Helper()
-	var last time.Time
-	seen := -1
-	e.waitFor(fmt.Sprintf("%d more reconcile passes", n), 60*time.Second, func() (bool, string) {
-		st, err := e.trystatus()
-		if err != nil {
-			return false, err.Error()
-		}
-		if !st.LastPass.Equal(last) {
-			last = st.LastPass
-			seen++
-		}
-		return seen >= n, fmt.Sprintf("%d passes seen", seen)
-	})
-}
-
 // rpcRequest is one HTTP request to the agent RPC of a cluster port.
 func rpcRequest(method, path string, body []byte) []byte {
 	var b bytes.Buffer
@@ -97,7 +79,7 @@ func evilProposals(t *testing.T, marker, proposerID string) map[string][]byte {
 	t.Helper()
 	cmd := []string{"/bin/sh", "-c", "id > " + marker}
 	v1, err := json.Marshal(map[string]any{"proposer_id": proposerID, "proposer_name": "mallory", "hash": "evil", "start_hash": "evil",
-		"fleets": []map[string]any{{"name": "evil", "size": 1, "provider": "local", "image": filepath.Join(imagesDir, "sampleapp-v1"),
+		"fleets": []map[string]any{{"name": "evil", "size": 1, "provider": config.ProviderLocal, "image": filepath.Join(imagesDir, "sampleapp-v1"),
 			"launch":      map[string]any{"command": cmd, "stop_grace": int64(time.Second)},
 			"health":      map[string]any{"checks": []map[string]any{{"name": "p", "kind": "tcp", "interval": int64(time.Second), "timeout": int64(time.Second), "healthy_threshold": 1, "unhealthy_threshold": 3, "startup_timeout": int64(time.Minute)}}},
 			"remediation": map[string]any{"enabled": true, "max_unhealthy": map[string]any{"value": 50, "percent": true}, "max_parallel": 1},
@@ -294,7 +276,7 @@ func TestClusterChecksWhatMembersSend(t *testing.T) {
 	l := c.leader()
 	leaderAddr := c.raftAddrs[l]
 	cfg := clusterClient(t, c, "mallory")
-	st, err := c.consistent(l)
+	st, err := c.agents[l].consistentStatus()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +336,7 @@ func TestClusterChecksWhatMembersSend(t *testing.T) {
 	}
 	// The forged verdicts changed nothing, and nothing was committed.
 	c.agents[l].waitPasses(3)
-	st, err = c.consistent(l)
+	st, err = c.agents[l].consistentStatus()
 	if err != nil {
 		t.Fatal(err)
 	}

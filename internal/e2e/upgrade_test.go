@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -27,11 +26,8 @@ func buildRelease(t *testing.T, commit string) string {
 		t.Fatalf("git archive %s: %v\n%s", commit, err, out)
 	}
 	bin := filepath.Join(t.TempDir(), "immutd-"+commit)
-	build := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-X github.com/immutd/immutd/internal/agent.Version="+commit, "-o", bin, "./cmd/immutd")
-	build.Dir = src
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", commit, err, out)
+	if err := goBuild(src, bin, "-X github.com/immutd/immutd/internal/agent.Version="+commit, "./cmd/immutd"); err != nil {
+		t.Fatalf("build %s: %v", commit, err)
 	}
 	return bin
 }
@@ -54,7 +50,7 @@ func TestUpgradeFromPreviousReleaseRollsNoFleet(t *testing.T) {
 	if st := e.status(); st.Version != previousRelease {
 		t.Fatalf("the first agent runs %q, want the previous release", st.Version)
 	}
-	seq := lastSeq(e.events())
+	seq := e.lastSeq()
 	e.stop()
 	e.bin = ""
 
@@ -81,8 +77,8 @@ func TestUpgradeFromPreviousReleaseRollsNoFleet(t *testing.T) {
 			t.Errorf("instance %s after the upgrade: up to date %v, drift %v", in.ID, in.UpToDate, in.Drift)
 		}
 	}
-	for _, ev := range e.events() {
-		if ev.Seq > seq && (strings.HasPrefix(string(ev.Action), "launch") || strings.HasPrefix(string(ev.Action), "terminate") || (ev.Action == "desired_changed" && ev.Fleet == "web")) {
+	for _, ev := range e.eventsAfter(seq) {
+		if strings.HasPrefix(string(ev.Action), "launch") || strings.HasPrefix(string(ev.Action), "terminate") || (ev.Action == "desired_changed" && ev.Fleet == "web") {
 			t.Errorf("after the upgrade: %s %s %s (%s) %v", ev.Action, ev.Fleet, ev.InstanceID, ev.Reason, ev.Evidence)
 		}
 	}
