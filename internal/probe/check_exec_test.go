@@ -1,7 +1,6 @@
 package probe
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -101,10 +100,7 @@ wait
 `)
 	w := newWatcher()
 	p := New(Options{OnChange: w.onChange})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	stop := runProber(t, p)
 	c := fastExec("hang", sh, dir)
 	c.Timeout, c.Interval, c.StartupTimeout = 200*time.Millisecond, 200*time.Millisecond, 0
 	p.Set([]Target{{InstanceID: "slow", Address: "127.0.0.1:1", Checks: []state.Check{c}}})
@@ -122,15 +118,7 @@ wait
 	if r.OK || r.Duration < 200*time.Millisecond || r.Duration > bound {
 		t.Fatalf("result %+v", r)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(bound):
-		t.Fatal("Run did not return")
-	}
+	stop()
 	files, err := filepath.Glob(filepath.Join(dir, "pids.*[0-9]"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no pid files: %v", err)

@@ -1,7 +1,6 @@
 package probe
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"runtime"
@@ -357,10 +356,7 @@ func TestGRPCConnectionsClosed(t *testing.T) {
 	a, b, c := newHealthApp(t), newHealthApp(t), newHealthApp(t)
 	w := newWatcher()
 	p := New(Options{OnChange: w.onChange})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	stop := runProber(t, p)
 	p.Set([]Target{
 		{InstanceID: "a", Address: a.addr(), Checks: []state.Check{fastGRPC("health", ""), fastGRPC("again", "")}},
 		{InstanceID: "b", Address: b.addr(), Checks: []state.Check{fastGRPC("health", "")}},
@@ -385,15 +381,7 @@ func TestGRPCConnectionsClosed(t *testing.T) {
 		t.Fatalf("%d connections open to the new address, want 1", n)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(bound):
-		t.Fatal("Run did not return")
-	}
+	stop()
 	waitUntil(t, "connections to close when Run ends", func() bool { return c.ln.open.Load() == 0 })
 }
 
@@ -426,30 +414,13 @@ func TestGRPCNoGoroutineLeak(t *testing.T) {
 		w := newWatcher()
 		p := New(Options{Workers: 4, OnChange: w.onChange})
 		p.Set(targets)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Run(ctx) }()
+		stop := runProber(t, p)
 		for _, tg := range targets {
 			w.await(t, tg.InstanceID, Healthy)
 		}
 		// One dropped while Run runs, the others closed by its end.
 		p.Set(targets[1:])
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(bound):
-			t.Fatal("Run did not return")
-		}
+		stop()
 	}()
-	deadline := time.Now().Add(bound)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines before, %d after Run returned:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	awaitGoroutines(t, before)
 }

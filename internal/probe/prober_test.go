@@ -130,21 +130,45 @@ func realProber(t *testing.T, opts Options) (*Prober, *watcher) {
 		opts.Logger = zaptest.NewLogger(t)
 	}
 	p := New(opts)
+	t.Cleanup(runProber(t, p))
+	return p, w
+}
+
+// runProber starts p.Run. The returned stop cancels it and fails the test
+// unless Run returns nil within bound; the test's end cancels it anyway.
+func runProber(t *testing.T, p *Prober) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("run: %v", err)
+				}
+			case <-time.After(bound):
+				t.Errorf("Run did not return within %v of cancel", bound)
 			}
-		case <-time.After(bound):
-			t.Errorf("Run did not return within %v of cancel", bound)
+		})
+	}
+}
+
+// awaitGoroutines waits, bounded, until no more goroutines run than
+// before: connections close asynchronously after Run returns.
+func awaitGoroutines(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before, %d after Run returned:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 		}
-	})
-	return p, w
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func fastHTTP(name string) state.Check {
@@ -425,31 +449,13 @@ func TestNoGoroutineLeak(t *testing.T) {
 		w := newWatcher()
 		p := New(Options{Workers: 8, OnChange: w.onChange})
 		p.Set(targets)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Run(ctx) }()
+		stop := runProber(t, p)
 		for i := range targets {
 			w.await(t, fmt.Sprint("i", i), Healthy)
 		}
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(bound):
-			t.Fatal("Run did not return")
-		}
+		stop()
 	}()
-	// Connections close asynchronously; give them a bounded while.
-	deadline := time.Now().Add(bound)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines before, %d after Run returned:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	awaitGoroutines(t, before)
 }
 
 func TestKeepAlive(t *testing.T) {

@@ -484,26 +484,20 @@ func (e *env) listAfterRestart() {
 
 // longID is an id of MaxIDLen characters starting with base, using
 // every character class the id format allows.
-func longID(base string) string {
-	const fill = "Az09._-"
-	var b strings.Builder
-	b.WriteString(base)
-	for i := 0; b.Len() < MaxIDLen-1; i++ {
-		b.WriteByte(fill[i%len(fill)])
-	}
-	b.WriteByte('Z')
-	return b.String()
-}
+func longID(base string) string { return fillTo(base, "Az09._-", 'Z', MaxIDLen) }
 
 // longFleet is a fleet name of MaxFleetLen characters starting with base.
-func longFleet(base string) string {
-	const fill = "f0-"
+func longFleet(base string) string { return fillTo(base, "f0-", '9', MaxFleetLen) }
+
+// fillTo pads base with fill, cycled, to n-1 characters and ends it with
+// last (ids and fleet names may not end in a separator).
+func fillTo(base, fill string, last byte, n int) string {
 	var b strings.Builder
 	b.WriteString(base)
-	for i := 0; b.Len() < MaxFleetLen-1; i++ {
+	for i := 0; b.Len() < n-1; i++ {
 		b.WriteByte(fill[i%len(fill)])
 	}
-	b.WriteByte('9')
+	b.WriteByte(last)
 	return b.String()
 }
 
