@@ -13,6 +13,7 @@ import (
 	"github.com/immutd/immutd/internal/leader"
 	"github.com/immutd/immutd/internal/reconcile"
 	"github.com/immutd/immutd/internal/state"
+	"github.com/immutd/immutd/internal/traffic/registry"
 )
 
 // leadership runs exactly one leader term at a time: on gaining
@@ -64,10 +65,14 @@ func (a *Agent) leadership(ctx context.Context) error {
 // until ctx ends; both have stopped when it returns.
 func (a *Agent) runTerm(ctx context.Context) {
 	a.votes.reset()
+	// Traffic backends live for one term: a new leader opens its own, and
+	// the backends' grace periods for entries they do not know start over.
+	backends := registry.New(a.log.Named("traffic"))
+	defer backends.Close()
 	t := leader.New(leader.Config{
 		Node: a.cfg.NodeName, Journal: journal{a.node}, Providers: a.providers, Judge: a, Metrics: leaderMetrics{a.m},
 		Log: a.log.Named("leader"), Settings: a.leaderSettings, Wake: a.wake, Notify: a.Wake, Publish: a.publishPass,
-		Executor: reconcile.ExecutorOptions{Logger: a.log.Named("executor")},
+		Executor: reconcile.ExecutorOptions{Logger: a.log.Named("executor")}, Backends: backends,
 	})
 	if a.cfg.Cluster.Multi() {
 		d := &pilotDelegate{a: a, lastSeen: map[raft.ServerID]time.Time{}}

@@ -119,6 +119,12 @@ type Instance struct {
 	// instance failing or passing; a verdict needs a quorum of them.
 	FailingOn []string `json:"failing_on,omitempty"`
 	HealthyOn []string `json:"healthy_on,omitempty"`
+	// Traffic is where the instance is with the fleet's traffic backends:
+	// pending, admitting, admitted, draining or drained ("" for fleets
+	// without a traffic gate). TrafficConnections is what a draining
+	// instance still had at the last count.
+	Traffic            string `json:"traffic,omitempty"`
+	TrafficConnections int    `json:"traffic_connections,omitempty"`
 }
 
 // Member is one server of the cluster.

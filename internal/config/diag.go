@@ -92,7 +92,7 @@ func (ds Diagnostics) sorted() Diagnostics {
 		case kept == 0:
 			more += j - i
 		case j-i > kept:
-			out = append(out, Diagnostic{Pos: Pos{File: all[i].Pos.File}, Message: fmt.Sprintf("... and %d more errors in this file", j-i-kept)})
+			out = append(out, Diagnostic{Pos: all[i+kept].Pos, Message: fmt.Sprintf("... and %d more errors in this file, from here on", j-i-kept)})
 		}
 		i = j
 	}

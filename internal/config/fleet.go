@@ -271,6 +271,7 @@ func ParseFleetFiles(dir string, files []File) (*FleetSet, error) {
 			set.Fleets = append(set.Fleets, fl)
 		}
 	}
+	d.checkTrafficTargets(set.Fleets)
 	if len(d.diags) > 0 {
 		return nil, d.diags.sorted()
 	}
@@ -364,6 +365,7 @@ func (d *decoder) fleet(b *hclsyntax.Block, absDir, displayDir string) *Fleet {
 	f.Remediation = s.remediation()
 	var rollout *section
 	f.Rollout, rollout = s.rollout()
+	f.Traffic = s.traffic()
 	s.done()
 
 	if rollout != nil && sizeGot == valid && f.Size > 0 {

@@ -187,6 +187,8 @@ type Fleet struct {
 	Drift       Drift       `json:"drift"`
 	Remediation Remediation `json:"remediation"`
 	Rollout     Rollout     `json:"rollout"`
+	// Traffic is nil when the fleet has no traffic block.
+	Traffic *Traffic `json:"traffic,omitempty"`
 }
 
 // Launch is how an instance is started from the image.

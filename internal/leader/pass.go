@@ -69,7 +69,7 @@ func (t *Term) pass(ctx context.Context, now time.Time) (PassResult, error) {
 	}
 	in := t.input(v, observed, listErr, now)
 	plan := reconcile.Plan(in)
-	started, err := t.exec.Apply(ctx, v.generation, plan, v.fleets, observed)
+	started, err := t.exec.Apply(ctx, v.generation, plan, v.fleets, observed, v.records)
 	if err != nil {
 		if ctx.Err() != nil {
 			return PassError, ctx.Err()
@@ -78,6 +78,7 @@ func (t *Term) pass(ctx context.Context, now time.Time) (PassResult, error) {
 		t.cfg.Notify()
 	}
 	t.markHealthy(ctx, v, now)
+	t.syncTraffic(ctx, v, t.Judged())
 	t.recordBlocks(ctx, plan, now)
 	t.publish(v, in, plan, started, now)
 	if err != nil {
@@ -165,6 +166,7 @@ func (t *Term) input(v view, observed map[string]instance.Observed, listErr map[
 	t.mu.Lock()
 	t.judged = judged
 	t.mu.Unlock()
+	since := t.traffic.healthySince(judged, now)
 	openBy := map[string]*state.Intent{}
 	for _, it := range v.intents {
 		openBy[it.InstanceID] = it
@@ -205,6 +207,7 @@ func (t *Term) input(v view, observed map[string]instance.Observed, listErr map[
 			if j, ok := judged[id]; ok {
 				x.Health, x.Evidence = j.Health, j.Evidence
 			}
+			x.HealthySince = since[id]
 			if d, ok := t.drift[id]; ok && d.finding != nil {
 				x.Drift = d.finding
 			}

@@ -38,11 +38,19 @@ func (t *Term) publish(v view, in reconcile.Input, plan reconcile.Result, starte
 		for _, b := range st.Blocked {
 			f.Blocked = append(f.Blocked, api.Block{Cause: string(b.Cause), Detail: b.Detail})
 		}
+		for _, why := range t.traffic.blocks(d.Spec.Name) {
+			f.Blocked = append(f.Blocked, api.Block{Cause: string(reconcile.CauseTrafficBackend), Detail: why})
+		}
 		for _, x := range fi.Instances {
 			if x.Open == nil && startedBy[x.ID] != nil {
 				x.Open = startedBy[x.ID]
 			}
-			f.Instances = append(f.Instances, instanceRow(d, x, st.Instances[x.ID].State, judged[x.ID], drift[x.ID]))
+			row := instanceRow(d, x, st.Instances[x.ID].State, judged[x.ID], drift[x.ID])
+			row.Traffic = string(st.Instances[x.ID].Traffic)
+			if row.Traffic == string(reconcile.TrafficDraining) {
+				row.TrafficConnections = t.traffic.connectionsOf(x.ID)
+			}
+			f.Instances = append(f.Instances, row)
 		}
 		for _, it := range started {
 			if it.Kind == state.Launch && it.Fleet == d.Spec.Name {
@@ -86,8 +94,5 @@ func instanceRow(d *state.DesiredFleet, x reconcile.Inst, s reconcile.InstanceSt
 
 // intentText is how the API shows an open intent.
 func intentText(it *state.Intent) string {
-	if it.Kind == state.Launch {
-		return "launch: " + it.Reason
-	}
-	return "terminate: " + it.Reason
+	return string(it.Kind) + ": " + it.Reason
 }

@@ -135,6 +135,10 @@ type Config struct {
 	Publish func(Snapshot)
 	// Executor tunes the executor (retries); tests make it fast.
 	Executor reconcile.ExecutorOptions
+	// Backends are the traffic backends of fleets with a traffic gate;
+	// nil when the agent has none (gated fleets then fail their traffic
+	// steps with a reason).
+	Backends reconcile.Backends
 }
 
 // Timings of the background work of a term.
@@ -180,6 +184,9 @@ type Term struct {
 	listBackoff map[string]*listRetry
 	judged      map[string]Judgement
 
+	// traffic is the traffic gate's view (admission clocks, backend sync).
+	traffic *trafficState
+
 	// Only Run's goroutine touches these.
 	blocked        map[string]string
 	watching       map[string]bool
@@ -210,8 +217,9 @@ func New(cfg Config) *Term {
 	}
 	t := &Term{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), drift: map[string]driftEntry{}, observed: map[string]instance.Observed{},
 		listBackoff: map[string]*listRetry{}, judged: map[string]Judgement{}, blocked: map[string]string{}, watching: map[string]bool{},
-		moved: map[string]string{}}
+		moved: map[string]string{}, traffic: newTrafficState()}
 	eo := cfg.Executor
+	eo.Backends, eo.OnConnections = cfg.Backends, t.traffic.connections
 	eo.Journal, eo.Providers, eo.Node, eo.Observer, eo.Wake, eo.Now = cfg.Journal, cfg.Providers, cfg.Node, t, cfg.Notify, cfg.Now
 	if eo.Logger == nil {
 		eo.Logger = cfg.Log.Named("executor")

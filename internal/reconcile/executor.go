@@ -52,6 +52,11 @@ type Executor struct {
 	attempts int
 	backoff  time.Duration
 
+	// backends are the traffic backends of gated fleets; onConnections
+	// hears how many connections a draining instance still has.
+	backends      Backends
+	onConnections func(fleet, instanceID string, n int)
+
 	mu       sync.Mutex
 	inflight map[string]bool
 	wg       sync.WaitGroup
@@ -71,12 +76,18 @@ type ExecutorOptions struct {
 	// each time (default 200ms).
 	Attempts int
 	Backoff  time.Duration
+	// Backends are the traffic backends of fleets with a traffic gate.
+	Backends Backends
+	// OnConnections, if set, hears the connections a draining instance
+	// still has, each time the drain asks.
+	OnConnections func(fleet, instanceID string, n int)
 }
 
 // NewExecutor returns an executor.
 func NewExecutor(o ExecutorOptions) *Executor {
 	e := &Executor{journal: o.Journal, providers: o.Providers, node: o.Node, log: o.Logger, observer: o.Observer,
-		wake: o.Wake, now: o.Now, attempts: o.Attempts, backoff: o.Backoff, inflight: map[string]bool{}}
+		wake: o.Wake, now: o.Now, attempts: o.Attempts, backoff: o.Backoff, inflight: map[string]bool{},
+		backends: o.Backends, onConnections: o.OnConnections}
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
@@ -119,8 +130,10 @@ func randHex(n int) string {
 // Apply journals the plan's launches and terminations as one batch of
 // intents (rejected as a whole if the desired generation moved since the
 // plan was made), records adoptions, and starts driving every accepted
-// intent. It returns the intents it started.
-func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fleets map[string]*state.DesiredFleet, observed map[string]instance.Observed) ([]*state.Intent, error) {
+// intent. It returns the intents it started. records are the instance
+// records the plan was made on (traffic steps take the instance's image
+// from them).
+func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fleets map[string]*state.DesiredFleet, observed map[string]instance.Observed, records map[string]state.Instance) ([]*state.Intent, error) {
 	now := e.now()
 	var adopt []*state.Instance
 	var intents []*state.Intent
@@ -138,10 +151,23 @@ func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fl
 		case ActLaunch:
 			intents = append(intents, &state.Intent{OpID: randHex(8), Kind: state.Launch, Fleet: a.Fleet, InstanceID: NewID(a.Fleet),
 				Reason: string(a.Reason), Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node,
-				ImageDigest: d.ImageDigest, TemplateHash: d.TemplateHash})
-		case ActTerminate:
-			intents = append(intents, &state.Intent{OpID: randHex(8), Kind: state.Terminate, Fleet: a.Fleet, InstanceID: a.InstanceID,
-				Reason: string(a.Reason), Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node, Grace: d.Spec.Launch.StopGrace})
+				ImageDigest: d.ImageDigest, TemplateHash: d.TemplateHash, Image: d.Spec.Image})
+		case ActTerminate, ActAdmit, ActDrain:
+			kind := map[Kind]state.IntentKind{ActTerminate: state.Terminate, ActAdmit: state.Admit, ActDrain: state.Drain}[a.Kind]
+			it := &state.Intent{OpID: randHex(8), Kind: kind, Fleet: a.Fleet, InstanceID: a.InstanceID,
+				Reason: string(a.Reason), Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node}
+			if kind == state.Terminate {
+				it.Grace = d.Spec.Launch.StopGrace
+			}
+			if d.Spec.Traffic.Gated() {
+				if r, ok := records[a.InstanceID]; ok {
+					it.Address, it.ImageDigest, it.Image = r.Address, r.ImageDigest, r.Image
+				}
+				if o, ok := observed[a.InstanceID]; ok {
+					it.Address, it.ImageDigest = o.Address, o.ImageDigest
+				}
+			}
+			intents = append(intents, it)
 		}
 	}
 	if len(adopt) > 0 {
@@ -230,7 +256,18 @@ func (e *Executor) drive(ctx context.Context, it *state.Intent, d *state.Desired
 			return
 		}
 		e.complete(ctx, log, it, state.Done, "", &obs, start)
+	case state.Admit:
+		e.admit(ctx, log, it, d, start)
+	case state.Drain:
+		e.drain(ctx, log, it, d, start)
 	case state.Terminate:
+		// Nothing is terminated while a backend may still send it traffic.
+		if err := e.unroute(ctx, log, it, d); err != nil {
+			if ctx.Err() == nil {
+				e.complete(ctx, log, it, state.Failed, "not terminated: "+err.Error(), nil, start)
+			}
+			return
+		}
 		// Fence a deposed leader: only kill while a quorum agrees we lead.
 		if err := e.journal.VerifyLeader(); err != nil {
 			log.Warn("not terminating: leadership not confirmed", zap.Error(err))
@@ -349,6 +386,10 @@ func (e *Executor) Resume(ctx context.Context, open []*state.Intent, fleets map[
 		}
 		if d == nil {
 			e.complete(ctx, log, &cp, state.Abandoned, "fleet no longer exists", nil, e.now())
+			continue
+		}
+		if o, ok := observed[it.InstanceID]; it.Kind == state.Admit && (!ok || o.Phase != instance.Running) {
+			e.complete(ctx, log, &cp, state.Abandoned, "the instance no longer runs", nil, e.now())
 			continue
 		}
 		log.Info("resuming intent", zap.String("kind", string(it.Kind)), zap.Int("attempts", it.Attempts+1))

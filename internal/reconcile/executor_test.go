@@ -89,7 +89,7 @@ func fleetsOf(j *memJournal) map[string]*state.DesiredFleet {
 func TestExecutorJournalsThenCalls(t *testing.T) {
 	e, j, p := newExec(t, nil)
 	plan := Result{Actions: []Action{{Kind: ActLaunch, Fleet: "web", Reason: ReasonScaleUp}, {Kind: ActLaunch, Fleet: "web", Reason: ReasonScaleUp}}}
-	started, err := e.Apply(context.Background(), 1, plan, fleetsOf(j), nil)
+	started, err := e.Apply(context.Background(), 1, plan, fleetsOf(j), nil, nil)
 	if err != nil || len(started) != 2 {
 		t.Fatalf("apply: %v, %d started", err, len(started))
 	}
@@ -105,7 +105,7 @@ func TestExecutorJournalsThenCalls(t *testing.T) {
 		}
 	})
 	// A plan made for an older generation is refused whole.
-	if _, err := e.Apply(context.Background(), 0, plan, fleetsOf(j), nil); err == nil {
+	if _, err := e.Apply(context.Background(), 0, plan, fleetsOf(j), nil, nil); err == nil {
 		t.Fatal("a stale plan was applied")
 	}
 	if len(p.launched) != 2 {
@@ -116,7 +116,7 @@ func TestExecutorJournalsThenCalls(t *testing.T) {
 func TestExecutorDoesNotKillWithoutConfirmedLeadership(t *testing.T) {
 	e, j, p := newExec(t, errors.New("leadership lost"))
 	plan := Result{Actions: []Action{{Kind: ActTerminate, Fleet: "web", InstanceID: "web-x", Reason: ReasonUnhealthy, Evidence: []string{"e"}}}}
-	if _, err := e.Apply(context.Background(), 1, plan, fleetsOf(j), nil); err != nil {
+	if _, err := e.Apply(context.Background(), 1, plan, fleetsOf(j), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	e.Wait()
@@ -134,7 +134,7 @@ func TestExecutorDoesNotRetryAPermanentError(t *testing.T) {
 	e, j, p := newExec(t, nil)
 	p.launchErr = fmt.Errorf("launch: %w", instance.Permanent(errors.New("image is not in the store")))
 	plan := Result{Actions: []Action{{Kind: ActLaunch, Fleet: "web", Reason: ReasonScaleUp}}}
-	if _, err := e.Apply(context.Background(), 1, plan, fleetsOf(j), nil); err != nil {
+	if _, err := e.Apply(context.Background(), 1, plan, fleetsOf(j), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	e.Wait()
@@ -152,7 +152,7 @@ func TestExecutorFailedLaunchCleansUpAndCounts(t *testing.T) {
 	e, j, p := newExec(t, nil)
 	p.launchErr = errors.New("exec format error")
 	plan := Result{Actions: []Action{{Kind: ActLaunch, Fleet: "web", Reason: ReasonScaleUp}}}
-	if _, err := e.Apply(context.Background(), 1, plan, fleetsOf(j), nil); err != nil {
+	if _, err := e.Apply(context.Background(), 1, plan, fleetsOf(j), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	e.Wait()

@@ -36,6 +36,12 @@ const (
 	ActTerminate Kind = "terminate"
 	// ActAdopt records a running instance that no record explains.
 	ActAdopt Kind = "adopt"
+	// ActAdmit admits a healthy instance to the fleet's traffic backends.
+	ActAdmit Kind = "admit"
+	// ActDrain takes an admitted instance out of the fleet's traffic
+	// backends before it goes: a later pass terminates it. In a fleet with
+	// a traffic gate, an admitted instance is drained, never terminated.
+	ActDrain Kind = "drain"
 )
 
 // Reason says why an action is taken: launch reasons say why capacity
@@ -60,6 +66,8 @@ const (
 	ReasonDriftMutated  Reason = "drift_mutated"
 	ReasonOrphan        Reason = state.ReasonOrphan
 	ReasonDrain         Reason = "drain"
+	// ReasonReady: healthy for the fleet's min_ready (an admission).
+	ReasonReady Reason = "ready"
 )
 
 // Cause says why remediation of a fleet is held back. Causes label the
@@ -82,6 +90,13 @@ const (
 	// flight already; the rest wait for a later pass. A throttle, not a
 	// fault.
 	CauseLaunchLimit Cause = "launch_limit"
+	// CauseTrafficBackend: a traffic backend of the fleet could not be
+	// synced or built; admissions, drains and terminations through it
+	// wait. The leader reports it, not the planner.
+	CauseTrafficBackend Cause = "traffic_backend"
+	// CauseKeepMin: unhealthy instances keep their traffic because fewer
+	// than traffic.keep_min admitted instances are healthy (fail open).
+	CauseKeepMin Cause = "keep_min"
 	// CauseNoQuorum: the cluster cannot commit, so nothing is changed.
 	// The agent reports it, not the planner.
 	CauseNoQuorum Cause = "no_quorum"
@@ -92,7 +107,7 @@ const (
 var Causes = []Cause{
 	CauseProviderUnreachable, CauseTooManyUnhealthy, CauseDisabled,
 	CauseUnconfigured, CauseLaunchBackoff, CauseNoImage, CauseNoQuorum,
-	CauseInstanceLimit, CauseLaunchLimit,
+	CauseInstanceLimit, CauseLaunchLimit, CauseKeepMin, CauseTrafficBackend,
 }
 
 // InstanceState is the planner's classification of an instance as status
@@ -112,13 +127,29 @@ const (
 	StateGone        InstanceState = "gone"
 	StateLaunching   InstanceState = "launching"
 	StateTerminating InstanceState = "terminating"
+	// StateDraining: a drain intent takes the instance out of traffic.
+	StateDraining InstanceState = "draining"
 	// StateUnknown is not the planner's: a follower shows it for the
 	// records it has, without the leader's observations.
 	StateUnknown InstanceState = "unknown"
 )
 
 // InstanceStates are the states FleetStatus.States counts.
-var InstanceStates = []InstanceState{StateHealthy, StateStarting, StateUnhealthy, StateNeverHealthy, StateExited, StateLaunching, StateTerminating}
+var InstanceStates = []InstanceState{StateHealthy, StateStarting, StateUnhealthy, StateNeverHealthy, StateExited, StateLaunching, StateTerminating, StateDraining}
+
+// TrafficState is where an instance of a fleet with a traffic gate is
+// with its backends ("" in fleets without one).
+type TrafficState string
+
+// Traffic states.
+const (
+	TrafficNone      TrafficState = ""
+	TrafficPending   TrafficState = "pending"
+	TrafficAdmitting TrafficState = "admitting"
+	TrafficAdmitted  TrafficState = "admitted"
+	TrafficDraining  TrafficState = "draining"
+	TrafficDrained   TrafficState = "drained"
+)
 
 // countedAs is the state an instance in s is counted in.
 func (s InstanceState) countedAs() InstanceState {
@@ -169,6 +200,10 @@ type Inst struct {
 	Evidence []string
 	// Drift is an in-place drift finding, nil when clean or not inspected.
 	Drift *instance.Finding
+	// HealthySince is since when the verdict has been healthy without a
+	// break, as the leader saw it (zero when unknown): admission waits
+	// for the fleet's min_ready from it.
+	HealthySince time.Time
 }
 
 // Action is one step of a plan.
@@ -210,15 +245,16 @@ type FleetStatus struct {
 
 // InstanceStatus is the planner's classification of one instance.
 type InstanceStatus struct {
-	State InstanceState
+	State   InstanceState
+	Traffic TrafficState
 	// Ignored: an orphan that drift.orphans = "ignore" leaves alone. It
 	// is reported as drift only and not counted in States.
 	Ignored bool
 }
 
 // classified records the state of an instance and counts it.
-func (st *FleetStatus) classified(id string, s InstanceState, ignored bool) {
-	st.Instances[id] = InstanceStatus{State: s, Ignored: ignored}
+func (st *FleetStatus) classified(id string, s InstanceState, t TrafficState, ignored bool) {
+	st.Instances[id] = InstanceStatus{State: s, Traffic: t, Ignored: ignored}
 	if !ignored {
 		st.States[s.countedAs()]++
 	}
@@ -229,20 +265,32 @@ func (st *FleetStatus) classified(id string, s InstanceState, ignored bool) {
 // terminating, or a new instance is launching. Status and metrics show a
 // pass with its own work already in flight.
 func (st *FleetStatus) Started(it *state.Intent) {
-	s := StateTerminating
-	if it.Kind == state.Launch {
+	s, t := StateTerminating, TrafficNone
+	switch it.Kind {
+	case state.Launch:
 		s = StateLaunching
+	case state.Drain:
+		s, t = StateDraining, TrafficDraining
 	}
 	old, known := st.Instances[it.InstanceID]
 	switch {
-	case known && (old.State == StateLaunching || old.State == StateTerminating):
+	case known && (old.State == StateLaunching || old.State == StateTerminating || old.State == StateDraining):
 		return // an intent was open on it already
+	case it.Kind == state.Admit:
+		if known {
+			old.Traffic = TrafficAdmitting
+			st.Instances[it.InstanceID] = old
+		}
+		return // its state does not change
 	case known && !old.Ignored:
 		st.States[old.State.countedAs()]--
 	case !known && it.Kind != state.Launch:
 		return // not an instance the plan saw
 	}
-	st.classified(it.InstanceID, s, false)
+	if t == TrafficNone && known {
+		t = old.Traffic
+	}
+	st.classified(it.InstanceID, s, t, false)
 }
 
 // DriftKinds reported in FleetStatus.Drifted.
@@ -297,6 +345,7 @@ func Plan(in Input) Result {
 			fp.kills()
 			fp.adoptions()
 			fp.launches()
+			fp.admissions(in.Now)
 		}
 		res.Actions = append(res.Actions, fp.acts...)
 		res.Fleets = append(res.Fleets, fp.st)
@@ -323,6 +372,9 @@ type class struct {
 	// reported: would go for its health or an in-place change, but
 	// remediation is disabled.
 	reported bool
+	// admitted: in a gated fleet, admitted to traffic (see
+	// state.Instance.Admitted); drained: drained and waiting to go.
+	admitted, drained bool
 }
 
 // fleetPlan is one fleet being planned.
@@ -356,6 +408,11 @@ type fleetPlan struct {
 	// limited: max_instances granted fewer launches than wanted (only a
 	// kill makes room; max_launches_in_flight only delays).
 	limited bool
+	// gated: the fleet has traffic backends; an instance is available
+	// only while admitted, and admitted ones are drained before they go.
+	// members counts running admitted instances no drain is taking out.
+	gated   bool
+	members int
 }
 
 // tally classifies every instance of the fleet and counts them.
@@ -367,6 +424,7 @@ func tally(fi *FleetInput) *fleetPlan {
 			Instances:    make(map[string]InstanceStatus, len(fi.Instances)),
 			Unconfigured: d.Unconfigured, Draining: d.Draining},
 		remediate: spec.Remediation.Enabled || d.Draining,
+		gated:     spec.Traffic.Gated(),
 		surge:     spec.Rollout.MaxSurge.Resolve(spec.Size, true),
 		unavail:   spec.Rollout.MaxUnavailable.Resolve(spec.Size, false)}
 	for _, s := range InstanceStates {
@@ -380,9 +438,12 @@ func tally(fi *FleetInput) *fleetPlan {
 		fp.st.Desired = 0
 	}
 	for i := range fi.Instances {
-		c := classify(&fi.Instances[i], d, &fp.st, fp.remediate)
+		c := classify(&fi.Instances[i], d, &fp.st, fp.remediate, fp.gated)
 		if c == nil {
 			continue
+		}
+		if c.admitted && c.live && c.inst.Open == nil {
+			fp.members++
 		}
 		if c.reportOnly() {
 			fp.reported++
@@ -404,9 +465,9 @@ func tally(fi *FleetInput) *fleetPlan {
 			fp.sick++
 		}
 		switch {
-		case c.inst.Open != nil && c.inst.Open.Kind == state.Terminate:
+		case c.inst.Open != nil && (c.inst.Open.Kind == state.Terminate || c.inst.Open.Kind == state.Drain):
 			fp.killsInFlight++
-		case c.inst.Open != nil:
+		case c.inst.Open != nil && c.inst.Open.Kind == state.Launch:
 			fp.launchesOpen++
 			fp.free++
 		case c.live:
@@ -512,7 +573,11 @@ func (fp *fleetPlan) cleanup() {
 		if c.inst.Record == nil && fp.spec.Drift.Orphans == state.OrphanIgnore {
 			continue
 		}
-		fp.acts = append(fp.acts, Action{Kind: ActTerminate, Fleet: fp.spec.Name, InstanceID: c.inst.ID, Reason: c.reason, Evidence: c.evidence})
+		kind := ActTerminate
+		if c.admitted {
+			kind = ActDrain // ended, but backends may still send it requests
+		}
+		fp.acts = append(fp.acts, Action{Kind: kind, Fleet: fp.spec.Name, InstanceID: c.inst.ID, Reason: c.reason, Evidence: c.evidence})
 	}
 }
 
@@ -532,6 +597,16 @@ func (fp *fleetPlan) cleanup() {
 //   - The max_unhealthy breaker stops every kill of a sick instance,
 //     except of the instances beyond size + max_surge (a scale-down),
 //     which are needed under no verdict.
+//
+// In a fleet with a traffic gate an admitted instance is drained instead
+// (a later pass terminates it once drained); an instance that takes no
+// traffic (drained, or never admitted) and is judged healthy goes without
+// the availability budget, which counts only admitted instances. A sick
+// instance is never drained if that leaves fewer than keep_min members
+// (admitted instances, whatever their verdict) in the backends: the last
+// ones keep their traffic, as a load balancer fails open. keep_min is
+// capped at size + max_surge - 1, so that room for a replacement can
+// always be made.
 func (fp *fleetPlan) kills() {
 	spec := fp.spec
 	// A percentage max_unhealthy is of the fleet's size, or of its running
@@ -556,6 +631,36 @@ func (fp *fleetPlan) kills() {
 	if fp.reported > 0 && !fp.remediate {
 		fp.block(CauseDisabled, fmt.Sprintf("remediation is disabled for this fleet: %d unhealthy or changed instances are only reported, kept and counted toward size", fp.reported))
 	}
+	keepMin := 0
+	if fp.gated {
+		keepMin = min(spec.Traffic.KeepMin, max(fp.size+fp.surge-1, 0))
+	}
+	// A sick instance whose drain keep_min refuses is held and the choice
+	// made again without it, so its slot goes to another candidate. Each
+	// round holds one more instance: this ends.
+	held := map[string]bool{}
+	for {
+		acts, refused := fp.choose(breaker, keepMin, held)
+		if len(refused) == 0 {
+			fp.acts = append(fp.acts, acts...)
+			break
+		}
+		for _, id := range refused {
+			held[id] = true
+		}
+	}
+	if len(held) > 0 {
+		fp.block(CauseKeepMin, fmt.Sprintf("%d unhealthy instances keep their traffic: draining them would leave fewer than %d members (traffic.keep_min %d, at most size + max_surge - 1) in the backends",
+			len(held), keepMin, spec.Traffic.KeepMin))
+	}
+}
+
+// choose picks the kills (terminations and drains) of a pass, skipping the
+// held instances. It returns the sick admitted instances whose drain
+// would leave fewer than keepMin members once the other drains it chose
+// are counted; the actions are good only when there are none.
+func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) (acts []Action, refused []string) {
+	spec := fp.spec
 	slots := spec.Remediation.MaxParallel - fp.killsInFlight
 	budget := fp.available - max(fp.size-fp.unavail, 0)
 	surplus := fp.free - (fp.size + fp.surge)
@@ -564,11 +669,17 @@ func (fp *fleetPlan) kills() {
 	// to launch one, the unhealthy instance goes first.
 	noRoom := fp.size+fp.surge-fp.live <= 0 || fp.limited
 	replacing := fp.launch > 0 || fp.coming > 0
+	members := fp.members
+	var healthDrains []Action
 	for _, cand := range removalCandidates(fp.cls, fp.size, fp.counted, fp.d.Draining) {
 		if slots <= 0 {
 			break
 		}
 		c := cand.c
+		if held[c.inst.ID] {
+			continue
+		}
+		forHealth := false
 		switch {
 		case c.sick && surplus > 0:
 			surplus-- // beyond size + max_surge: no verdict is needed to remove it
@@ -577,15 +688,37 @@ func (fp *fleetPlan) kills() {
 		case c.sick && cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom):
 			continue // surge-first: wait for the replacement
 		case c.sick:
+			forHealth = true
+		case fp.gated && !c.admitted && c.inst.Health == Healthy:
+			surplus-- // takes no traffic: removing it costs no availability
 		case c.available && budget > 0:
 			budget--
 			surplus--
 		default:
 			continue
 		}
-		fp.acts = append(fp.acts, Action{Kind: ActTerminate, Fleet: spec.Name, InstanceID: c.inst.ID, Reason: cand.reason, Evidence: c.evidence, Running: true})
+		act := Action{Kind: ActTerminate, Fleet: spec.Name, InstanceID: c.inst.ID, Reason: cand.reason, Evidence: c.evidence, Running: true}
 		slots--
+		if c.admitted {
+			act.Kind = ActDrain
+			members--
+			if forHealth {
+				healthDrains = append(healthDrains, act)
+				continue
+			}
+		}
+		acts = append(acts, act)
 	}
+	// members now counts what is left after every drain chosen.
+	for _, act := range healthDrains {
+		if members < keepMin {
+			refused = append(refused, act.InstanceID)
+			members++ // held, it stays a member
+			continue
+		}
+		acts = append(acts, act)
+	}
+	return acts, refused
 }
 
 // adoptions records the orphans this pass does not terminate (under the
@@ -615,6 +748,34 @@ func (fp *fleetPlan) launches() {
 	reason, ev := launchReason(fp.cls, fp.counted, fp.size)
 	for i := 0; i < fp.launch; i++ {
 		fp.acts = append(fp.acts, Action{Kind: ActLaunch, Fleet: fp.spec.Name, Reason: reason, Evidence: ev})
+	}
+}
+
+// admissions admits to traffic the instances that stayed healthy for
+// min_ready and that nothing is about to remove.
+func (fp *fleetPlan) admissions(now time.Time) {
+	if !fp.gated {
+		return
+	}
+	minReady := fp.spec.Traffic.MinReady
+	// An orphan adopted in this pass has its record before the intents of
+	// the pass are committed, so it may be admitted in the same pass.
+	acted, adopted := map[string]bool{}, map[string]bool{}
+	for _, a := range fp.acts {
+		if a.Kind == ActAdopt {
+			adopted[a.InstanceID] = true
+		} else {
+			acted[a.InstanceID] = true
+		}
+	}
+	for _, c := range fp.cls {
+		in := c.inst
+		if acted[in.ID] || c.admitted || !c.live || in.Open != nil || (in.Record == nil && !adopted[in.ID]) || c.reason != "" || in.Health != Healthy ||
+			in.HealthySince.IsZero() || now.Sub(in.HealthySince) < minReady {
+			continue
+		}
+		fp.acts = append(fp.acts, Action{Kind: ActAdmit, Fleet: fp.spec.Name, InstanceID: in.ID, Reason: ReasonReady,
+			Evidence: []string{fmt.Sprintf("healthy since %s, min_ready %s", in.HealthySince.UTC().Format(time.RFC3339), minReady)}})
 	}
 }
 
@@ -706,10 +867,16 @@ func (c *class) reportOnly() bool { return c.reported }
 
 // stateOf is the state an instance is shown in.
 func stateOf(in *Inst) InstanceState {
+	open := in.Open
+	if open != nil && open.Kind == state.Admit {
+		open = nil // an admission does not change the instance's state
+	}
 	switch {
-	case in.Open != nil && in.Open.Kind == state.Launch:
+	case open != nil && open.Kind == state.Launch:
 		return StateLaunching
-	case in.Open != nil:
+	case open != nil && open.Kind == state.Drain:
+		return StateDraining
+	case open != nil:
 		return StateTerminating
 	case in.Observed == nil:
 		return StateGone
@@ -733,8 +900,25 @@ func stateOf(in *Inst) InstanceState {
 // on one is in flight (decided under an earlier policy). With remediate
 // false, an instance's health and in-place changes are reported but do
 // not make it go: it keeps counting toward size.
-func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) *class {
+func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate, gated bool) *class {
 	c := &class{inst: in}
+	traffic := TrafficNone
+	if gated {
+		traffic = TrafficPending
+		if in.Record != nil {
+			c.admitted, c.drained = in.Record.Admitted, in.Record.Drained
+		}
+		switch {
+		case in.Open != nil && in.Open.Kind == state.Drain:
+			traffic = TrafficDraining
+		case in.Open != nil && in.Open.Kind == state.Admit:
+			traffic = TrafficAdmitting
+		case c.admitted:
+			traffic = TrafficAdmitted
+		case c.drained:
+			traffic = TrafficDrained
+		}
+	}
 	if in.Record != nil {
 		c.created = in.Record.CreatedAt
 	} else if in.Observed != nil {
@@ -742,7 +926,7 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) 
 	}
 	orphan := in.Record == nil && in.Observed != nil && (in.Open == nil || in.Open.Kind != state.Launch)
 	ignored := orphan && d.Spec.Drift.Orphans == state.OrphanIgnore
-	st.classified(in.ID, stateOf(in), ignored && in.Open == nil)
+	st.classified(in.ID, stateOf(in), traffic, ignored && in.Open == nil)
 	if orphan {
 		st.Drifted[instance.DriftOrphan]++
 	}
@@ -750,12 +934,13 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) 
 		return nil
 	}
 
-	// Intents in flight.
-	if in.Open != nil {
+	// Intents in flight. An admission leaves the instance as it is, only
+	// not available yet and not a candidate for removal.
+	if in.Open != nil && in.Open.Kind != state.Admit {
 		switch in.Open.Kind {
 		case state.Launch:
 			c.live, c.counted = true, true
-		case state.Terminate:
+		case state.Terminate, state.Drain:
 			// Still occupies capacity until it is really gone.
 			c.live = in.Observed != nil && in.Observed.Phase == instance.Running
 		}
@@ -777,7 +962,7 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate bool) 
 	// What a rollout replaces, and what remediation replaces.
 	rollout, rolloutEv := rolloutOf(in.Observed, d, st)
 	remedy, remedyEv := remedyOf(in, d, st, orphan)
-	c.available = in.Health == Healthy
+	c.available = in.Health == Healthy && (!gated || c.admitted) && in.Open == nil
 	switch {
 	case remedy != "" && remediate:
 		c.reason, c.evidence = remedy, remedyEv

@@ -38,6 +38,10 @@ func genDesired(t *rapid.T) *state.DesiredFleet {
 	case 1:
 		d.Unconfigured, d.Draining = true, true
 	}
+	if rapid.Float64Range(0, 1).Draw(t, "gated") < 0.5 {
+		d.Spec.Traffic = &state.TrafficSpec{MinReady: time.Duration(rapid.IntRange(0, 30).Draw(t, "min_ready")) * time.Second,
+			KeepMin: rapid.IntRange(0, 3).Draw(t, "keep_min"), Files: []state.TrafficFile{{Name: "t", Path: "/t.json"}}}
+	}
 	return d
 }
 
@@ -54,7 +58,17 @@ func genInst(t *rapid.T, i int) Inst {
 	if rapid.Float64Range(0, 1).Draw(t, "mut") < 0.1 {
 		mutated(&in)
 	}
-	switch rapid.IntRange(0, 19).Draw(t, "shape") {
+	if in.Health == Healthy {
+		in.HealthySince = t0.Add(-time.Duration(rapid.IntRange(0, 60).Draw(t, "healthy_for")) * time.Second)
+	}
+	// Traffic flags, as the state keeps them (only gated fleets read them).
+	switch rapid.IntRange(0, 9).Draw(t, "traffic") {
+	case 0, 1, 2, 3, 4:
+		in.Record.Admitted = true
+	case 5:
+		in.Record.Drained = true
+	}
+	switch rapid.IntRange(0, 23).Draw(t, "shape") {
 	case 0:
 		exited(&in)
 	case 1:
@@ -65,6 +79,14 @@ func genInst(t *rapid.T, i int) Inst {
 		opening(state.Terminate)(&in)
 	case 4:
 		in = launching(id)
+	case 5:
+		if in.Record.Admitted {
+			opening(state.Drain)(&in)
+		}
+	case 6:
+		if !in.Record.Admitted {
+			opening(state.Admit)(&in)
+		}
 	}
 	return in
 }
@@ -104,11 +126,26 @@ func isComing(fi *FleetInput, in *Inst) bool {
 		(in.Health == Unknown || in.Health == Starting)
 }
 
-func isAvailable(in *Inst) bool {
-	return in.Open == nil && in.Observed != nil && in.Observed.Phase == instance.Running && in.Health == Healthy
+// isAdmitted: in a gated fleet, admitted to traffic.
+func isAdmitted(fi *FleetInput, in *Inst) bool {
+	return fi.Desired.Spec.Traffic.Gated() && in.Record != nil && in.Record.Admitted
 }
 
-func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
+// isAvailable: serving; in a gated fleet only while admitted.
+func isAvailable(fi *FleetInput, in *Inst) bool {
+	return in.Open == nil && in.Observed != nil && in.Observed.Phase == instance.Running && in.Health == Healthy &&
+		(!fi.Desired.Spec.Traffic.Gated() || isAdmitted(fi, in))
+}
+
+// isOutgoing: an open intent takes the instance away (terminate, drain).
+func isOutgoing(in *Inst) bool {
+	return in.Open != nil && (in.Open.Kind == state.Terminate || in.Open.Kind == state.Drain)
+}
+
+func checkInvariants(t *rapid.T, fi *FleetInput, res Result) { checkInvariantsAt(t, t0, fi, res) }
+
+// checkInvariantsAt checks a plan made at now.
+func checkInvariantsAt(t *rapid.T, now time.Time, fi *FleetInput, res Result) {
 	d := fi.Desired
 	size := d.Spec.Size
 	if d.Draining {
@@ -117,7 +154,8 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 	surge := d.Spec.Rollout.MaxSurge.Resolve(d.Spec.Size, true)
 	unavail := d.Spec.Rollout.MaxUnavailable.Resolve(d.Spec.Size, false)
 	byID := map[string]*Inst{}
-	live, available, inflight, free, coming := 0, 0, 0, 0, 0
+	gated := d.Spec.Traffic.Gated()
+	live, available, inflight, free, coming, members := 0, 0, 0, 0, 0, 0
 	for i := range fi.Instances {
 		in := &fi.Instances[i]
 		byID[in.ID] = in
@@ -127,10 +165,13 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 		if isLive(in) {
 			live++
 		}
-		if isAvailable(in) {
+		if isAvailable(fi, in) {
 			available++
 		}
-		if in.Open != nil && in.Open.Kind == state.Terminate {
+		if isAdmitted(fi, in) && in.Open == nil && in.Observed != nil && in.Observed.Phase == instance.Running {
+			members++
+		}
+		if isOutgoing(in) {
 			inflight++
 		} else if isLive(in) {
 			free++
@@ -139,8 +180,9 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 			coming++
 		}
 	}
-	launches, kills, availKills, sickKills, unhealthyKills := 0, 0, 0, 0, 0
+	launches, kills, availKills, sickKills, unhealthyKills, healthDrains, drains := 0, 0, 0, 0, 0, 0, 0
 	seen := map[string]bool{}
+	adopted := map[string]bool{}
 	for _, a := range res.Actions {
 		if a.Fleet != d.Spec.Name || a.Reason == "" {
 			t.Fatalf("bad action %+v", a)
@@ -153,18 +195,37 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 		if in == nil {
 			t.Fatalf("action on unknown instance %+v", a)
 		}
-		if seen[a.InstanceID] {
+		// The one pair allowed: an orphan adopted and admitted in one pass.
+		if seen[a.InstanceID] && !(a.Kind == ActAdmit && adopted[a.InstanceID]) {
 			t.Fatalf("two actions on %s", a.InstanceID)
 		}
 		seen[a.InstanceID] = true
+		if a.Kind == ActAdopt {
+			adopted[a.InstanceID] = true
+		}
 		if in.Open != nil {
 			t.Fatalf("action on %s which has an open intent", a.InstanceID)
 		}
 		if ignored(fi, in) {
 			t.Fatalf("action on an orphan the policy ignores: %+v", a)
 		}
-		if a.Kind != ActTerminate {
+		switch {
+		case a.Kind == ActTerminate && isAdmitted(fi, in):
+			t.Fatalf("terminate of %s, which is admitted to traffic: it must be drained first", a.InstanceID)
+		case a.Kind == ActDrain && !isAdmitted(fi, in):
+			t.Fatalf("drain of %s, which is not admitted (gated %v)", a.InstanceID, gated)
+		case a.Kind == ActAdmit:
+			minReady := d.Spec.Traffic.MinReady
+			if !gated || isAdmitted(fi, in) || (in.Record == nil && !adopted[in.ID]) || in.Health != Healthy || in.HealthySince.IsZero() || now.Sub(in.HealthySince) < minReady {
+				t.Fatalf("admit of %s: gated %v, health %q since %v (min_ready %v), record %v", a.InstanceID, gated, in.Health, in.HealthySince, minReady, in.Record)
+			}
 			continue
+		}
+		if a.Kind != ActTerminate && a.Kind != ActDrain {
+			continue
+		}
+		if a.Kind == ActDrain && a.Running {
+			drains++
 		}
 		running := in.Observed != nil && in.Observed.Phase == instance.Running
 		if running != a.Running {
@@ -175,11 +236,14 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 			if in.Health != Healthy && in.Health != Unhealthy && in.Health != NeverHealthy {
 				t.Fatalf("killed %s whose verdict is %q", a.InstanceID, in.Health)
 			}
-			if isAvailable(in) {
+			if isAvailable(fi, in) {
 				availKills++
 			}
 			if in.Health == Unhealthy || in.Health == NeverHealthy {
 				sickKills++
+				if a.Kind == ActDrain {
+					healthDrains++
+				}
 			}
 			if in.Health == Unhealthy {
 				unhealthyKills++
@@ -231,6 +295,15 @@ func checkInvariants(t *rapid.T, fi *FleetInput, res Result) {
 			t.Fatalf("actions while %v: %v", st.Blocked, brief(res.Actions))
 		}
 	}
+	// Fail open: drains for health never leave fewer than keep_min
+	// (capped at size + max_surge - 1) members in the backends; beyond
+	// size + max_surge no verdict is needed, so neither is keep_min.
+	if gated && healthDrains > 0 {
+		keepMin := min(d.Spec.Traffic.KeepMin, max(size+surge-1, 0))
+		if members-drains < keepMin && healthDrains > max(free-(size+surge), 0) {
+			t.Fatalf("keep_min %d: %d drains (%d for health) leave %d of %d members", keepMin, drains, healthDrains, members-drains, members)
+		}
+	}
 	// Kills in flight never exceed max_parallel.
 	if kills > 0 && inflight+kills > d.Spec.Remediation.MaxParallel {
 		t.Fatalf("max_parallel %d: %d in flight + %d new kills", d.Spec.Remediation.MaxParallel, inflight, kills)
@@ -255,12 +328,18 @@ func applyAsIntents(fi FleetInput, res Result) FleetInput {
 				if in.ID != a.InstanceID {
 					continue
 				}
-				if a.Kind == ActAdopt {
+				kind := state.Terminate
+				switch a.Kind {
+				case ActAdopt:
 					rec := state.Instance{ID: in.ID, Fleet: a.Fleet, ImageDigest: in.Observed.ImageDigest, TemplateHash: in.Observed.TemplateHash, CreatedAt: in.Observed.StartedAt, Adopted: true}
 					in.Record = &rec
-				} else {
-					in.Open = &state.Intent{OpID: "op-" + in.ID, Kind: state.Terminate, Fleet: a.Fleet, InstanceID: in.ID}
+					continue
+				case ActDrain:
+					kind = state.Drain
+				case ActAdmit:
+					kind = state.Admit
 				}
+				in.Open = &state.Intent{OpID: "op-" + in.ID, Kind: kind, Fleet: a.Fleet, InstanceID: in.ID}
 			}
 		}
 	}
@@ -302,6 +381,7 @@ func TestPlanConverges(t *testing.T) {
 		for i := range fi.Instances {
 			if fi.Instances[i].Health == Unknown || fi.Instances[i].Health == Starting {
 				fi.Instances[i].Health = rapid.SampledFrom([]Health{Healthy, Unhealthy}).Draw(t, "settle")
+				fi.Instances[i].HealthySince = t0
 			}
 		}
 		now := t0
@@ -316,7 +396,7 @@ func TestPlanConverges(t *testing.T) {
 		}
 		for round := 0; round < 6*size+20; round++ {
 			res := Plan(Input{Now: now, Fleets: []FleetInput{fi}})
-			checkInvariants(t, &fi, res)
+			checkInvariantsAt(t, now, &fi, res)
 			starting := false
 			for _, in := range fi.Instances {
 				starting = starting || in.Health == Starting || in.Open != nil
@@ -331,6 +411,12 @@ func TestPlanConverges(t *testing.T) {
 				switch {
 				case in.Open != nil && in.Open.Kind == state.Terminate:
 					continue // terminated and forgotten
+				case in.Open != nil && in.Open.Kind != state.Launch:
+					// Drained or admitted: the record says so from now on.
+					rec := *in.Record
+					rec.Admitted, rec.Drained = in.Open.Kind == state.Admit, in.Open.Kind == state.Drain
+					in.Record, in.Open = &rec, nil
+					next = append(next, in)
 				case in.Open != nil && in.Open.Kind == state.Launch:
 					seq++
 					n := inst(fmt.Sprintf("n%03d", seq), health(Starting), age(-time.Duration(round)*time.Minute))
@@ -340,6 +426,7 @@ func TestPlanConverges(t *testing.T) {
 				default:
 					if in.Health == Starting {
 						in.Health = Healthy
+						in.HealthySince = now
 					}
 					next = append(next, in)
 				}
@@ -357,7 +444,7 @@ func TestPlanConverges(t *testing.T) {
 				t.Fatalf("round %d: %d live instances > size+surge %d and more than before (%d)", round, live, maxLive, prevLive)
 			}
 			prevLive = live
-			now = now.Add(time.Second)
+			now = now.Add(31 * time.Second) // past any min_ready drawn
 		}
 		res := Plan(Input{Now: now, Fleets: []FleetInput{fi}})
 		if len(res.Actions) > 0 {
@@ -365,7 +452,7 @@ func TestPlanConverges(t *testing.T) {
 		}
 		st := res.Fleets[0]
 		if st.UpToDate != size || st.States["healthy"] < size {
-			t.Fatalf("converged to %d up to date, states %v, want size %d", st.UpToDate, st.States, size)
+			t.Fatalf("converged to %d up to date, states %v, want size %d; blocked %v; instances %v", st.UpToDate, st.States, size, st.Blocked, st.Instances)
 		}
 	})
 }

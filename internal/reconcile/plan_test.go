@@ -284,7 +284,7 @@ func TestPlanStatusCounts(t *testing.T) {
 		launching("f"), inst("g", opening(state.Terminate)), inst("h", orphan),
 	}}}})
 	st := res.Fleets[0]
-	want := map[InstanceState]int{"healthy": 3, "starting": 1, "unhealthy": 1, "never_healthy": 0, "exited": 1, "launching": 1, "terminating": 1}
+	want := map[InstanceState]int{"healthy": 3, "starting": 1, "unhealthy": 1, "never_healthy": 0, "exited": 1, "launching": 1, "terminating": 1, "draining": 0}
 	if !reflect.DeepEqual(st.States, want) {
 		t.Errorf("states: got %v want %v", st.States, want)
 	}
@@ -376,7 +376,7 @@ func TestPlanClassifiesEveryInstance(t *testing.T) {
 	}
 	// Gone counts as exited; the ignored orphan is not counted, the one
 	// being terminated is.
-	wantStates := map[InstanceState]int{"healthy": 1, "starting": 1, "unhealthy": 0, "never_healthy": 1, "exited": 2, "launching": 1, "terminating": 2}
+	wantStates := map[InstanceState]int{"healthy": 1, "starting": 1, "unhealthy": 0, "never_healthy": 1, "exited": 2, "launching": 1, "terminating": 2, "draining": 0}
 	if !reflect.DeepEqual(st.States, wantStates) {
 		t.Errorf("states: got %v want %v", st.States, wantStates)
 	}
@@ -402,8 +402,81 @@ func TestStartedCountsIntentsOfThePass(t *testing.T) {
 	if !reflect.DeepEqual(st.Instances, want) {
 		t.Errorf("instances: got %v want %v", st.Instances, want)
 	}
-	wantStates := map[InstanceState]int{"healthy": 1, "starting": 0, "unhealthy": 0, "never_healthy": 0, "exited": 0, "launching": 1, "terminating": 3}
+	wantStates := map[InstanceState]int{"healthy": 1, "starting": 0, "unhealthy": 0, "never_healthy": 0, "exited": 0, "launching": 1, "terminating": 3, "draining": 0}
 	if !reflect.DeepEqual(st.States, wantStates) {
 		t.Errorf("states: got %v want %v", st.States, wantStates)
+	}
+}
+
+func gatedFleet(size int, mut ...func(*state.DesiredFleet)) *state.DesiredFleet {
+	return desired(size, append([]func(*state.DesiredFleet){func(d *state.DesiredFleet) {
+		d.Spec.Traffic = &state.TrafficSpec{MinReady: 10 * time.Second, KeepMin: 1, Files: []state.TrafficFile{{Name: "t", Path: "/t.json"}}}
+	}}, mut...)...)
+}
+
+func admitted(i *Inst) { i.Record.Admitted = true }
+func drained(i *Inst)  { i.Record.Drained = true }
+func healthyFor(d time.Duration) func(*Inst) {
+	return func(i *Inst) { i.HealthySince = t0.Add(-d) }
+}
+
+func TestPlanTrafficGate(t *testing.T) {
+	tests := []struct {
+		name    string
+		fleet   *state.DesiredFleet
+		insts   []Inst
+		want    []string
+		blocked []Cause
+	}{
+		{"admits after min_ready, not before", gatedFleet(3),
+			[]Inst{inst("a", admitted), inst("b", healthyFor(10*time.Second)), inst("c", healthyFor(9*time.Second))},
+			[]string{"admit:b:ready"}, nil},
+		{"an unknown healthy-since is never admitted", gatedFleet(1), []Inst{inst("a")}, nil, nil},
+		{"rollout: an admitted old instance is drained, not terminated", gatedFleet(2),
+			[]Inst{inst("a", admitted, oldImage), inst("b", admitted), inst("n", admitted)},
+			[]string{"drain:a:drift_image"}, nil},
+		{"rollout: the replacement is admitted before an old one is drained", gatedFleet(2),
+			[]Inst{inst("a", admitted, oldImage), inst("b", admitted), inst("n", healthyFor(time.Second))},
+			nil, nil},
+		{"a drained instance is terminated without the availability budget", gatedFleet(2),
+			[]Inst{inst("a", drained, oldImage), inst("b", admitted), inst("n", healthyFor(time.Second))},
+			[]string{"terminate:a:drift_image"}, nil},
+		{"an exited admitted instance is drained before it is forgotten", gatedFleet(3),
+			[]Inst{inst("a", admitted, exited), inst("b", admitted), inst("c", admitted)},
+			[]string{"drain:a:exited", "launch:replacement"}, nil},
+		{"keep_min: of two unhealthy members one keeps its traffic", gatedFleet(2, func(d *state.DesiredFleet) {
+			d.Spec.Rollout.MaxUnavailable = quantity.Count(2)
+			d.Spec.Remediation.MaxUnhealthy = quantity.Percent(100)
+			d.Spec.Remediation.MaxParallel = 2
+		}),
+			[]Inst{inst("a", admitted, health(Unhealthy)), inst("b", admitted, health(Unhealthy))},
+			[]string{"drain:b:unhealthy", "launch:replacement"}, []Cause{CauseKeepMin}},
+		{"keep_min is capped so that a replacement can be made room for", gatedFleet(1, func(d *state.DesiredFleet) {
+			d.Spec.Rollout.MaxSurge = quantity.Count(0)
+			d.Spec.Rollout.MaxUnavailable = quantity.Count(1)
+		}),
+			[]Inst{inst("a", admitted, health(Unhealthy))},
+			[]string{"drain:a:unhealthy"}, nil},
+		{"keep_min: an unhealthy member is drained once another member stays", gatedFleet(2),
+			[]Inst{inst("a", admitted, health(Unhealthy)), inst("b", admitted), inst("n", admitted)},
+			[]string{"drain:a:unhealthy"}, nil},
+		{"a healthy instance never admitted costs no availability", gatedFleet(1),
+			[]Inst{inst("a", admitted), inst("b", oldImage)},
+			[]string{"terminate:b:drift_image"}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: tc.fleet, Instances: tc.insts}}})
+			if got := brief(res.Actions); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("actions: got %v want %v", got, tc.want)
+			}
+			var causes []Cause
+			for _, b := range res.Fleets[0].Blocked {
+				causes = append(causes, b.Cause)
+			}
+			if !reflect.DeepEqual(causes, tc.blocked) {
+				t.Errorf("blocked: got %v want %v", res.Fleets[0].Blocked, tc.blocked)
+			}
+		})
 	}
 }

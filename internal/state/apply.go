@@ -59,6 +59,8 @@ func (s *State) Apply(c Command) Result {
 		return s.markHealthy(c)
 	case *DrainFleet:
 		return s.drainFleet(c)
+	case *DrainRemoved:
+		return s.drainRemoved(c)
 	case *RecordEvents:
 		for _, e := range c.Events {
 			s.addEvent(e)
@@ -92,6 +94,9 @@ func (s *State) setDesired(c *SetDesired) Result {
 		nf.UnconfiguredSince = time.Time{}
 		s.Fleets[name] = &nf
 		changed = append(changed, name)
+		if !nf.Spec.Traffic.Gated() {
+			s.ungate(name)
+		}
 		ev := Event{Time: c.At, Fleet: name, Action: ActionDesiredChanged, Node: c.Node,
 			Evidence: []string{fmt.Sprintf("generation %d", next), "image " + f.Spec.Image, "digest " + f.ImageDigest, "size " + fmt.Sprint(f.Spec.Size)}}
 		if old == nil {
@@ -180,8 +185,13 @@ func countsAsLaunchFailure(reason string) bool {
 // plannedAction is the action of the event that journals an intent of
 // kind k (checkIntent admits no other kinds).
 func plannedAction(k IntentKind) EventAction {
-	if k == Launch {
+	switch k {
+	case Launch:
 		return ActionLaunchPlanned
+	case Drain:
+		return ActionDrainPlanned
+	case Admit:
+		return ActionAdmitPlanned
 	}
 	return ActionTerminatePlanned
 }
@@ -199,6 +209,22 @@ func finishedAction(k IntentKind, o Outcome) EventAction {
 		return ActionLaunchAbandoned
 	case k == Launch:
 		return EventAction("launch_" + string(o))
+	case k == Drain && o == Done:
+		return ActionDrained
+	case k == Drain && o == Failed:
+		return ActionDrainFailed
+	case k == Drain && o == Abandoned:
+		return ActionDrainAbandoned
+	case k == Drain:
+		return EventAction("drain_" + string(o))
+	case k == Admit && o == Done:
+		return ActionAdmitted
+	case k == Admit && o == Failed:
+		return ActionAdmitFailed
+	case k == Admit && o == Abandoned:
+		return ActionAdmitAbandoned
+	case k == Admit:
+		return EventAction("admit_" + string(o))
 	case k == Terminate && o == Done:
 		return ActionTerminated
 	case o == Failed:
@@ -229,6 +255,27 @@ func (s *State) checkIntent(it *Intent) string {
 			return "launch without image digest"
 		}
 	case Terminate:
+		if rec := s.Instances[it.InstanceID]; rec != nil && rec.Admitted {
+			return "instance is admitted to traffic: it is drained before it is terminated"
+		}
+	case Drain:
+		rec := s.Instances[it.InstanceID]
+		switch {
+		case rec == nil:
+			return "drain of an instance without a record"
+		case !rec.Admitted:
+			return "drain of an instance that is not admitted to traffic"
+		}
+	case Admit:
+		rec := s.Instances[it.InstanceID]
+		switch {
+		case rec == nil:
+			return "admission of an instance without a record"
+		case rec.Admitted:
+			return "instance is admitted already"
+		case !s.Fleets[it.Fleet].Spec.Traffic.Gated():
+			return "admission in a fleet without traffic backends"
+		}
 	default:
 		return fmt.Sprintf("unknown intent kind %q", it.Kind)
 	}
@@ -251,7 +298,7 @@ func (s *State) completeIntent(c *CompleteIntent) Result {
 	switch {
 	case it.Kind == Launch && c.Outcome == Done:
 		rec := &Instance{ID: it.InstanceID, Fleet: it.Fleet, ImageDigest: it.ImageDigest, TemplateHash: it.TemplateHash,
-			Generation: it.Generation, CreatedAt: c.At, LaunchOp: it.OpID}
+			Generation: it.Generation, CreatedAt: c.At, LaunchOp: it.OpID, Image: it.Image}
 		if c.Observed != nil {
 			rec.observe(c.Observed)
 		}
@@ -270,6 +317,17 @@ func (s *State) completeIntent(c *CompleteIntent) Result {
 	case it.Kind == Terminate && c.Outcome == Done:
 		delete(s.Instances, it.InstanceID)
 		ev.Evidence = it.Evidence
+	case it.Kind == Drain && c.Outcome == Done:
+		if rec := s.Instances[it.InstanceID]; rec != nil {
+			rec.Admitted, rec.Drained = false, true
+		}
+		ev.Evidence = it.Evidence
+	case it.Kind == Admit && c.Outcome == Done:
+		rec := s.Instances[it.InstanceID]
+		if f := s.Fleets[it.Fleet]; rec != nil && f != nil && f.Spec.Traffic.Gated() {
+			rec.Admitted, rec.AdmittedAt, rec.Drained = true, c.At, false
+			ev.Evidence = []string{"healthy for min_ready and confirmed by every traffic backend", "address " + rec.Address}
+		}
 	default:
 		if c.Error != "" {
 			ev.Evidence = []string{c.Error}
@@ -326,6 +384,22 @@ func (s *State) markHealthy(c *MarkHealthy) Result {
 	return Result{Generation: s.Generation}
 }
 
+func (s *State) drainRemoved(c *DrainRemoved) Result {
+	it := s.Intents[c.OpID]
+	switch {
+	case it == nil || it.Kind != Drain:
+		return Result{Err: "drain " + c.OpID + " is not open", Generation: s.Generation}
+	case c.Term < it.Term:
+		return Result{Err: fmt.Sprintf("drain %s is owned by term %d, step from term %d", c.OpID, it.Term, c.Term), Generation: s.Generation}
+	case !it.RemovedAt.IsZero():
+		return Result{Generation: s.Generation, Accepted: []string{c.OpID}}
+	}
+	it.RemovedAt = c.At
+	s.addEvent(Event{Time: c.At, Fleet: it.Fleet, InstanceID: it.InstanceID, Action: ActionTrafficRemoved, Reason: it.Reason, Node: c.Node, OpID: it.OpID,
+		Evidence: []string{"every traffic backend confirmed the instance gets no new traffic"}})
+	return Result{Generation: s.Generation, Accepted: []string{c.OpID}}
+}
+
 func (s *State) drainFleet(c *DrainFleet) Result {
 	f := s.Fleets[c.Fleet]
 	switch {
@@ -342,6 +416,16 @@ func (s *State) drainFleet(c *DrainFleet) Result {
 	s.addEvent(Event{Time: c.At, Fleet: c.Fleet, Action: ActionDrainStarted, Reason: "operator", Node: c.Node})
 	s.forgetDrained(c.At)
 	return Result{Generation: s.Generation}
+}
+
+// ungate clears the traffic flags of a fleet's instances once the fleet
+// has no traffic backend any more: nothing is left to drain them from.
+func (s *State) ungate(fleet string) {
+	for _, in := range s.Instances {
+		if in.Fleet == fleet {
+			in.Admitted, in.AdmittedAt, in.Drained = false, time.Time{}, false
+		}
+	}
 }
 
 // forgetDrained removes draining fleets that have no instances and no open

@@ -26,6 +26,7 @@ const (
 	TypeAdopt          CommandType = 5
 	TypeMarkHealthy    CommandType = 6
 	TypeDrainFleet     CommandType = 7
+	TypeDrainRemoved   CommandType = 9
 	// Events are informational: an older node may skip them.
 	TypeRecordEvents = Ignorable | 8
 )
@@ -38,13 +39,25 @@ type Command interface {
 	Version() uint8
 }
 
+// versioned is a command whose encoding version depends on its content:
+// it writes the oldest version that can carry it, so a release that does
+// not know what it carries refuses it (and stops) instead of applying it
+// differently.
+type versioned interface {
+	encodedVersion() uint8
+}
+
 // Encode serialises a command as [type][version][json body].
 func Encode(c Command) ([]byte, error) {
 	body, err := json.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("state: encode %T: %w", c, err)
 	}
-	return append([]byte{byte(c.Type()), c.Version()}, body...), nil
+	v := c.Version()
+	if vc, ok := c.(versioned); ok {
+		v = vc.encodedVersion()
+	}
+	return append([]byte{byte(c.Type()), v}, body...), nil
 }
 
 // ErrUnknownIgnorable is returned by Decode for an unknown command type that
@@ -59,6 +72,7 @@ var registry = map[CommandType]Command{
 	TypeAdopt:          &Adopt{},
 	TypeMarkHealthy:    &MarkHealthy{},
 	TypeDrainFleet:     &DrainFleet{},
+	TypeDrainRemoved:   &DrainRemoved{},
 	TypeRecordEvents:   &RecordEvents{},
 }
 
@@ -163,6 +177,17 @@ type DrainFleet struct {
 	Node  string    `json:"node"`
 }
 
+// DrainRemoved records that every traffic backend confirmed a drain
+// intent's instance gets no new traffic. The first one counts: a later
+// leader re-driving the drain keeps the time, so drain_delay is waited
+// once.
+type DrainRemoved struct {
+	OpID string    `json:"op_id"`
+	Term uint64    `json:"term"`
+	At   time.Time `json:"at"`
+	Node string    `json:"node"`
+}
+
 // RecordEvents appends informational events.
 type RecordEvents struct {
 	Events []Event `json:"events"`
@@ -175,13 +200,37 @@ func (*ClaimIntents) Type() CommandType   { return TypeClaimIntents }
 func (*Adopt) Type() CommandType          { return TypeAdopt }
 func (*MarkHealthy) Type() CommandType    { return TypeMarkHealthy }
 func (*DrainFleet) Type() CommandType     { return TypeDrainFleet }
+func (*DrainRemoved) Type() CommandType   { return TypeDrainRemoved }
 func (*RecordEvents) Type() CommandType   { return TypeRecordEvents }
 
-func (*SetDesired) Version() uint8     { return 1 }
-func (*CommitIntents) Version() uint8  { return 1 }
+// SetDesired and CommitIntents are at version 2: a version-2 entry
+// carries what version 1 cannot (a fleet with traffic backends, a drain
+// intent, an admit intent). Entries without it are still written as
+// version 1.
+func (*SetDesired) Version() uint8     { return 2 }
+func (*CommitIntents) Version() uint8  { return 2 }
 func (*CompleteIntent) Version() uint8 { return 1 }
 func (*ClaimIntents) Version() uint8   { return 1 }
 func (*Adopt) Version() uint8          { return 1 }
 func (*MarkHealthy) Version() uint8    { return 1 }
 func (*DrainFleet) Version() uint8     { return 1 }
+func (*DrainRemoved) Version() uint8   { return 1 }
 func (*RecordEvents) Version() uint8   { return 1 }
+
+func (c *SetDesired) encodedVersion() uint8 {
+	for _, f := range c.Fleets {
+		if f != nil && f.Spec.Traffic != nil {
+			return 2
+		}
+	}
+	return 1
+}
+
+func (c *CommitIntents) encodedVersion() uint8 {
+	for _, it := range c.Intents {
+		if it != nil && (it.Kind == Drain || it.Kind == Admit) {
+			return 2
+		}
+	}
+	return 1
+}

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"maps"
 	"slices"
 	"time"
 
@@ -31,6 +32,55 @@ type FleetSpec struct {
 	Drift       DriftSpec       `json:"drift"`
 	Remediation RemediationSpec `json:"remediation"`
 	Rollout     RolloutSpec     `json:"rollout"`
+	// Traffic is nil for a fleet without a traffic gate (and in every
+	// entry written before traffic existed).
+	Traffic *TrafficSpec `json:"traffic,omitempty"`
+}
+
+// TrafficSpec is a fleet's traffic gate: when its instances are admitted
+// to and drained from which backends.
+type TrafficSpec struct {
+	MinReady       time.Duration    `json:"min_ready"`
+	DrainDelay     time.Duration    `json:"drain_delay"`
+	KeepMin        int              `json:"keep_min"`
+	BackendTimeout time.Duration    `json:"backend_timeout"`
+	Files          []TrafficFile    `json:"files,omitempty"`
+	HAProxy        []TrafficHAProxy `json:"haproxy,omitempty"`
+	Consul         []TrafficConsul  `json:"consul,omitempty"`
+}
+
+// Gated says whether instances of a fleet with this spec go through the
+// traffic gate: it has at least one backend.
+func (t *TrafficSpec) Gated() bool {
+	return t != nil && len(t.Files)+len(t.HAProxy)+len(t.Consul) > 0
+}
+
+// TrafficFile is a file_sd target file backend.
+type TrafficFile struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+}
+
+// TrafficHAProxy is an HAProxy Runtime API backend.
+type TrafficHAProxy struct {
+	Name    string `json:"name"`
+	Socket  string `json:"socket"`
+	Backend string `json:"backend"`
+	Check   bool   `json:"check,omitempty"`
+}
+
+// TrafficConsul is a Consul service registration backend.
+type TrafficConsul struct {
+	Name          string            `json:"name"`
+	Address       string            `json:"address"`
+	Service       string            `json:"service"`
+	Tags          []string          `json:"tags,omitempty"`
+	Meta          map[string]string `json:"meta,omitempty"`
+	TokenFile     string            `json:"token_file,omitempty"`
+	CAFile        string            `json:"ca_file,omitempty"`
+	CertFile      string            `json:"cert_file,omitempty"`
+	KeyFile       string            `json:"key_file,omitempty"`
+	TLSServerName string            `json:"tls_server_name,omitempty"`
 }
 
 // HealthSpec is the set of checks that judge an instance.
@@ -113,6 +163,20 @@ func SpecOf(f *config.Fleet) FleetSpec {
 	}
 	if d := f.Launch.Docker; d != nil {
 		s.Launch.Docker = &instance.DockerLaunch{Port: d.Port, NetworkMode: d.NetworkMode, ReadOnly: d.ReadOnly, MemoryBytes: d.MemoryBytes, NanoCPUs: d.NanoCPUs}
+	}
+	if t := f.Traffic; t != nil {
+		ts := &TrafficSpec{MinReady: t.MinReady, DrainDelay: t.DrainDelay, KeepMin: t.KeepMin, BackendTimeout: t.BackendTimeout}
+		for _, x := range t.Files {
+			ts.Files = append(ts.Files, TrafficFile{Name: x.Name, Path: x.Path})
+		}
+		for _, x := range t.HAProxy {
+			ts.HAProxy = append(ts.HAProxy, TrafficHAProxy{Name: x.Name, Socket: x.Socket, Backend: x.Backend, Check: x.Check})
+		}
+		for _, x := range t.Consul {
+			ts.Consul = append(ts.Consul, TrafficConsul{Name: x.Name, Address: x.Address, Service: x.Service, Tags: slices.Clone(x.Tags),
+				Meta: maps.Clone(x.Meta), TokenFile: x.TokenFile, CAFile: x.CAFile, CertFile: x.CertFile, KeyFile: x.KeyFile, TLSServerName: x.TLSServerName})
+		}
+		s.Traffic = ts
 	}
 	for _, c := range f.Health.Checks {
 		s.Health.Checks = append(s.Health.Checks, Check{Name: c.Name, Kind: c.Kind, Path: c.Path, ExpectStatus: slices.Clone(c.ExpectStatus),

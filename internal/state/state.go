@@ -54,9 +54,20 @@ type Instance struct {
 	CreatedAt    time.Time `json:"created_at"`
 	// LaunchOp is the intent that launched it; empty when adopted.
 	LaunchOp string `json:"launch_op,omitempty"`
+	// Image is the image reference it was launched from, as the fleet
+	// file wrote it (empty when adopted or launched by an older release).
+	Image string `json:"image,omitempty"`
 	// EverHealthy is set once probes judged it healthy.
 	EverHealthy bool `json:"ever_healthy,omitempty"`
 	Adopted     bool `json:"adopted,omitempty"`
+	// Admitted is set once every traffic backend of the fleet confirmed
+	// the instance takes traffic (an admit intent); a drain clears it and sets
+	// Drained. Fleets without traffic backends never set either.
+	Admitted   bool      `json:"admitted,omitempty"`
+	AdmittedAt time.Time `json:"admitted_at,omitempty"`
+	// Drained: a drain intent finished, the instance takes no traffic and
+	// is waiting to be terminated (or admitted again).
+	Drained bool `json:"drained,omitempty"`
 }
 
 // RecordOf is the record of an instance as the provider observed it:
@@ -83,6 +94,13 @@ type IntentKind string
 const (
 	Launch    IntentKind = "launch"
 	Terminate IntentKind = "terminate"
+	// Admit puts a healthy instance into every traffic backend of its
+	// fleet; it is admitted once all of them confirmed it.
+	Admit IntentKind = "admit"
+	// Drain takes an admitted instance out of every traffic backend of
+	// its fleet and waits for its connections to end (or drain_delay);
+	// it never signals the instance. A terminate follows in a later pass.
+	Drain IntentKind = "drain"
 )
 
 // Intent is a journaled provider action that is not yet confirmed.
@@ -103,10 +121,21 @@ type Intent struct {
 	// launch makes exactly the instance that was decided.
 	ImageDigest  string `json:"image_digest,omitempty"`
 	TemplateHash string `json:"template_hash,omitempty"`
+	// Image is the image reference a launch was decided for (the fleet
+	// file's, not the pinned digest); traffic steps show it as the
+	// instance's version.
+	Image string `json:"image,omitempty"`
 	// Grace is the stop grace of a terminate.
 	Grace time.Duration `json:"grace,omitempty"`
+	// Address is where the instance serves, for the traffic backends of
+	// an admit, drain or terminate in a fleet with a traffic gate.
+	Address string `json:"address,omitempty"`
 	// Attempts counts how often a leader started driving it.
 	Attempts int `json:"attempts"`
+	// RemovedAt is when every traffic backend confirmed that a drain's
+	// instance gets no new traffic (see DrainRemoved): the drain_delay
+	// runs from it, across leader changes.
+	RemovedAt time.Time `json:"removed_at,omitempty"`
 }
 
 // Event is one entry of the replicated event log: every launch, kill and
@@ -151,6 +180,17 @@ const (
 	ActionTerminateFailed    EventAction = "terminate_failed"
 	ActionTerminateAbandoned EventAction = "terminate_abandoned"
 	ActionAdopted            EventAction = "adopted"
+
+	// Traffic: admission to and drains from the fleet's backends.
+	ActionAdmitPlanned   EventAction = "admit_planned"
+	ActionAdmitted       EventAction = "admitted"
+	ActionAdmitFailed    EventAction = "admit_failed"
+	ActionAdmitAbandoned EventAction = "admit_abandoned"
+	ActionDrainPlanned   EventAction = "drain_planned"
+	ActionTrafficRemoved EventAction = "traffic_removed"
+	ActionDrained        EventAction = "drained"
+	ActionDrainFailed    EventAction = "drain_failed"
+	ActionDrainAbandoned EventAction = "drain_abandoned"
 
 	// The leader.
 	ActionLeaderReady          EventAction = "leader_ready"
