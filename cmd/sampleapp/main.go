@@ -37,6 +37,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -237,6 +238,7 @@ func (a *app) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", a.index)
 	mux.HandleFunc("GET /healthz", a.healthz)
+	mux.HandleFunc("GET /slow", a.slow)
 	mux.HandleFunc("POST /fail", func(w http.ResponseWriter, r *http.Request) {
 		a.setFailing(true)
 		fmt.Fprintln(w, "failing")
@@ -277,6 +279,27 @@ func (a *app) index(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(&b, "%s: unreadable: %v\n", configFile, err)
 	}
 	io.WriteString(w, b.String())
+}
+
+// maxSlow bounds how long /slow holds a request.
+const maxSlow = time.Minute
+
+// slow holds the request open for ?ms= milliseconds (at most a minute),
+// then answers with the instance id: a long request that a drain must
+// wait for, or that a kill would cut.
+func (a *app) slow(w http.ResponseWriter, r *http.Request) {
+	ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
+	if err != nil || ms < 0 || time.Duration(ms)*time.Millisecond > maxSlow {
+		http.Error(w, fmt.Sprintf("ms must be a whole number of milliseconds from 0 to %d", maxSlow.Milliseconds()), http.StatusBadRequest)
+		return
+	}
+	select {
+	case <-time.After(time.Duration(ms) * time.Millisecond):
+	case <-r.Context().Done():
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, "%s slept %dms\n", a.instance, ms)
 }
 
 func (a *app) healthz(w http.ResponseWriter, r *http.Request) {

@@ -250,3 +250,21 @@ func TestGRPCHealthOnTheSamePort(t *testing.T) {
 	a.setWarming(false)
 	expect(healthpb.HealthCheckResponse_SERVING, 200)
 }
+
+func TestSlowHoldsTheRequest(t *testing.T) {
+	a := &app{instance: "web-1"}
+	h := a.handler()
+	start := time.Now()
+	code, body := get(t, h, "GET", "/slow?ms=50")
+	if code != http.StatusOK || body != "web-1 slept 50ms\n" {
+		t.Fatalf("GET /slow?ms=50 = %d %q", code, body)
+	}
+	if took := time.Since(start); took < 50*time.Millisecond {
+		t.Fatalf("answered after %v, before the 50ms it was asked to hold", took)
+	}
+	for _, q := range []string{"", "ms=-1", "ms=x", "ms=60001"} {
+		if code, _ := get(t, h, "GET", "/slow?"+q); code != http.StatusBadRequest {
+			t.Errorf("GET /slow?%s = %d, want 400", q, code)
+		}
+	}
+}
