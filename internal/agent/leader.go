@@ -166,6 +166,10 @@ func (l leaderMetrics) Pass(result leader.PassResult, took time.Duration) {
 
 func (l leaderMetrics) Finished(it *state.Intent, provider string, outcome state.Outcome, took time.Duration) {
 	l.m.intentsFinished.WithLabelValues(string(it.Kind), string(outcome)).Inc()
+	if it.Kind == state.Admit || it.Kind == state.Drain {
+		l.m.trafficStep.WithLabelValues(string(it.Kind), string(outcome)).Observe(took.Seconds())
+		return
+	}
 	l.m.providerCall.WithLabelValues(provider, string(it.Kind), string(outcome)).Observe(took.Seconds())
 	if r := reconcile.Reason(it.Reason); it.Kind == state.Terminate && outcome == state.Done && r != reconcile.ReasonExcess && r != reconcile.ReasonDrain {
 		l.m.replacements.WithLabelValues(it.Fleet, it.Reason).Inc()

@@ -54,7 +54,13 @@ type metrics struct {
 	passes           *prometheus.CounterVec
 	dataDirWritable  prometheus.Gauge
 	dataDirFree      prometheus.Gauge
+	trafficInstances *prometheus.GaugeVec
+	trafficStep      *prometheus.HistogramVec
 }
+
+// trafficStates are the traffic states immutd_traffic_instances exports.
+var trafficStates = []reconcile.TrafficState{reconcile.TrafficPending, reconcile.TrafficAdmitting, reconcile.TrafficAdmitted,
+	reconcile.TrafficDraining, reconcile.TrafficDrained}
 
 func newMetrics() *metrics {
 	reg := prometheus.NewRegistry()
@@ -109,6 +115,12 @@ func newMetrics() *metrics {
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_build_info",
 		Help: "Build information; always 1."}, []string{"version", "revision", "goversion"})
 	buildInfo.WithLabelValues(Version, Revision, runtime.Version()).Set(1)
+	m.trafficInstances = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_traffic_instances",
+		Help: "Instances of fleets with a traffic gate, by traffic state: pending, admitting, admitted, draining, drained (leader only)."}, []string{"fleet", "state"})
+	m.trafficStep = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "immutd_traffic_step_duration_seconds",
+		Help: "Duration of admissions (healthy to confirmed by every backend) and drains (until connections ended or drain_delay, and removal), by outcome.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 17)}, []string{"kind", "outcome"})
+	reg.MustRegister(m.trafficInstances, m.trafficStep)
 	reg.MustRegister(m.fleetInstances, m.fleetDesired, m.drifted, m.replacements, m.blocked, m.reconcileDur, m.providerCall,
 		m.reloadOK, m.reloadTime, m.reloadFailures, m.isLeader, m.intentsOpen, m.intentsFinished, m.desiredGen, buildInfo,
 		m.configDiverged, m.autopilotHealthy, m.failureTolerance, m.imageRefMoved, m.dataDirWritable, m.dataDirFree, m.passes,
@@ -164,6 +176,13 @@ func (m *metrics) publish(st reconcile.FleetStatus) {
 	}
 	for k, n := range st.Drifted {
 		m.drifted.WithLabelValues(st.Fleet, k).Set(float64(n))
+	}
+	traffic := map[reconcile.TrafficState]int{}
+	for _, in := range st.Instances {
+		traffic[in.Traffic]++
+	}
+	for _, s := range trafficStates {
+		m.trafficInstances.WithLabelValues(st.Fleet, string(s)).Set(float64(traffic[s]))
 	}
 	on := map[reconcile.Cause]bool{}
 	for _, b := range st.Blocked {

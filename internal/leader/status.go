@@ -39,6 +39,7 @@ func (t *Term) publish(v view, in reconcile.Input, plan reconcile.Result, starte
 			f.Blocked = append(f.Blocked, api.Block{Cause: string(b.Cause), Detail: b.Detail})
 		}
 		for _, why := range t.traffic.blocks(d.Spec.Name) {
+			st.Blocked = append(st.Blocked, reconcile.Block{Cause: reconcile.CauseTrafficBackend, Detail: why})
 			f.Blocked = append(f.Blocked, api.Block{Cause: string(reconcile.CauseTrafficBackend), Detail: why})
 		}
 		for _, x := range fi.Instances {
