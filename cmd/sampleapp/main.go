@@ -3,11 +3,12 @@
 // configuration file, and a health endpoint that can be made to fail on
 // demand:
 //
-//	GET  /         version, $IMMUTD_INSTANCE_ID, $IMMUTD_FLEET, config/app.conf
-//	GET  /healthz  200 "ok"; 503 "starting" until -ready-after has passed;
-//	               500 "failing" once failing
-//	POST /fail     make /healthz fail from now on
-//	POST /recover  make /healthz pass again
+//	GET  /           version, $IMMUTD_INSTANCE_ID, $IMMUTD_FLEET, config/app.conf
+//	GET  /slow?ms=N  answers after N milliseconds (at most a minute)
+//	GET  /healthz    200 "ok"; 503 "starting" until -ready-after has passed;
+//	                 500 "failing" once failing
+//	POST /fail       make /healthz, / and /slow fail (500) from now on
+//	POST /recover    make them pass again
 //
 // With -grpc-health it also serves the standard gRPC health service,
 // grpc.health.v1.Health, on the same port, as HTTP/2 without TLS next to
@@ -260,6 +261,10 @@ func (a *app) handler() http.Handler {
 }
 
 func (a *app) index(w http.ResponseWriter, r *http.Request) {
+	if a.failing.Load() { // a broken instance fails its requests, not only its check
+		http.Error(w, "failing", http.StatusInternalServerError)
+		return
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	var b strings.Builder
 	fmt.Fprintf(&b, "sampleapp %s\n", a.version)
@@ -291,6 +296,10 @@ func (a *app) slow(w http.ResponseWriter, r *http.Request) {
 	ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
 	if err != nil || ms < 0 || time.Duration(ms)*time.Millisecond > maxSlow {
 		http.Error(w, fmt.Sprintf("ms must be a whole number of milliseconds from 0 to %d", maxSlow.Milliseconds()), http.StatusBadRequest)
+		return
+	}
+	if a.failing.Load() {
+		http.Error(w, "failing", http.StatusInternalServerError)
 		return
 	}
 	select {

@@ -76,8 +76,11 @@ func TestFailAndRecover(t *testing.T) {
 		{"GET", "/fail", 405, ""},
 		{"POST", "/fail", 200, "failing\n"},
 		{"GET", "/healthz", 500, "failing\n"},
+		{"GET", "/", 500, "failing\n"},
+		{"GET", "/slow?ms=0", 500, "failing\n"},
 		{"POST", "/recover", 200, "ok\n"},
 		{"GET", "/healthz", 200, "ok\n"},
+		{"GET", "/", 200, ""},
 	}
 	for _, s := range steps {
 		code, body := get(t, h, s.method, s.path)

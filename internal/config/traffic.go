@@ -149,7 +149,7 @@ func (s *section) traffic() *Traffic {
 	for _, bb := range ts.labelled("haproxy", "backend name") {
 		cs := ts.child(bb)
 		h := TrafficHAProxy{Name: bb.Labels[0]}
-		if cs.text("socket", &h.Socket, checkAbsPath) == missing {
+		if cs.text("socket", &h.Socket, checkSocketPath) == missing {
 			cs.required("socket", "the absolute path of HAProxy's admin socket (stats socket ... level admin)")
 		}
 		if cs.text("backend", &h.Backend, checkHAProxyName) == missing {
@@ -209,6 +209,20 @@ func checkAbsPath(p string) error {
 		return fmt.Errorf("must not contain NUL or line breaks, got %q", p)
 	case filepath.Clean(p) != p:
 		return fmt.Errorf("must be a clean path (no \"..\", \".\" or doubled slashes), got %q; write %q", p, filepath.Clean(p))
+	}
+	return nil
+}
+
+// maxSocketPath is the longest unix socket path (sun_path holds 108
+// bytes with the terminating NUL).
+const maxSocketPath = 107
+
+func checkSocketPath(p string) error {
+	if err := checkAbsPath(p); err != nil {
+		return err
+	}
+	if len(p) > maxSocketPath {
+		return fmt.Errorf("must be at most %d bytes long (the limit of a unix socket path), got %d", maxSocketPath, len(p))
 	}
 	return nil
 }

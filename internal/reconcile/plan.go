@@ -599,7 +599,8 @@ func (fp *fleetPlan) cleanup() {
 //     which are needed under no verdict.
 //
 // In a fleet with a traffic gate an admitted instance is drained instead
-// (a later pass terminates it once drained); an instance that takes no
+// (a later pass terminates it once drained), an unhealthy one at once
+// rather than surge-first (its kill still waits); an instance that takes no
 // traffic (drained, or never admitted) and is judged healthy goes without
 // the availability budget, which counts only admitted instances. A sick
 // instance is never drained if that leaves fewer than keep_min members
@@ -685,8 +686,13 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) (ac
 			surplus-- // beyond size + max_surge: no verdict is needed to remove it
 		case c.sick && breaker:
 			continue
-		case c.sick && cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom):
+		case c.sick && cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom) && !c.admitted:
 			continue // surge-first: wait for the replacement
+		case c.sick && cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom):
+			// Surge-first holds the kill, not the drain: traffic to a
+			// failing instance fails anyway, and a drained instance still
+			// runs until its replacement is in.
+			forHealth = true
 		case c.sick:
 			forHealth = true
 		case fp.gated && !c.admitted && c.inst.Health == Healthy:

@@ -245,8 +245,8 @@ func checkInvariantsAt(t *rapid.T, now time.Time, fi *FleetInput, res Result) {
 					healthDrains++
 				}
 			}
-			if in.Health == Unhealthy {
-				unhealthyKills++
+			if in.Health == Unhealthy && a.Kind == ActTerminate {
+				unhealthyKills++ // a drain takes traffic away, not the instance
 			}
 			// Remediation disabled: nothing is killed for its health or an
 			// in-place change (a rollout, a scale-down, a drain still kill).

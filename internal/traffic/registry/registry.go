@@ -14,6 +14,7 @@ import (
 	"github.com/immutd/immutd/internal/state"
 	"github.com/immutd/immutd/internal/traffic"
 	"github.com/immutd/immutd/internal/traffic/file"
+	"github.com/immutd/immutd/internal/traffic/haproxy"
 )
 
 // Registry implements reconcile.Backends.
@@ -65,6 +66,14 @@ func (r *Registry) For(d *state.DesiredFleet) ([]traffic.Backend, error) {
 	return bs, nil
 }
 
+// named shows a backend under the name the fleet file gives it.
+type named struct {
+	traffic.Backend
+	name string
+}
+
+func (n named) Name() string { return n.name }
+
 // Close closes every backend.
 func (r *Registry) Close() {
 	r.mu.Lock()
@@ -93,6 +102,13 @@ func build(fleet string, t *state.TrafficSpec, log *zap.Logger) ([]traffic.Backe
 			return fail(err)
 		}
 		out = append(out, b)
+	}
+	for _, h := range t.HAProxy {
+		b, err := haproxy.New(haproxy.Config{Socket: h.Socket, Backend: h.Backend, Check: h.Check}, log.Named("haproxy"))
+		if err != nil {
+			return fail(err)
+		}
+		out = append(out, named{b, fmt.Sprintf("haproxy %q", h.Name)})
 	}
 	return out, nil
 }
