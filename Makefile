@@ -12,7 +12,7 @@ GOFILES     := $(shell find . -name '*.go' -not -path './build/*' -not -path './
 # The go test timeout for the whole suite; make test stays well below it.
 TEST_TIMEOUT ?= 18m
 
-.PHONY: help build images docker-images run test test-short e2e bench lint install clean
+.PHONY: help build images docker-images run test test-short e2e integ-consul bench lint install clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,7 +43,7 @@ run: build ## run a single-node agent keeping the example fleet immutable (Ctrl-
 	@echo "immutd: fleet file run/fleets.d/example.hcl, API http://127.0.0.1:7979 — try: $(BIN) status (state changes: -token-file run/data/api-token)"
 	$(BIN) agent -config configs/dev/agent.hcl
 
-test: ## run every test (installs promtool, starts Docker if needed)
+test: ## run every test (installs promtool and haproxy, starts Docker if needed)
 	.ci/ensure-tools
 	.ci/ensure-docker
 	$(GO) vet ./...
@@ -56,6 +56,10 @@ e2e: ## the end-to-end suite only (real binary, real Docker)
 	.ci/ensure-tools
 	.ci/ensure-docker
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./internal/e2e/
+
+integ-consul: ## the Consul backend's contract suite against a real Consul agent at CONSUL_HTTP_ADDR (no Consul is needed for make test)
+	@[ -n "$$CONSUL_HTTP_ADDR" ] || { echo "integ-consul: set CONSUL_HTTP_ADDR to a Consul agent's HTTP address (and CONSUL_HTTP_TOKEN, CONSUL_CACERT, CONSUL_TLS_SERVER_NAME as it needs)"; exit 2; }
+	$(GO) test -race -count=1 -run 'TestContract' -v ./internal/traffic/consul/
 
 bench: build ## run the benchmarks recorded in BENCHMARKS.md (about 15 minutes; output in build/bench.txt)
 	@mkdir -p build

@@ -118,7 +118,7 @@ func newMetrics() *metrics {
 	m.trafficInstances = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_traffic_instances",
 		Help: "Instances of fleets with a traffic gate, by traffic state: pending, admitting, admitted, draining, drained (leader only)."}, []string{"fleet", "state"})
 	m.trafficStep = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "immutd_traffic_step_duration_seconds",
-		Help: "Duration of admissions (healthy to confirmed by every backend) and drains (until connections ended or drain_delay, and removal), by outcome.",
+		Help:    "Duration of admissions (healthy to confirmed by every backend) and drains (until connections ended or drain_delay, and removal), by outcome.",
 		Buckets: prometheus.ExponentialBuckets(0.01, 2, 17)}, []string{"kind", "outcome"})
 	reg.MustRegister(m.trafficInstances, m.trafficStep)
 	reg.MustRegister(m.fleetInstances, m.fleetDesired, m.drifted, m.replacements, m.blocked, m.reconcileDur, m.providerCall,

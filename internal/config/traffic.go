@@ -184,6 +184,13 @@ func (s *section) traffic() *Traffic {
 			cs.fail("cert_file", "cert_file and key_file go together: set both for a client certificate, or neither")
 		}
 		cs.text("tls_server_name", &c.TLSServerName, checkNotEmpty)
+		if !strings.HasPrefix(c.Address, "https://") {
+			for _, name := range []string{"ca_file", "cert_file", "tls_server_name"} {
+				if cs.body.Attributes[name] != nil {
+					cs.fail(name, "is a TLS setting, but address %q is not https://", c.Address)
+				}
+			}
+		}
 		cs.done()
 		if named(bb, cs) {
 			t.Consul = append(t.Consul, c)

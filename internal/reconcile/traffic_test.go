@@ -41,7 +41,7 @@ func (b *fakeBackend) Connections(context.Context, traffic.Member) (int, bool, e
 	return n, known, nil
 }
 func (b *fakeBackend) Sync(context.Context, []traffic.Member, func(string) bool) error { return nil }
-func (b *fakeBackend) Close() error                                                   { return nil }
+func (b *fakeBackend) Close() error                                                    { return nil }
 func (b *fakeBackend) log() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()

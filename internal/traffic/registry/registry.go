@@ -13,6 +13,7 @@ import (
 
 	"github.com/immutd/immutd/internal/state"
 	"github.com/immutd/immutd/internal/traffic"
+	"github.com/immutd/immutd/internal/traffic/consul"
 	"github.com/immutd/immutd/internal/traffic/file"
 	"github.com/immutd/immutd/internal/traffic/haproxy"
 )
@@ -109,6 +110,14 @@ func build(fleet string, t *state.TrafficSpec, log *zap.Logger) ([]traffic.Backe
 			return fail(err)
 		}
 		out = append(out, named{b, fmt.Sprintf("haproxy %q", h.Name)})
+	}
+	for _, c := range t.Consul {
+		b, err := consul.New(consul.Config{Address: c.Address, Service: c.Service, Fleet: fleet, Tags: c.Tags, Meta: c.Meta,
+			TokenFile: c.TokenFile, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile, TLSServerName: c.TLSServerName}, log.Named("consul"))
+		if err != nil {
+			return fail(err)
+		}
+		out = append(out, named{b, fmt.Sprintf("consul %q", c.Name)})
 	}
 	return out, nil
 }
