@@ -33,4 +33,15 @@ fleet "web" {
     max_surge       = 1
     max_unavailable = 0
   }
+
+  # Traffic follows health: an instance is listed in run/targets/web.json
+  # (Prometheus file_sd JSON) once it stayed healthy for min_ready, and
+  # taken out of it drain_delay before it is terminated.
+  traffic {
+    min_ready   = "2s"
+    drain_delay = "3s"
+    file "targets" {
+      path = "../targets/web.json"
+    }
+  }
 }

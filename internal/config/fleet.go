@@ -365,7 +365,7 @@ func (d *decoder) fleet(b *hclsyntax.Block, absDir, displayDir string) *Fleet {
 	f.Remediation = s.remediation()
 	var rollout *section
 	f.Rollout, rollout = s.rollout()
-	f.Traffic = s.traffic()
+	f.Traffic = s.traffic(absDir)
 	s.done()
 
 	if rollout != nil && sizeGot == valid && f.Size > 0 {

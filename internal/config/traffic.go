@@ -109,8 +109,10 @@ func defaultTraffic() Traffic {
 	return Traffic{MinReady: DefaultMinReady, DrainDelay: DefaultDrainDelay, KeepMin: DefaultKeepMin, BackendTimeout: DefaultBackendTimeout}
 }
 
-// traffic decodes the optional traffic block; nil when it is absent.
-func (s *section) traffic() *Traffic {
+// traffic decodes the optional traffic block; nil when it is absent. A
+// relative target file path is resolved against absDir, the fleet file's
+// directory, as a relative image path is.
+func (s *section) traffic(absDir string) *Traffic {
 	b := s.block("traffic")
 	if b == nil {
 		return nil
@@ -138,8 +140,15 @@ func (s *section) traffic() *Traffic {
 	for _, bb := range ts.labelled("file", "backend name") {
 		cs := ts.child(bb)
 		f := TrafficFile{Name: bb.Labels[0]}
-		if cs.text("path", &f.Path, checkTargetFile) == missing {
-			cs.required("path", "the absolute path of the file_sd JSON file to write, as in \"/var/lib/immutd/targets/web.json\"")
+		var p string
+		switch cs.text("path", &p, checkTargetFile) {
+		case missing:
+			cs.required("path", "the path of the file_sd JSON file to write, as in \"/var/lib/immutd/targets/web.json\"")
+		case valid:
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(absDir, p)
+			}
+			f.Path = filepath.Clean(p)
 		}
 		cs.done()
 		if named(bb, cs) {
@@ -235,8 +244,13 @@ func checkSocketPath(p string) error {
 }
 
 func checkTargetFile(p string) error {
-	if err := checkAbsPath(p); err != nil {
-		return err
+	switch {
+	case p == "":
+		return fmt.Errorf("must not be empty")
+	case len(p) > 4096:
+		return fmt.Errorf("must be at most 4096 bytes long, got %d", len(p))
+	case strings.ContainsAny(p, "\x00\n\r"):
+		return fmt.Errorf("must not contain NUL or line breaks, got %q", p)
 	}
 	if !strings.HasSuffix(p, ".json") {
 		return fmt.Errorf("must name a .json file (Prometheus file_sd reads .json, .yml and .yaml; immutd writes JSON), got %q", p)
