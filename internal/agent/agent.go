@@ -40,11 +40,14 @@ import (
 
 // Agent is one running immutd agent.
 type Agent struct {
-	cfg    *config.Agent
-	log    *zap.Logger
-	level  zap.AtomicLevel
-	m      *metrics
-	quorum QuorumRule
+	// consulJoin is set with cluster { join_consul { ... } }, before the
+	// agent's loops start.
+	consulJoin *consulJoin
+	cfg        *config.Agent
+	log        *zap.Logger
+	level      zap.AtomicLevel
+	m          *metrics
+	quorum     QuorumRule
 
 	node      *cluster.Node
 	prober    *probe.Prober
@@ -299,6 +302,13 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	for _, w := range a.cfg.Warnings {
 		a.log.Warn("configuration warning", zap.String("file", a.cfg.File), zap.String("warning", w.String()))
 	}
+	if c.JoinConsul != nil {
+		cj, err := a.newConsulJoin()
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		a.consulJoin = cj
+	}
 	apiLn, err := net.Listen("tcp", a.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("agent: http listen on %s: %w", a.cfg.HTTPAddr, err)
@@ -404,6 +414,10 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	run("propose", a.proposeLoop)
 	run("report-verdicts", a.reportVerdicts)
 	run("quorum-watch", a.watchQuorum)
+	if a.consulJoin != nil {
+		a.consulJoin.setSelf(node.ID(), node.LocalAddr())
+		run("consul-announce", a.consulJoin.announce)
+	}
 	run("form-cluster", a.formCluster)
 	run("faults", a.watchFaults)
 	run("data-dir", a.watchDataDir)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -268,7 +269,15 @@ func (a *Agent) formCluster(ctx context.Context) error {
 		}
 		peers := map[string]NodeInfo{}
 		existing := ""
-		for _, addr := range a.cfg.Cluster.Join {
+		addrs := a.cfg.Cluster.Join
+		if a.consulJoin != nil {
+			found, err := a.consulJoin.peers(ctx)
+			if err != nil && attempt%10 == 0 {
+				a.log.Info("could not look peers up in Consul yet", zap.Error(err))
+			}
+			addrs = append(slices.Clone(addrs), found...)
+		}
+		for _, addr := range addrs {
 			if addr == a.node.LocalAddr() {
 				continue
 			}

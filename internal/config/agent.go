@@ -160,6 +160,15 @@ func decodeCluster(s *section, c *ClusterConfig) (bind, advertise got, secured b
 	advertise = s.text("advertise_addr", &c.AdvertiseAddr, checkDialAddr)
 	s.integer("bootstrap_expect", 1, maxClusterSize, &c.BootstrapExpect)
 	s.strList("join", &c.Join, checkDialAddr)
+	if b := s.block("join_consul"); b != nil {
+		js := s.child(b)
+		j := &ConsulJoin{Address: DefaultConsulAddress, Service: DefaultJoinService}
+		js.text("address", &j.Address, checkConsulAddress)
+		js.text("service", &j.Service, checkConsulService)
+		decodeConsulTLS(js, j.Address, &j.TokenFile, &j.CAFile, &j.CertFile, &j.KeyFile, &j.TLSServerName)
+		js.done()
+		c.JoinConsul = j
+	}
 	if f, g := s.number("raft_multiplier", "a number from 0.1 to 10"); g == valid {
 		m, _ := f.Float64()
 		if m < 0.1 || m > 10 {

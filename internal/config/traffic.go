@@ -86,6 +86,7 @@ const (
 	DefaultKeepMin        = 1
 	DefaultBackendTimeout = 2 * time.Minute
 	DefaultConsulAddress  = "127.0.0.1:8500"
+	DefaultJoinService    = "immutd"
 	maxTrafficWait        = time.Hour
 	minBackendTimeout     = time.Second
 	maxTrafficBackends    = 8
@@ -185,21 +186,7 @@ func (s *section) traffic(absDir string) *Traffic {
 		if len(c.Meta) > maxConsulMeta {
 			cs.fail("meta", "must have at most %d keys (immutd adds its own), got %d", maxConsulMeta, len(c.Meta))
 		}
-		cs.text("token_file", &c.TokenFile, checkAbsPath)
-		cs.text("ca_file", &c.CAFile, checkAbsPath)
-		certGot := cs.text("cert_file", &c.CertFile, checkAbsPath)
-		keyGot := cs.text("key_file", &c.KeyFile, checkAbsPath)
-		if (certGot == missing) != (keyGot == missing) {
-			cs.fail("cert_file", "cert_file and key_file go together: set both for a client certificate, or neither")
-		}
-		cs.text("tls_server_name", &c.TLSServerName, checkNotEmpty)
-		if !strings.HasPrefix(c.Address, "https://") {
-			for _, name := range []string{"ca_file", "cert_file", "tls_server_name"} {
-				if cs.body.Attributes[name] != nil {
-					cs.fail(name, "is a TLS setting, but address %q is not https://", c.Address)
-				}
-			}
-		}
+		decodeConsulTLS(cs, c.Address, &c.TokenFile, &c.CAFile, &c.CertFile, &c.KeyFile, &c.TLSServerName)
 		cs.done()
 		if named(bb, cs) {
 			t.Consul = append(t.Consul, c)
@@ -213,6 +200,26 @@ func (s *section) traffic(absDir string) *Traffic {
 	}
 	ts.done()
 	return &t
+}
+
+// decodeConsulTLS decodes the ACL token file and the TLS settings of a
+// block that talks to Consul at address.
+func decodeConsulTLS(s *section, address string, token, ca, cert, key, serverName *string) {
+	s.text("token_file", token, checkAbsPath)
+	s.text("ca_file", ca, checkAbsPath)
+	certGot := s.text("cert_file", cert, checkAbsPath)
+	keyGot := s.text("key_file", key, checkAbsPath)
+	if (certGot == missing) != (keyGot == missing) {
+		s.fail("cert_file", "cert_file and key_file go together: set both for a client certificate, or neither")
+	}
+	s.text("tls_server_name", serverName, checkNotEmpty)
+	if !strings.HasPrefix(address, "https://") {
+		for _, name := range []string{"ca_file", "cert_file", "tls_server_name"} {
+			if s.body.Attributes[name] != nil {
+				s.fail(name, "is a TLS setting, but address %q is not https://", address)
+			}
+		}
+	}
 }
 
 func checkAbsPath(p string) error {

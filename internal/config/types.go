@@ -72,6 +72,10 @@ type ClusterConfig struct {
 	BootstrapExpect int `json:"bootstrap_expect"`
 	// Join lists peers' cluster addresses to find the cluster through.
 	Join []string `json:"join,omitempty"`
+	// JoinConsul finds peers through a Consul catalog as well: every agent
+	// registers its cluster address there, and an agent without raft state
+	// looks the others up while there is no leader. Nil when not set.
+	JoinConsul *ConsulJoin `json:"join_consul,omitempty"`
 	// RaftMultiplier scales raft's timing (heartbeat and election timeout
 	// 200ms, leader lease 100ms, commit timeout 25ms at 1). Default 1.
 	RaftMultiplier float64 `json:"raft_multiplier"`
@@ -103,7 +107,22 @@ type ClusterInsecure struct {
 func (c ClusterInsecure) Enabled() bool { return c.TokenFile != "" }
 
 // Multi reports whether this agent is configured for a multi-agent cluster.
-func (c ClusterConfig) Multi() bool { return c.BootstrapExpect > 1 || len(c.Join) > 0 }
+func (c ClusterConfig) Multi() bool {
+	return c.BootstrapExpect > 1 || len(c.Join) > 0 || c.JoinConsul != nil
+}
+
+// ConsulJoin is the cluster { join_consul { ... } } block.
+type ConsulJoin struct {
+	// Address of the Consul agent's HTTP API. Default 127.0.0.1:8500.
+	Address string `json:"address"`
+	// Service is the service name the agents register as. Default "immutd".
+	Service       string `json:"service"`
+	TokenFile     string `json:"token_file,omitempty"`
+	CAFile        string `json:"ca_file,omitempty"`
+	CertFile      string `json:"cert_file,omitempty"`
+	KeyFile       string `json:"key_file,omitempty"`
+	TLSServerName string `json:"tls_server_name,omitempty"`
+}
 
 // ClusterTLS is the cluster { tls { ... } } block.
 type ClusterTLS struct {

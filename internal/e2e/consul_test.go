@@ -1,15 +1,20 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 
+	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/traffic/consul/consulstandin"
 )
 
@@ -102,5 +107,73 @@ func TestTrafficConsulFollowsVerdicts(t *testing.T) {
 	e.writeFleet("web.hcl", fleetFile("web", 3, "v2", block()))
 	waitPassing("only v2 passing after the rollout", func(ids []string, digests map[string]bool, f map[string]string) bool {
 		return len(ids) == 3 && len(digests) == 1 && !digests[before] && admittedOnly(ids, f)
+	})
+}
+
+// TestClusterFormsThroughConsul starts three agents that know no peer
+// address, only a Consul agent (the stand-in): each registers its cluster
+// address there, finds the others in the catalog, and they form one
+// cluster that runs a fleet. Stopping an agent deregisters it.
+func TestClusterFormsThroughConsul(t *testing.T) {
+	standin := consulstandin.Start(t, consulstandin.Options{})
+	base := t.TempDir()
+	tlsDir, fleets := filepath.Join(base, "tls"), filepath.Join(base, "fleets.d")
+	must(t, os.MkdirAll(tlsDir, 0o755))
+	must(t, os.MkdirAll(fleets, 0o755))
+	names := []string{"agent-1", "agent-2", "agent-3"}
+	makeCerts(t, tlsDir, names...)
+	var agents []*env
+	for _, name := range names {
+		block := fmt.Sprintf(`  bootstrap_expect = 3
+  join_consul {
+    address = %q
+    service = "immutd-e2e"
+  }
+  tls {
+    ca_file   = %q
+    cert_file = %q
+    key_file  = %q
+  }`, standin.Addr, filepath.Join(tlsDir, "ca.pem"), filepath.Join(tlsDir, name+".pem"), filepath.Join(tlsDir, name+"-key.pem"))
+		agents = append(agents, newEnv(t, envOpts{name: name, fleetsDir: fleets, cluster: block,
+			extra: fmt.Sprintf("provider %q {\n  dir = %q\n}\n", config.ProviderLocal, filepath.Join(base, "local-provider"))}))
+	}
+	t.Cleanup(func() {
+		for _, pid := range processesUnder(filepath.Join(base, "local-provider")) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	for _, e := range agents {
+		e.launch()
+	}
+	for _, e := range agents {
+		e.waitReady(90 * time.Second)
+	}
+	c := &cluster{t: t, agents: agents, fleetsDir: fleets}
+	lead := c.leader()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ms, err := agents[lead].client.Members(ctx)
+	cancel()
+	if err != nil || len(ms) != 3 {
+		t.Fatalf("cluster formed with members %+v (%v), want 3", ms, err)
+	}
+	c.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
+	c.waitHealthy("web", 2)
+
+	cfg := consulapi.DefaultConfig()
+	cfg.Address = standin.Addr
+	client, err := consulapi.NewClient(cfg)
+	must(t, err)
+	registered := func() int {
+		entries, _, err := client.Health().Service("immutd-e2e", "raft", true, nil)
+		must(t, err)
+		return len(entries)
+	}
+	if n := registered(); n != 3 {
+		t.Fatalf("%d agents registered passing in Consul, want 3", n)
+	}
+	agents[(lead+1)%3].stop()
+	agents[0].waitFor("the stopped agent deregistered", 30*time.Second, func() (bool, string) {
+		n := registered()
+		return n == 2, fmt.Sprintf("%d registered", n)
 	})
 }
