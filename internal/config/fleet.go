@@ -502,6 +502,9 @@ func (s *section) health() Health {
 	if len(blocks) == 0 {
 		s.d.errorf(b.TypeRange, hs.path, "needs at least one check: an http, tcp, grpc or exec \"name\" { ... } block")
 	}
+	if len(h.Checks) > 0 && !slices.ContainsFunc(h.Checks, func(c Check) bool { return c.Kind != checkConsul }) {
+		s.d.errorf(b.TypeRange, hs.path, "needs a check of its own besides consul checks: a consul check never fails an instance while Consul cannot be reached, so it cannot judge one alone")
+	}
 	hs.done()
 	return h
 }
@@ -531,6 +534,16 @@ func (s *section) check(kind, name string) Check {
 		}
 	} else {
 		s.forbid("command", "only exec checks have a command")
+	}
+	if kind == checkConsul {
+		cc := &ConsulCheck{Address: DefaultConsulAddress}
+		s.text("address", &cc.Address, checkConsulAddress)
+		decodeConsulTLS(s, cc.Address, &cc.TokenFile, &cc.CAFile, &cc.CertFile, &cc.KeyFile, &cc.TLSServerName)
+		c.Consul = cc
+	} else {
+		for _, name := range []string{"address", "token_file", "ca_file", "cert_file", "key_file", "tls_server_name"} {
+			s.forbid(name, "only consul checks have "+name)
+		}
 	}
 	intervalGot := s.duration("interval", minCheckInterval, 0, &c.Interval)
 	timeoutGot := s.duration("timeout", minTimeout, 0, &c.Timeout)

@@ -259,6 +259,9 @@ type Check struct {
 	// Command is the program (an absolute path) and its arguments, run on
 	// the agent's host. Required. exec only.
 	Command []string `json:"command,omitempty"`
+	// Consul is the Consul agent whose checks of the instance's
+	// registration a consul check reads. consul only.
+	Consul *ConsulCheck `json:"consul,omitempty"`
 	// Interval between probes. Default 2s.
 	Interval time.Duration `json:"interval"`
 	// Timeout of one probe. Default 1s; must be <= Interval.
@@ -270,6 +273,17 @@ type Check struct {
 	// StartupTimeout is how long a new instance has to pass this check the
 	// first time; after it the instance is never-healthy. Default 60s.
 	StartupTimeout time.Duration `json:"startup_timeout"`
+}
+
+// ConsulCheck is where a consul check reads: the Consul agent's address
+// and how to reach it.
+type ConsulCheck struct {
+	Address       string `json:"address"`
+	TokenFile     string `json:"token_file,omitempty"`
+	CAFile        string `json:"ca_file,omitempty"`
+	CertFile      string `json:"cert_file,omitempty"`
+	KeyFile       string `json:"key_file,omitempty"`
+	TLSServerName string `json:"tls_server_name,omitempty"`
 }
 
 // Orphan policies.

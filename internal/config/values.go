@@ -21,12 +21,13 @@ const (
 	checkHTTP = "http"
 	checkTCP  = "tcp"
 	checkGRPC = "grpc"
-	checkExec = "exec"
+	checkExec   = "exec"
+	checkConsul = "consul"
 )
 
 // checkKinds are the check blocks of health { ... }, in the order
 // messages list them.
-var checkKinds = []string{checkHTTP, checkTCP, checkGRPC, checkExec}
+var checkKinds = []string{checkHTTP, checkTCP, checkGRPC, checkExec, checkConsul}
 
 // Provider names, as fleet files spell them. They are defined here, by
 // the configuration that accepts them, and the agent's provider registry

@@ -60,10 +60,11 @@ type checkEnv struct {
 // newCheckers is the table of check kinds: one constructor per kind.
 func newCheckers(env checkEnv) map[string]checker {
 	return map[string]checker{
-		KindHTTP: newHTTPChecker(env),
-		KindTCP:  newTCPChecker(env),
-		KindGRPC: newGRPCChecker(env),
-		KindExec: newExecChecker(env),
+		KindHTTP:   newHTTPChecker(env),
+		KindTCP:    newTCPChecker(env),
+		KindGRPC:   newGRPCChecker(env),
+		KindExec:   newExecChecker(env),
+		KindConsul: newConsulChecker(env),
 	}
 }
 

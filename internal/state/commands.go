@@ -219,8 +219,16 @@ func (*RecordEvents) Version() uint8   { return 1 }
 
 func (c *SetDesired) encodedVersion() uint8 {
 	for _, f := range c.Fleets {
-		if f != nil && f.Spec.Traffic != nil {
+		if f == nil {
+			continue
+		}
+		if f.Spec.Traffic != nil {
 			return 2
+		}
+		for _, ck := range f.Spec.Health.Checks {
+			if ck.Consul != nil {
+				return 2
+			}
 		}
 	}
 	return 1

@@ -101,12 +101,24 @@ type Check struct {
 	Service string `json:"service,omitempty"`
 	// Command is the program and arguments of an exec check. exec checks
 	// only.
-	Command            []string      `json:"command,omitempty"`
+	Command []string `json:"command,omitempty"`
+	// Consul is the Consul agent a consul check asks. consul checks only.
+	Consul             *ConsulCheck  `json:"consul,omitempty"`
 	Interval           time.Duration `json:"interval"`
 	Timeout            time.Duration `json:"timeout"`
 	HealthyThreshold   int           `json:"healthy_threshold"`
 	UnhealthyThreshold int           `json:"unhealthy_threshold"`
 	StartupTimeout     time.Duration `json:"startup_timeout"`
+}
+
+// ConsulCheck is where a consul check reads the instance's checks.
+type ConsulCheck struct {
+	Address       string `json:"address"`
+	TokenFile     string `json:"token_file,omitempty"`
+	CAFile        string `json:"ca_file,omitempty"`
+	CertFile      string `json:"cert_file,omitempty"`
+	KeyFile       string `json:"key_file,omitempty"`
+	TLSServerName string `json:"tls_server_name,omitempty"`
 }
 
 // DriftSpec configures in-place drift detection.
@@ -179,9 +191,13 @@ func SpecOf(f *config.Fleet) FleetSpec {
 		s.Traffic = ts
 	}
 	for _, c := range f.Health.Checks {
-		s.Health.Checks = append(s.Health.Checks, Check{Name: c.Name, Kind: c.Kind, Path: c.Path, ExpectStatus: slices.Clone(c.ExpectStatus),
+		sc := Check{Name: c.Name, Kind: c.Kind, Path: c.Path, ExpectStatus: slices.Clone(c.ExpectStatus),
 			Service: c.Service, Command: slices.Clone(c.Command), Interval: c.Interval, Timeout: c.Timeout, HealthyThreshold: c.HealthyThreshold, UnhealthyThreshold: c.UnhealthyThreshold,
-			StartupTimeout: c.StartupTimeout})
+			StartupTimeout: c.StartupTimeout}
+		if x := c.Consul; x != nil {
+			sc.Consul = &ConsulCheck{Address: x.Address, TokenFile: x.TokenFile, CAFile: x.CAFile, CertFile: x.CertFile, KeyFile: x.KeyFile, TLSServerName: x.TLSServerName}
+		}
+		s.Health.Checks = append(s.Health.Checks, sc)
 	}
 	return s
 }
