@@ -18,9 +18,9 @@ import (
 
 // Check kinds.
 const (
-	checkHTTP = "http"
-	checkTCP  = "tcp"
-	checkGRPC = "grpc"
+	checkHTTP   = "http"
+	checkTCP    = "tcp"
+	checkGRPC   = "grpc"
 	checkExec   = "exec"
 	checkConsul = "consul"
 )

@@ -24,6 +24,11 @@ func TestTrafficEntriesAreVersion2AndOthersStay1(t *testing.T) {
 	}{
 		{"desired without traffic", &SetDesired{Fleets: []*DesiredFleet{fleet("web", 1, "d")}}, 1},
 		{"desired with traffic", &SetDesired{Fleets: []*DesiredFleet{fleet("a", 1, "d"), gated("web", 1, "d")}}, 2},
+		{"desired with a consul check", &SetDesired{Fleets: []*DesiredFleet{func() *DesiredFleet {
+			f := fleet("web", 1, "d")
+			f.Spec.Health.Checks = []Check{{Name: "port", Kind: "tcp"}, {Name: "c", Kind: "consul", Consul: &ConsulCheck{Address: "127.0.0.1:8500"}}}
+			return f
+		}()}}, 2},
 		{"launch and terminate", &CommitIntents{Intents: []*Intent{{Kind: Launch}, {Kind: Terminate}}}, 1},
 		{"a drain", &CommitIntents{Intents: []*Intent{{Kind: Launch}, {Kind: Drain}}}, 2},
 		{"an admission", &CommitIntents{Intents: []*Intent{{Kind: Admit}}}, 2},
