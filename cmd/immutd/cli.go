@@ -214,6 +214,12 @@ func renderInstances(w io.Writer, fleets []api.Fleet, now time.Time) {
 			if in.Orphan {
 				notes = append(notes, "orphan")
 			}
+			switch {
+			case in.Traffic == "draining" && in.TrafficConnections > 0:
+				notes = append(notes, fmt.Sprintf("traffic: draining, %d connections left", in.TrafficConnections))
+			case in.Traffic != "":
+				notes = append(notes, "traffic: "+c(in.Traffic))
+			}
 			if in.Intent != "" {
 				notes = append(notes, c(in.Intent))
 			}

@@ -111,6 +111,15 @@ func (e *Executor) admit(ctx context.Context, log *zap.Logger, it *state.Intent,
 		return
 	}
 	if err != nil {
+		// Not admitted means in no backend: take it out of those that did
+		// confirm it (no new traffic; what they sent it may finish).
+		for _, b := range bs {
+			cctx, cancel := context.WithTimeout(ctx, trafficCallTimeout)
+			if derr := b.Drain(cctx, m); derr != nil {
+				log.Warn("could not take a refused admission back", zap.String("backend", b.Name()), zap.Error(derr))
+			}
+			cancel()
+		}
 		e.complete(ctx, log, it, state.Failed, err.Error(), nil, start)
 		return
 	}

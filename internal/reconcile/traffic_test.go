@@ -195,3 +195,35 @@ func TestUnreachableBackendBlocksTheTerminate(t *testing.T) {
 		t.Fatalf("last event %+v", ev)
 	}
 }
+
+// failFor is a backend that refuses admissions.
+type failFor struct {
+	*fakeBackend
+}
+
+func (b failFor) Admit(_ context.Context, m traffic.Member) error {
+	_ = b.record("admit", m)
+	return fmt.Errorf("refused")
+}
+
+// An admission one backend refuses leaves the instance in no backend:
+// those that confirmed it take it back.
+func TestRefusedAdmissionIsTakenBack(t *testing.T) {
+	ok, refusing := &fakeBackend{}, failFor{&fakeBackend{}}
+	c := &clock{now: t0}
+	e, j, _ := gatedExec(t, ok, c, state.TrafficSpec{BackendTimeout: time.Second})
+	e.backends = fakeBackends{[]traffic.Backend{ok, refusing}}
+	go func() {
+		for range 200 {
+			time.Sleep(10 * time.Millisecond)
+			c.add(100 * time.Millisecond)
+		}
+	}()
+	apply(t, e, j, Action{Kind: ActAdmit, Fleet: "web", InstanceID: "web-1", Reason: ReasonReady})
+	if r := recordsOf(j)["web-1"]; r.Admitted {
+		t.Fatalf("admitted although a backend refused: %+v", r)
+	}
+	if got := ok.log(); !strings.HasPrefix(got, "admit web-1 127.0.0.1:9001") || !strings.HasSuffix(got, "drain web-1 127.0.0.1:9001") {
+		t.Fatalf("the backend that confirmed was not taken back: %s", got)
+	}
+}
