@@ -276,13 +276,18 @@ func (e *Executor) drive(ctx context.Context, it *state.Intent, d *state.Desired
 		err := e.retry(ctx, log, "terminate", func(ctx context.Context) error {
 			return p.Terminate(ctx, it.InstanceID, it.Grace)
 		})
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			e.complete(ctx, log, it, state.Failed, err.Error(), nil, start)
-			return
-		}
+		e.finish(ctx, log, it, err, start)
+	}
+}
+
+// finish records the outcome of a step that ended with err, unless
+// leadership was lost meanwhile (the next leader finishes the intent).
+func (e *Executor) finish(ctx context.Context, log *zap.Logger, it *state.Intent, err error, start time.Time) {
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		e.complete(ctx, log, it, state.Failed, err.Error(), nil, start)
+	default:
 		e.complete(ctx, log, it, state.Done, "", nil, start)
 	}
 }

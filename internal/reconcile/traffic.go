@@ -174,14 +174,7 @@ func (e *Executor) drain(ctx context.Context, log *zap.Logger, it *state.Intent,
 	err = e.eachBackend(ctx, log, "remove", bs, e.now().Add(tr.BackendTimeout), func(ctx context.Context, b traffic.Backend) error {
 		return b.Remove(ctx, m)
 	})
-	if ctx.Err() != nil {
-		return
-	}
-	if err != nil {
-		e.complete(ctx, log, it, state.Failed, err.Error(), nil, start)
-		return
-	}
-	e.complete(ctx, log, it, state.Done, "", nil, start)
+	e.finish(ctx, log, it, err, start)
 }
 
 // awaitConnections waits until every backend reports no connections to m
