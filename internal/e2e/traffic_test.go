@@ -203,6 +203,11 @@ func digestOf(f api.Fleet) string {
 // request.
 func checkNoFailures(t *testing.T, what string, l *load) {
 	t.Helper()
+	// A fast rollout may end before much load went through: let the load
+	// run on (it must keep succeeding) until it proves something.
+	for deadline := time.Now().Add(time.Minute); (l.ok.Load() < 50 || l.slowOK.Load() < 2) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	ok, failed, slowOK, errs := l.stop()
 	t.Logf("%s: %d requests through HAProxy succeeded (%d held open for %dms each), %d failed", what, ok, slowOK, slowMS, failed)
 	if failed > 0 {
@@ -233,6 +238,13 @@ func TestTrafficRolloutDropsNoRequest(t *testing.T) {
 	admittedFleet(t, e.trystatus, h, "web", 3, shortDigest(v2))
 	checkNoFailures(t, "rollout v1 to v2", l)
 	checkDrainOrder(t, e.eventsAfter(after), v1, 3)
+	m := get(t, "http://"+e.httpAddr+"/metrics")
+	for _, want := range []string{`immutd_traffic_step_duration_seconds_count{kind="drain",outcome="done"} 3`,
+		`immutd_traffic_instances{fleet="web",state="admitted"} 3`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }
 
 // checkDrainOrder checks the event log of replacements: every terminated

@@ -9,9 +9,11 @@ import (
 	"time"
 )
 
-// previousRelease is the last release before the replicated state got
-// types of its own (see internal/state/testdata/release-dbf9177).
-const previousRelease = "dbf9177"
+// previousReleases are the releases an upgrade is tested from: dbf9177,
+// the last before the replicated state got types of its own (see
+// internal/state/testdata/release-dbf9177), and 7362f3f, the last before
+// the traffic gate.
+var previousReleases = []string{"dbf9177", "7362f3f"}
 
 // buildRelease builds the immutd binary of an earlier commit of this
 // repository from its git history, into the test's temporary directory.
@@ -37,6 +39,12 @@ func buildRelease(t *testing.T, commit string) string {
 // the same data directory and fleet files: every instance is kept, none
 // is seen as drifted, and nothing is launched or terminated.
 func TestUpgradeFromPreviousReleaseRollsNoFleet(t *testing.T) {
+	for _, rel := range previousReleases {
+		t.Run(rel, func(t *testing.T) { upgradeRollsNoFleet(t, rel) })
+	}
+}
+
+func upgradeRollsNoFleet(t *testing.T, previousRelease string) {
 	old := buildRelease(t, previousRelease)
 	e := newEnv(t, envOpts{})
 	fleetText := strings.Replace(fleetFile("web", 2, "v1", ""), `stop_grace = "2s"`,
@@ -80,6 +88,35 @@ func TestUpgradeFromPreviousReleaseRollsNoFleet(t *testing.T) {
 	for _, ev := range e.eventsAfter(seq) {
 		if strings.HasPrefix(string(ev.Action), "launch") || strings.HasPrefix(string(ev.Action), "terminate") || (ev.Action == "desired_changed" && ev.Fleet == "web") {
 			t.Errorf("after the upgrade: %s %s %s (%s) %v", ev.Action, ev.Fleet, ev.InstanceID, ev.Reason, ev.Evidence)
+		}
+	}
+
+	// Putting the upgraded fleet behind a traffic gate admits the
+	// instances it has; it replaces none.
+	seq = e.lastSeq()
+	targets := filepath.Join(e.dir, "targets", "web.json")
+	e.writeFleet("web.hcl", strings.Replace(fleetText, "\n}\n", fmt.Sprintf(`
+  traffic {
+    min_ready = "500ms"
+    file "targets" {
+      path = %q
+    }
+  }
+}
+`, targets), 1))
+	e.waitFor("the upgraded instances admitted", 30*time.Second, func() (bool, string) {
+		f := e.fleet("web")
+		admitted := 0
+		for _, in := range f.Instances {
+			if in.Traffic == "admitted" {
+				admitted++
+			}
+		}
+		return admitted == 2 && fmt.Sprint(ids(f)) == fmt.Sprint(ids(before)), describe(f)
+	})
+	for _, ev := range e.eventsAfter(seq) {
+		if strings.HasPrefix(string(ev.Action), "launch") || strings.HasPrefix(string(ev.Action), "terminate") {
+			t.Errorf("after adding a traffic gate: %s %s (%s)", ev.Action, ev.InstanceID, ev.Reason)
 		}
 	}
 }
