@@ -379,9 +379,17 @@ func (e *Executor) Resume(ctx context.Context, open []*state.Intent, fleets map[
 		log := e.log.With(zap.String("fleet", it.Fleet), zap.String("instance_id", it.InstanceID), zap.String("op_id", it.OpID))
 		d := fleets[it.Fleet]
 		if it.Kind == state.Launch {
-			if obs, ok := observed[it.InstanceID]; ok {
+			if obs, ok := observed[it.InstanceID]; ok && obs.Phase == instance.Running {
 				log.Info("resumed launch found its instance")
 				e.complete(ctx, log, &cp, state.Done, "", &obs, e.now())
+				continue
+			} else if ok {
+				// The launch was cut short (the agent died during it) or its
+				// instance ended before anyone saw it run: abandon it, so
+				// the instance is cleaned up as an orphan. It does not count
+				// as the image failing to start; a later launch will show.
+				log.Info("resumed launch found its instance not running", zap.String("exit_reason", obs.ExitReason))
+				e.complete(ctx, log, &cp, state.Abandoned, "the launch was interrupted: its instance does not run ("+obs.ExitReason+")", nil, e.now())
 				continue
 			}
 			if d == nil || d.Generation != it.Generation || d.ImageDigest != it.ImageDigest || d.TemplateHash != it.TemplateHash {

@@ -176,15 +176,18 @@ func TestExecutorResume(t *testing.T) {
 		{OpID: "redo", Kind: state.Launch, Fleet: "web", InstanceID: "web-redo", Term: 2, Generation: fl.Generation, ImageDigest: fl.ImageDigest, TemplateHash: fl.TemplateHash},
 		{OpID: "stale", Kind: state.Launch, Fleet: "web", InstanceID: "web-stale", Term: 2, Generation: fl.Generation, ImageDigest: "sha256:older", TemplateHash: fl.TemplateHash},
 		{OpID: "kill", Kind: state.Terminate, Fleet: "web", InstanceID: "web-old", Term: 2, Reason: string(ReasonDriftImage)},
+		// The agent died during this launch: its instance exists but never ran.
+		{OpID: "cut", Kind: state.Launch, Fleet: "web", InstanceID: "web-cut", Term: 2, Generation: fl.Generation, ImageDigest: fl.ImageDigest, TemplateHash: fl.TemplateHash},
 	}
 	if _, err := j.Apply(ctx, &state.CommitIntents{Generation: 1, Intents: open, At: t0}); err != nil {
 		t.Fatal(err)
 	}
 	var intents []*state.Intent
 	j.read(func(st *state.State) { intents = st.SortedIntents() })
-	observed := map[string]instance.Observed{"web-found": {ID: "web-found", Fleet: "web", Phase: instance.Running}}
+	observed := map[string]instance.Observed{"web-found": {ID: "web-found", Fleet: "web", Phase: instance.Running},
+		"web-cut": {ID: "web-cut", Fleet: "web", Phase: instance.Exited, ExitReason: "launch interrupted before the process was recorded"}}
 	n, err := e.Resume(ctx, intents, fleetsOf(j), observed)
-	if err != nil || n != 4 {
+	if err != nil || n != 5 {
 		t.Fatalf("resume: %d, %v", n, err)
 	}
 	e.Wait()
@@ -198,11 +201,14 @@ func TestExecutorResume(t *testing.T) {
 		if len(st.Intents) != 0 {
 			t.Fatalf("%d intents still open", len(st.Intents))
 		}
-		if st.Instances["web-found"] == nil || st.Instances["web-redo"] == nil || st.Instances["web-stale"] != nil {
+		if st.Instances["web-found"] == nil || st.Instances["web-redo"] == nil || st.Instances["web-stale"] != nil || st.Instances["web-cut"] != nil {
 			t.Fatalf("records after resume: %v", st.Instances)
 		}
-		if st.Finished["abandoned"] != 1 {
+		if st.Finished["abandoned"] != 2 {
 			t.Fatalf("finished %v", st.Finished)
+		}
+		if s := st.Stats["web"]; s != nil && s.LaunchFailures != 0 {
+			t.Fatalf("an interrupted launch counted as a launch failure: %+v", s)
 		}
 	})
 	// Resuming again finds nothing to take over.
