@@ -195,6 +195,21 @@ func TestClusterAgentCutOffFromInstancesKillsNothing(t *testing.T) {
 		if err := os.Remove(fault); err != nil {
 			t.Fatal(err)
 		}
+		// Before the next agent is cut off, the leader must hear that this
+		// one sees the instances pass again: otherwise its last failing
+		// report and the next agent's failures make a majority.
+		c.agents[l].waitFor("the agent's recovery to reach the leader", 30*time.Second, func() (bool, string) {
+			st, err := c.agents[l].consistentStatus()
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, in := range st.Fleets[0].Instances {
+				if slices.Contains(in.FailingOn, name) || !slices.Contains(in.HealthyOn, name) {
+					return false, fmt.Sprintf("%s failing on %v, healthy on %v", in.ID, in.FailingOn, in.HealthyOn)
+				}
+			}
+			return true, ""
+		})
 	}
 	// A real failure seen by every agent is still remediated.
 	victim := c.waitHealthy("web", 2).Instances[0]
