@@ -383,3 +383,23 @@ func TestTrafficLeaderKilledMidDrain(t *testing.T) {
 		t.Fatalf("%s, draining when the leader died, was never terminated", ev.InstanceID)
 	}
 }
+
+// TestTrafficHAProxyReloadIsRepaired reloads HAProxy, which drops the
+// servers immutd added at run time: the next passes add the admitted
+// instances again.
+func TestTrafficHAProxyReloadIsRepaired(t *testing.T) {
+	h := haproxytest.Start(t, haproxytest.Options{})
+	e := newEnv(t, envOpts{})
+	e.start()
+	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", trafficBlock(h.Socket)))
+	f := admittedFleet(t, e.trystatus, h, "web", 3, "")
+	pid := h.PID()
+	h.Reload(t) // a new process from the configuration file, without them
+	if h.PID() == pid {
+		t.Fatal("HAProxy was not reloaded: the test proves nothing")
+	}
+	again := admittedFleet(t, e.trystatus, h, "web", 3, "")
+	if fmt.Sprint(ids(again)) != fmt.Sprint(ids(f)) {
+		t.Fatalf("instances changed: %s, before %s", describe(again), describe(f))
+	}
+}
