@@ -302,12 +302,8 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	for _, w := range a.cfg.Warnings {
 		a.log.Warn("configuration warning", zap.String("file", a.cfg.File), zap.String("warning", w.String()))
 	}
-	if c.JoinConsul != nil {
-		cj, err := a.newConsulJoin()
-		if err != nil {
-			return fmt.Errorf("agent: %w", err)
-		}
-		a.consulJoin = cj
+	if a.consulJoin, err = a.newConsulJoin(); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	apiLn, err := net.Listen("tcp", a.cfg.HTTPAddr)
 	if err != nil {
@@ -414,10 +410,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	run("propose", a.proposeLoop)
 	run("report-verdicts", a.reportVerdicts)
 	run("quorum-watch", a.watchQuorum)
-	if a.consulJoin != nil {
-		a.consulJoin.setSelf(node.ID(), node.LocalAddr())
-		run("consul-announce", a.consulJoin.announce)
-	}
+	run("consul-announce", a.announceInConsul)
 	run("form-cluster", a.formCluster)
 	run("faults", a.watchFaults)
 	run("data-dir", a.watchDataDir)

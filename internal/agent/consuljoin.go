@@ -31,9 +31,13 @@ type consulJoin struct {
 }
 
 // newConsulJoin checks the join_consul settings and reads its token; the
-// agent's own member is set once the node is open (see announce).
+// agent's own member is set once the node is open (see announce). It is
+// nil without join_consul.
 func (a *Agent) newConsulJoin() (*consulJoin, error) {
 	j := a.cfg.Cluster.JoinConsul
+	if j == nil {
+		return nil, nil
+	}
 	b, err := consul.New(consul.Config{Address: j.Address, Service: j.Service, Fleet: consulAgentsFleet, Tags: []string{"raft"},
 		Meta: map[string]string{"node_name": a.cfg.NodeName}, TokenFile: j.TokenFile, CAFile: j.CAFile, CertFile: j.CertFile, KeyFile: j.KeyFile,
 		TLSServerName: j.TLSServerName}, a.log.Named("consul-join"))
@@ -47,6 +51,16 @@ func (a *Agent) newConsulJoin() (*consulJoin, error) {
 // address.
 func (c *consulJoin) setSelf(id, addr string) {
 	c.self = traffic.Member{Fleet: consulAgentsFleet, InstanceID: id, Address: addr, Version: Version, Healthy: true}
+}
+
+// announceInConsul announces this agent in Consul with join_consul, until
+// ctx ends.
+func (a *Agent) announceInConsul(ctx context.Context) error {
+	if a.consulJoin == nil {
+		return nil
+	}
+	a.consulJoin.setSelf(a.node.ID(), a.node.LocalAddr())
+	return a.consulJoin.announce(ctx)
 }
 
 // announce keeps this agent registered, passing, until ctx ends; then it

@@ -686,14 +686,14 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) (ac
 			surplus-- // beyond size + max_surge: no verdict is needed to remove it
 		case c.sick && breaker:
 			continue
-		case c.sick && cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom) && !c.admitted:
-			continue // surge-first: wait for the replacement
-		case c.sick && cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom):
-			// Surge-first holds the kill, not the drain: traffic to a
-			// failing instance fails anyway, and a drained instance still
-			// runs until its replacement is in.
-			forHealth = true
 		case c.sick:
+			// Surge-first: an unhealthy instance waits for its replacement.
+			// That holds the kill, not the drain: traffic to a failing
+			// instance fails anyway, and a drained instance still runs
+			// until its replacement is in.
+			if cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom) && !c.admitted {
+				continue
+			}
 			forHealth = true
 		case fp.gated && !c.admitted && c.inst.Health == Healthy:
 			surplus-- // takes no traffic: removing it costs no availability
@@ -715,16 +715,23 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) (ac
 		}
 		acts = append(acts, act)
 	}
-	// members now counts what is left after every drain chosen.
-	for _, act := range healthDrains {
+	kept, refused := keepMembers(healthDrains, members, keepMin)
+	return append(acts, kept...), refused
+}
+
+// keepMembers keeps the drains for health that leave at least keepMin
+// members, members being what is left once every drain chosen is done;
+// it returns those and the instances of the others.
+func keepMembers(drains []Action, members, keepMin int) (kept []Action, refused []string) {
+	for _, act := range drains {
 		if members < keepMin {
 			refused = append(refused, act.InstanceID)
 			members++ // held, it stays a member
 			continue
 		}
-		acts = append(acts, act)
+		kept = append(kept, act)
 	}
-	return acts, refused
+	return kept, refused
 }
 
 // adoptions records the orphans this pass does not terminate (under the
@@ -908,23 +915,7 @@ func stateOf(in *Inst) InstanceState {
 // not make it go: it keeps counting toward size.
 func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate, gated bool) *class {
 	c := &class{inst: in}
-	traffic := TrafficNone
-	if gated {
-		traffic = TrafficPending
-		if in.Record != nil {
-			c.admitted, c.drained = in.Record.Admitted, in.Record.Drained
-		}
-		switch {
-		case in.Open != nil && in.Open.Kind == state.Drain:
-			traffic = TrafficDraining
-		case in.Open != nil && in.Open.Kind == state.Admit:
-			traffic = TrafficAdmitting
-		case c.admitted:
-			traffic = TrafficAdmitted
-		case c.drained:
-			traffic = TrafficDrained
-		}
-	}
+	traffic := c.trafficOf(gated)
 	if in.Record != nil {
 		c.created = in.Record.CreatedAt
 	} else if in.Observed != nil {
@@ -987,6 +978,29 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate, gated
 		}
 	}
 	return c
+}
+
+// trafficOf reads the instance's admission from its record (in a gated
+// fleet) and returns its traffic state.
+func (c *class) trafficOf(gated bool) TrafficState {
+	in := c.inst
+	if !gated {
+		return TrafficNone
+	}
+	if in.Record != nil {
+		c.admitted, c.drained = in.Record.Admitted, in.Record.Drained
+	}
+	switch {
+	case in.Open != nil && in.Open.Kind == state.Drain:
+		return TrafficDraining
+	case in.Open != nil && in.Open.Kind == state.Admit:
+		return TrafficAdmitting
+	case c.admitted:
+		return TrafficAdmitted
+	case c.drained:
+		return TrafficDrained
+	}
+	return TrafficPending
 }
 
 // rolloutOf is why a rollout replaces a running instance: it runs

@@ -105,6 +105,17 @@ func (b *Backend) Admit(ctx context.Context, m traffic.Member) error {
 	return nil
 }
 
+// moveStep is admit's step for a server at another address: take it out
+// of traffic, then move it.
+func (b *Backend) moveStep(ctx context.Context, act func(string, func() error) error, srv string, addr netip.AddrPort, st server) error {
+	if !st.maint() {
+		return act("maint", func() error { return b.setState(ctx, srv, "maint") })
+	}
+	return act("set addr", func() error {
+		return b.do(ctx, fmt.Sprintf("set server %s addr %s port %d", b.path(srv), addr.Addr(), addr.Port()), addrChanged)
+	})
+}
+
 // maxSteps bounds the changes one admit makes: each step below moves the
 // server one state on, so more means something else changes it back.
 const maxSteps = 12
@@ -141,14 +152,8 @@ func (b *Backend) admit(ctx context.Context, srv string, addr netip.AddrPort, wa
 		case !found:
 			err = act("add", func() error { return b.add(ctx, srv, addr) })
 
-		case st.addr != addr && !st.maint():
-			// Another address: take the server out of traffic, then move it.
-			err = act("maint", func() error { return b.setState(ctx, srv, "maint") })
-
 		case st.addr != addr:
-			err = act("set addr", func() error {
-				return b.do(ctx, fmt.Sprintf("set server %s addr %s port %d", b.path(srv), addr.Addr(), addr.Port()), addrChanged)
-			})
+			err = b.moveStep(ctx, act, srv, addr, st)
 
 		case b.cfg.Check && !st.checkConfigured():
 			// Added without a check when Config.Check was off: only a
