@@ -199,6 +199,17 @@ func digestOf(f api.Fleet) string {
 	return strings.TrimPrefix(f.Instances[0].ImageDigest, "sha256:")
 }
 
+// behindHAProxy starts an HAProxy and an agent whose 3-instance fleet
+// "web" (v1) is switched through it, and waits until all are admitted.
+func behindHAProxy(t *testing.T) (*haproxytest.Instance, *env, api.Fleet) {
+	t.Helper()
+	h := haproxytest.Start(t, haproxytest.Options{})
+	e := newEnv(t, envOpts{})
+	e.start()
+	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", trafficBlock(h.Socket)))
+	return h, e, admittedFleet(t, e.trystatus, h, "web", 3, "")
+}
+
 // checkNoFailures reports the load's counts and fails on any failed
 // request.
 func checkNoFailures(t *testing.T, what string, l *load) {
@@ -221,11 +232,7 @@ func checkNoFailures(t *testing.T, what string, l *load) {
 // TestTrafficRolloutDropsNoRequest rolls a 3-instance fleet behind a real
 // HAProxy from v1 to v2 while requests flow: every request succeeds.
 func TestTrafficRolloutDropsNoRequest(t *testing.T) {
-	h := haproxytest.Start(t, haproxytest.Options{})
-	e := newEnv(t, envOpts{})
-	e.start()
-	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", trafficBlock(h.Socket)))
-	v1 := admittedFleet(t, e.trystatus, h, "web", 3, "")
+	h, e, v1 := behindHAProxy(t)
 	l := startLoad(t, h.Addr, 4)
 	after := e.lastSeq()
 	e.writeFleet("web.hcl", fleetFile("web", 3, "v2", trafficBlock(h.Socket)))
@@ -296,11 +303,7 @@ func checkDrainOrder(t *testing.T, evs []state.Event, before api.Fleet, want int
 // behind HAProxy while requests flow: it is replaced, surge-first and
 // drained, and every request succeeds.
 func TestTrafficDriftReplacementDropsNoRequest(t *testing.T) {
-	h := haproxytest.Start(t, haproxytest.Options{})
-	e := newEnv(t, envOpts{})
-	e.start()
-	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", trafficBlock(h.Socket)))
-	f := admittedFleet(t, e.trystatus, h, "web", 3, "")
+	h, e, f := behindHAProxy(t)
 	l := startLoad(t, h.Addr, 4)
 	after := e.lastSeq()
 	victim := f.Instances[1]
@@ -319,11 +322,7 @@ func TestTrafficDriftReplacementDropsNoRequest(t *testing.T) {
 // immutd drains it (the detection window); the figure is reported, not
 // required to be zero.
 func TestTrafficFailingInstanceIsDrained(t *testing.T) {
-	h := haproxytest.Start(t, haproxytest.Options{})
-	e := newEnv(t, envOpts{})
-	e.start()
-	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", trafficBlock(h.Socket)))
-	f := admittedFleet(t, e.trystatus, h, "web", 3, "")
+	h, e, f := behindHAProxy(t)
 	l := startLoad(t, h.Addr, 4)
 	victim := f.Instances[0]
 	resp, err := http.Post("http://"+victim.Address+"/fail", "text/plain", nil)
@@ -388,11 +387,7 @@ func TestTrafficLeaderKilledMidDrain(t *testing.T) {
 // servers immutd added at run time: the next passes add the admitted
 // instances again.
 func TestTrafficHAProxyReloadIsRepaired(t *testing.T) {
-	h := haproxytest.Start(t, haproxytest.Options{})
-	e := newEnv(t, envOpts{})
-	e.start()
-	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", trafficBlock(h.Socket)))
-	f := admittedFleet(t, e.trystatus, h, "web", 3, "")
+	h, e, f := behindHAProxy(t)
 	pid := h.PID()
 	h.Reload(t) // a new process from the configuration file, without them
 	if h.PID() == pid {
