@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
+	"github.com/immutd/immutd/internal/instance"
 	"github.com/immutd/immutd/internal/state"
 	"github.com/immutd/immutd/internal/traffic"
 )
@@ -57,6 +59,7 @@ func (e *Executor) eachBackend(ctx context.Context, log *zap.Logger, step string
 	for attempt := 1; ; attempt++ {
 		var failed []traffic.Backend
 		var msgs []string
+		permanent := false // the same call fails the same way again
 		for _, b := range pending {
 			cctx, cancel := context.WithTimeout(ctx, min(trafficCallTimeout, max(deadline.Sub(e.now()), time.Second)))
 			err := fn(cctx, b)
@@ -65,6 +68,7 @@ func (e *Executor) eachBackend(ctx context.Context, log *zap.Logger, step string
 				return ctx.Err()
 			}
 			if err != nil {
+				permanent = permanent || errors.Is(err, instance.ErrPermanent)
 				failed = append(failed, b)
 				msgs = append(msgs, b.Name()+": "+err.Error())
 				log.Warn("traffic backend call failed", zap.String("step", step), zap.String("backend", b.Name()), zap.Int("attempt", attempt),
@@ -73,6 +77,9 @@ func (e *Executor) eachBackend(ctx context.Context, log *zap.Logger, step string
 		}
 		if len(failed) == 0 {
 			return nil
+		}
+		if permanent {
+			return fmt.Errorf("%s refused by a traffic backend: %s", step, clip(strings.Join(msgs, "; "), 1024))
 		}
 		if !e.now().Add(wait).Before(deadline) {
 			return fmt.Errorf("%s not confirmed by every traffic backend within backend_timeout: %s", step, clip(strings.Join(msgs, "; "), 1024))
@@ -87,10 +94,14 @@ func (e *Executor) eachBackend(ctx context.Context, log *zap.Logger, step string
 	}
 }
 
-// clip bounds an error text kept in raft and events.
+// clip bounds an error text kept in raft and events, cutting at a
+// character boundary.
 func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }

@@ -227,3 +227,27 @@ func TestRefusedAdmissionIsTakenBack(t *testing.T) {
 		t.Fatalf("the backend that confirmed was not taken back: %s", got)
 	}
 }
+
+func TestClipKeepsCharactersWhole(t *testing.T) {
+	if got := clip("ab€cd", 3); got != "ab…" {
+		t.Fatalf("clip = %q", got)
+	}
+	if got := clip("abc", 3); got != "abc" {
+		t.Fatalf("clip = %q", got)
+	}
+}
+
+// A backend that refuses a member for good (a bad address) fails the step
+// at once instead of retrying until backend_timeout.
+func TestPermanentBackendErrorIsNotRetried(t *testing.T) {
+	b := &fakeBackend{fail: instance.Permanent(fmt.Errorf("address \"x\": must be host:port"))}
+	c := &clock{now: t0}
+	e, j, p := gatedExec(t, b, c, state.TrafficSpec{BackendTimeout: time.Hour})
+	apply(t, e, j, Action{Kind: ActTerminate, Fleet: "web", InstanceID: "web-1", Reason: ReasonDriftImage, Running: true})
+	if len(p.terminated) != 0 {
+		t.Fatalf("terminated %v", p.terminated)
+	}
+	if got := b.log(); got != "drain web-1 127.0.0.1:9001" {
+		t.Fatalf("backend calls %q: a permanent refusal was retried", got)
+	}
+}
