@@ -47,7 +47,9 @@ func (b *recBackend) Close() error { return nil }
 
 type oneBackend struct{ b traffic.Backend }
 
-func (o oneBackend) For(*state.DesiredFleet) ([]traffic.Backend, error) { return []traffic.Backend{o.b}, nil }
+func (o oneBackend) For(*state.DesiredFleet) ([]traffic.Backend, error) {
+	return []traffic.Backend{o.b}, nil
+}
 
 func gatedSpec(name string, size int) state.FleetSpec {
 	s := spec(name, size)
