@@ -14,6 +14,7 @@ import (
 
 	"github.com/immutd/immutd/internal/api"
 	"github.com/immutd/immutd/internal/config"
+	"github.com/immutd/immutd/internal/cut"
 	"github.com/immutd/immutd/internal/probe"
 )
 
@@ -303,13 +304,8 @@ func (a *Agent) learnName(id, name string) {
 	}
 }
 
-// clip cuts s to at most n bytes.
-func clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
-}
+// clip cuts s to at most n bytes, at a character boundary.
+func clip(s string, n int) string { return cut.To(s, n, "") }
 
 // clipAll keeps at most n items of at most size bytes each.
 func clipAll(items []string, n, size int) []string {

@@ -6,9 +6,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/immutd/immutd/internal/cut"
 )
 
 // Diagnostic is one problem found in a configuration file.
@@ -103,16 +104,7 @@ func (ds Diagnostics) sorted() Diagnostics {
 }
 
 // truncate cuts s to at most max bytes at a rune boundary, marking the cut.
-func truncate(s string, max int) string {
-	if len(s) <= max {
-		return s
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "... (cut)"
-}
+func truncate(s string, max int) string { return cut.To(s, max, "... (cut)") }
 
 func rangePos(r hcl.Range) Pos {
 	return Pos{File: r.Filename, Line: r.Start.Line, Column: r.Start.Column}

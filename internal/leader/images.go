@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/immutd/immutd/internal/cut"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -214,10 +215,5 @@ func (t *Term) checkRefs(ctx context.Context) {
 	t.record(ctx, events...)
 }
 
-// clip cuts s to at most n bytes.
-func clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
-}
+// clip cuts s to at most n bytes, at a character boundary.
+func clip(s string, n int) string { return cut.To(s, n, "") }

@@ -10,8 +10,8 @@ import (
 	"slices"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
+	"github.com/immutd/immutd/internal/cut"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -126,14 +126,6 @@ func (j *job) describe(ctx context.Context, err error) string {
 func clip(s string) string { return clipTo(s, maxDetail) }
 
 // clipTo cuts s to at most n bytes (plus "..."), at a rune boundary.
-func clipTo(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "..."
-}
+func clipTo(s string, n int) string { return cut.To(s, n, "...") }
 
 func timeoutDetail(d time.Duration) string { return fmt.Sprintf("timeout after %s", d) }

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 
+	"github.com/immutd/immutd/internal/cut"
 	"github.com/immutd/immutd/internal/instance"
 	"github.com/immutd/immutd/internal/state"
 	"github.com/immutd/immutd/internal/traffic"
@@ -94,17 +94,8 @@ func (e *Executor) eachBackend(ctx context.Context, log *zap.Logger, step string
 	}
 }
 
-// clip bounds an error text kept in raft and events, cutting at a
-// character boundary.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
-}
+// clip bounds an error text kept in raft and events.
+func clip(s string, n int) string { return cut.To(s, n, "…") }
 
 // admit puts an instance into every backend of its fleet. The instance
 // is admitted (state) only once all of them confirmed it.
