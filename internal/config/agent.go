@@ -74,6 +74,7 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 		ls := s.child(b)
 		ls.integer("max_instances", 1, maxInstancesLimit, &a.Limits.MaxInstances)
 		ls.integer("max_launches_in_flight", 1, 10000, &a.Limits.MaxLaunchesInFlight)
+		ls.rate("remediation_rate", &a.Limits.RemediationRate)
 		ls.done()
 	}
 

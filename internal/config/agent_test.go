@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"github.com/immutd/immutd/internal/quantity"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -42,7 +43,7 @@ func TestAgentDefaults(t *testing.T) {
 		Cluster: ClusterConfig{BindAddr: "127.0.0.1:7980", AdvertiseAddr: "127.0.0.1:7980", BootstrapExpect: 1, RaftMultiplier: 1,
 			HealthQuorum: "majority", TLS: ClusterTLS{ServerName: "server.immutd"}},
 		API:    APIConfig{TokenFile: filepath.Join(base, "data", "api-token")},
-		Limits: Limits{MaxInstances: 10000, MaxLaunchesInFlight: 16},
+		Limits: Limits{MaxInstances: 10000, MaxLaunchesInFlight: 16, RemediationRate: DefaultRemediationRate},
 		Local:  LocalProvider{Dir: filepath.Join(base, "data", "local"), BindHost: "127.0.0.1", LogDir: filepath.Join(base, "data", "local", "logs"), LogMaxSize: 16 << 20},
 		Docker: DockerProvider{Host: "unix:///var/run/docker.sock", PublishHost: "127.0.0.1"},
 	}
@@ -76,7 +77,7 @@ func TestAgentFull(t *testing.T) {
 		Cluster: ClusterConfig{BindAddr: "0.0.0.0:7980", AdvertiseAddr: "10.0.0.5:7980", BootstrapExpect: 1, RaftMultiplier: 1,
 			HealthQuorum: "majority", TLS: ClusterTLS{ServerName: "server.immutd"}},
 		API:    APIConfig{TokenFile: "/var/lib/immutd/api-token"},
-		Limits: Limits{MaxInstances: 10000, MaxLaunchesInFlight: 16},
+		Limits: Limits{MaxInstances: 10000, MaxLaunchesInFlight: 16, RemediationRate: DefaultRemediationRate},
 		Local:  LocalProvider{Dir: filepath.Join(base, "local-store"), BindHost: "::1", DirSet: true, LogDir: "/var/log/immutd", LogMaxSize: 1 << 20},
 		Docker: DockerProvider{Host: "tcp://10.0.0.9:2376", CertPath: filepath.Join(base, "certs"),
 			TLSVerify: false, PublishHost: "10.0.0.5"},
@@ -222,7 +223,7 @@ func TestAgentInsecurePlaintext(t *testing.T) {
 	if !got.Cluster.Insecure.Enabled() || got.Cluster.Insecure.TokenFile != filepath.Join(base, "cluster-token") || got.Cluster.TLS.Enabled() {
 		t.Errorf("cluster: %+v", got.Cluster)
 	}
-	if got.Limits != (Limits{MaxInstances: 500, MaxLaunchesInFlight: 4}) {
+	if got.Limits != (Limits{MaxInstances: 500, MaxLaunchesInFlight: 4, RemediationRate: quantity.Rate{N: 3, Per: time.Hour}}) {
 		t.Errorf("limits: %+v", got.Limits)
 	}
 	if len(got.Warnings) != 0 {

@@ -614,6 +614,35 @@ func (s *section) quantity(name string, dst *Quantity) got {
 	}
 }
 
+// Bounds of a kill rate ("5/10m").
+const (
+	maxRateCount = 256
+	minRatePer   = time.Second
+	maxRatePer   = 7 * 24 * time.Hour
+)
+
+// rate decodes a count per window such as "5/10m".
+func (s *section) rate(name string, dst *quantity.Rate) got {
+	var raw string
+	if g := s.strAs(name, `a rate like "5/10m"`, &raw); g != valid {
+		return g
+	}
+	r, err := quantity.ParseRate(raw)
+	switch {
+	case err != nil:
+		s.fail(name, "%v", err)
+		return invalid
+	case r.N > maxRateCount:
+		s.fail(name, "must allow at most %d per window, got %q", maxRateCount, raw)
+		return invalid
+	case r.Per < minRatePer || r.Per > maxRatePer:
+		s.fail(name, "must have a window from %s to %s, got %q", formatDuration(minRatePer), formatDuration(maxRatePer), raw)
+		return invalid
+	}
+	*dst = r
+	return valid
+}
+
 func gotFor(a *hclsyntax.Attribute) got {
 	if a == nil {
 		return missing

@@ -37,6 +37,14 @@ const (
 	DefaultMaxLaunchesInFlight = 16
 )
 
+// Kill-rate defaults: the cluster-wide cap, and each fleet's caps.
+var (
+	DefaultRemediationRate = quantity.Rate{N: 30, Per: 10 * time.Minute}
+	DefaultFleetRate       = quantity.Rate{N: 10, Per: 10 * time.Minute}
+	DefaultSecondaryRate   = quantity.Rate{N: 1, Per: 10 * time.Minute}
+	DefaultUnhealthyShare  = quantity.Percent(25)
+)
+
 // Fleet defaults.
 const (
 	DefaultStopGrace          = 10 * time.Second
@@ -54,6 +62,7 @@ const (
 	DefaultRemediation        = true
 	DefaultMaxUnhealthyPct    = 50
 	DefaultMaxParallel        = 1
+	DefaultStormCooldown      = time.Minute
 	DefaultMaxSurge           = 1
 	DefaultMaxUnavailable     = 0
 )
@@ -120,7 +129,7 @@ func defaultAgent() Agent {
 		ReconcileInterval: DefaultReconcileInterval,
 		Cluster: ClusterConfig{BindAddr: DefaultClusterBindAddr, BootstrapExpect: DefaultBootstrapExpect,
 			RaftMultiplier: DefaultRaftMultiplier, HealthQuorum: DefaultHealthQuorum, TLS: ClusterTLS{ServerName: DefaultTLSServerName}},
-		Limits: Limits{MaxInstances: DefaultMaxInstances, MaxLaunchesInFlight: DefaultMaxLaunchesInFlight},
+		Limits: Limits{MaxInstances: DefaultMaxInstances, MaxLaunchesInFlight: DefaultMaxLaunchesInFlight, RemediationRate: DefaultRemediationRate},
 		Local:  LocalProvider{BindHost: DefaultLocalBindHost, LogMaxSize: DefaultLocalLogMaxSize},
 		Docker: DockerProvider{Host: DefaultDockerHost, PublishHost: DefaultDockerPublishHost},
 	}
@@ -195,6 +204,9 @@ func defaultRemediation() Remediation {
 		Enabled:      DefaultRemediation,
 		MaxUnhealthy: quantity.Percent(DefaultMaxUnhealthyPct),
 		MaxParallel:  DefaultMaxParallel,
+		Mode:         RemediationAct,
+		Rate:         DefaultFleetRate, SecondaryRate: DefaultSecondaryRate,
+		UnhealthyThreshold: &DefaultUnhealthyShare, StormCooldown: DefaultStormCooldown, StormGuard: true,
 	}
 }
 

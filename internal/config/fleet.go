@@ -608,12 +608,49 @@ func (s *section) remediation() Remediation {
 	r := defaultRemediation()
 	if b := s.block("remediation"); b != nil {
 		rs := s.child(b)
-		rs.boolean("enabled", &r.Enabled)
+		enabledGot := rs.boolean("enabled", &r.Enabled)
 		rs.quantity("max_unhealthy", &r.MaxUnhealthy)
 		rs.integer("max_parallel", 1, maxFleetSize, &r.MaxParallel)
+		if rs.oneOf("mode", &r.Mode, RemediationAct, RemediationReport) == valid {
+			if enabledGot == valid && r.Enabled != (r.Mode == RemediationAct) {
+				rs.fail("mode", "contradicts enabled = %t: set one of them (enabled = false is mode = %q)", r.Enabled, RemediationReport)
+			}
+			r.Enabled = r.Mode == RemediationAct
+		} else if !r.Enabled {
+			r.Mode = RemediationReport
+		}
+		rs.strList("report", &r.Report, checkReportReason)
+		rs.rate("rate", &r.Rate)
+		rs.rate("secondary_rate", &r.SecondaryRate)
+		var share Quantity
+		if rs.quantity("unhealthy_threshold", &share) == valid {
+			if !share.Percent {
+				rs.fail("unhealthy_threshold", "must be a percentage of the running instances, like \"25%%\", got %s", share)
+			} else {
+				r.UnhealthyThreshold = &share
+			}
+		}
+		rs.duration("storm_cooldown", 0, maxTrafficWait, &r.StormCooldown)
+		rs.boolean("storm_guard", &r.StormGuard)
 		rs.done()
 	}
 	return r
+}
+
+// Remediation modes.
+const (
+	RemediationAct    = "act"
+	RemediationReport = "report"
+)
+
+// ReportReasons are the remediation reasons remediation.report may list.
+var ReportReasons = []string{"unhealthy", "never_healthy", "drift_mutated", "orphan"}
+
+func checkReportReason(v string) error {
+	if !slices.Contains(ReportReasons, v) {
+		return fmt.Errorf("must be %s, got %q", orList(ReportReasons), v)
+	}
+	return nil
 }
 
 // rollout decodes the rollout block; the section is nil when it is absent

@@ -110,7 +110,10 @@ func TestLoadFleetsValid(t *testing.T) {
 	// Spelled out rather than built from the default functions, so that a
 	// changed default fails here.
 	defaultDrift := Drift{Interval: 10 * time.Second, Orphans: "adopt"}
-	defaultRemediation := Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(50), MaxParallel: 1}
+	share25, share40 := quantity.Percent(25), quantity.Percent(40)
+	defaultRemediation := Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(50), MaxParallel: 1, Mode: "act",
+		Rate: quantity.Rate{N: 10, Per: 10 * time.Minute}, SecondaryRate: quantity.Rate{N: 1, Per: 10 * time.Minute},
+		UnhealthyThreshold: &share25, StormCooldown: time.Minute, StormGuard: true}
 	defaultRollout := Rollout{MaxSurge: quantity.Count(1), MaxUnavailable: quantity.Count(0)}
 	defaultTCP := func(name string) Check {
 		return Check{Name: name, Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second,
@@ -158,9 +161,11 @@ func TestLoadFleetsValid(t *testing.T) {
 				Check{Name: "port", Kind: "tcp", Interval: 500 * time.Millisecond, Timeout: 250 * time.Millisecond,
 					HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 60 * time.Second},
 			),
-			Drift:       Drift{Interval: time.Minute, IgnorePaths: []string{"logs/**", "*.pid", "tmp/**/cache-?", "data/[a-c]*"}, Orphans: "terminate"},
-			Remediation: Remediation{Enabled: false, MaxUnhealthy: quantity.Count(4), MaxParallel: 2},
-			Rollout:     Rollout{MaxSurge: quantity.Percent(25), MaxUnavailable: quantity.Percent(10)},
+			Drift: Drift{Interval: time.Minute, IgnorePaths: []string{"logs/**", "*.pid", "tmp/**/cache-?", "data/[a-c]*"}, Orphans: "terminate"},
+			Remediation: Remediation{Enabled: false, MaxUnhealthy: quantity.Count(4), MaxParallel: 2, Mode: "report",
+				Rate: defaultRemediation.Rate, SecondaryRate: defaultRemediation.SecondaryRate, UnhealthyThreshold: &share25,
+				StormCooldown: time.Minute, StormGuard: true},
+			Rollout: Rollout{MaxSurge: quantity.Percent(25), MaxUnavailable: quantity.Percent(10)},
 		}}},
 		{"full_local.hcl", []*Fleet{{
 			Name: "worker", Pos: pos("full_local.hcl", 1), Size: 4, Provider: "local",
@@ -172,9 +177,11 @@ func TestLoadFleetsValid(t *testing.T) {
 			},
 			Health: defaultChecks(Check{Name: "port", Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second,
 				HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 10 * time.Second}),
-			Drift:       Drift{Interval: 10 * time.Second, Orphans: "ignore"},
-			Remediation: Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(100), MaxParallel: 1},
-			Rollout:     Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50)},
+			Drift: Drift{Interval: 10 * time.Second, Orphans: "ignore"},
+			Remediation: Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(100), MaxParallel: 1, Mode: "act",
+				Report: []string{"drift_mutated", "orphan"}, Rate: quantity.Rate{N: 5, Per: 10 * time.Minute},
+				SecondaryRate: quantity.Rate{N: 0, Per: time.Hour}, UnhealthyThreshold: &share40, StormCooldown: 5 * time.Minute},
+			Rollout: Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50)},
 		}}},
 		{"several.hcl", []*Fleet{
 			{

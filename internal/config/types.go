@@ -58,6 +58,9 @@ type Limits struct {
 	// MaxLaunchesInFlight caps launches journaled but not finished, over
 	// all fleets. Default 16.
 	MaxLaunchesInFlight int `json:"max_launches_in_flight"`
+	// RemediationRate caps remediation kills of all fleets together.
+	// Default 30/10m.
+	RemediationRate quantity.Rate `json:"remediation_rate"`
 }
 
 // ClusterConfig configures raft and agent-to-agent traffic.
@@ -317,6 +320,26 @@ type Remediation struct {
 	MaxUnhealthy Quantity `json:"max_unhealthy"`
 	// MaxParallel bounds terminations in flight for the fleet. Default 1.
 	MaxParallel int `json:"max_parallel"`
+	// Mode is "act" (default) or "report"; report is enabled = false.
+	Mode string `json:"mode"`
+	// Report lists reasons that are only reported while the others are
+	// acted on: unhealthy, never_healthy, drift_mutated, orphan.
+	Report []string `json:"report,omitempty"`
+	// Rate caps the fleet's remediation kills: at most N in any window
+	// ("5/10m"). Default 10/10m.
+	Rate quantity.Rate `json:"rate"`
+	// SecondaryRate is the cap while more than UnhealthyThreshold of the
+	// running instances fail. Default 1/10m.
+	SecondaryRate quantity.Rate `json:"secondary_rate"`
+	// UnhealthyThreshold: the share of failing running instances above
+	// which SecondaryRate applies (with at least 3 running). Default 25%.
+	UnhealthyThreshold *Quantity `json:"unhealthy_threshold"`
+	// StormCooldown is how long kills for health stay stopped after a
+	// storm ends. Default 1m.
+	StormCooldown time.Duration `json:"storm_cooldown"`
+	// StormGuard stops kills for health while every running instance
+	// (3 or more) fails at once. Default true.
+	StormGuard bool `json:"storm_guard"`
 }
 
 // Rollout bounds replacement when the desired image or template changes.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/quantity"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -100,6 +101,31 @@ const (
 	// CauseNoQuorum: the cluster cannot commit, so nothing is changed.
 	// The agent reports it, not the planner.
 	CauseNoQuorum Cause = "no_quorum"
+	// CauseRateLimited: the fleet's or the cluster's kill rate is used
+	// up; remediation kills wait until the window allows one more.
+	CauseRateLimited Cause = "rate_limited"
+	// CauseStorm: every running instance of the fleet (or of every
+	// fleet) fails at once: an observer problem, so nothing is killed for
+	// its health.
+	CauseStorm Cause = "storm"
+	// CauseStormCooldown: a storm ended less than storm_cooldown ago.
+	CauseStormCooldown Cause = "storm_cooldown"
+	// CausePaused: an operator's pause holds the fleet: nothing new
+	// starts, intents in flight finish.
+	CausePaused Cause = "paused"
+)
+
+// Guards that hold an action without blocking the fleet: they are only
+// reported with held actions (immutd plan, immutd explain).
+const (
+	// GuardMaxParallel: max_parallel terminations are in flight.
+	GuardMaxParallel Cause = "max_parallel"
+	// GuardAvailability: the availability budget (max_unavailable) has
+	// no room: the instance goes once a replacement is available.
+	GuardAvailability Cause = "availability"
+	// GuardReplacementFirst: an unhealthy instance waits for its
+	// replacement (surge-first).
+	GuardReplacementFirst Cause = "replacement_first"
 )
 
 // Causes lists every cause, for the metrics that export one series per
@@ -108,6 +134,7 @@ var Causes = []Cause{
 	CauseProviderUnreachable, CauseTooManyUnhealthy, CauseDisabled,
 	CauseUnconfigured, CauseLaunchBackoff, CauseNoImage, CauseNoQuorum,
 	CauseInstanceLimit, CauseLaunchLimit, CauseKeepMin, CauseTrafficBackend,
+	CauseRateLimited, CauseStorm, CauseStormCooldown, CausePaused,
 }
 
 // InstanceState is the planner's classification of an instance as status
@@ -164,6 +191,13 @@ type Input struct {
 	Now    time.Time
 	Limits Limits
 	Fleets []FleetInput
+	// Kills are the times of the latest remediation kills of all fleets
+	// (state.State.Kills), for Limits.RemediationRate.
+	Kills []time.Time
+	// Storm is the last cluster-wide storm as recorded.
+	Storm state.Storm
+	// Pauses are the operators' pauses (expired ones are ignored).
+	Pauses []state.Pause
 }
 
 // Limits are the cluster-wide guards over all fleets together. Zero means
@@ -174,6 +208,9 @@ type Limits struct {
 	MaxInstances int
 	// MaxLaunchesInFlight caps open launch intents of all fleets.
 	MaxLaunchesInFlight int
+	// RemediationRate caps the remediation kills of all fleets; unset
+	// means no cap.
+	RemediationRate quantity.Rate
 }
 
 // FleetInput is one fleet's desired state and what was observed of it.
@@ -218,6 +255,13 @@ type Action struct {
 	Running bool `json:"running,omitempty"`
 }
 
+// Held is an action the plan would take but a guard holds back.
+type Held struct {
+	Action
+	Guard  Cause  `json:"guard"`
+	Detail string `json:"detail,omitempty"`
+}
+
 // Block says why remediation of a fleet is held back.
 type Block struct {
 	Cause  Cause  `json:"cause"`
@@ -238,6 +282,9 @@ type FleetStatus struct {
 	Draining     bool                  `json:"draining,omitempty"`
 	// BackoffUntil is set while launches wait after repeated failures.
 	BackoffUntil time.Time `json:"backoff_until,omitempty"`
+	// Storm is set while every running instance of the fleet fails at
+	// once (or every fleet does): the leader records it.
+	Storm bool `json:"storm,omitempty"`
 	// Instances is the classification of every instance of the fleet, by
 	// id, orphans the policy ignores included. States counts it.
 	Instances map[string]InstanceStatus `json:"-"`
@@ -296,10 +343,14 @@ func (st *FleetStatus) Started(it *state.Intent) {
 // DriftKinds reported in FleetStatus.Drifted.
 var DriftKinds = []string{instance.DriftImage, instance.DriftTemplate, instance.DriftMutated, instance.DriftOrphan}
 
-// Result is a plan: actions plus per-fleet status.
+// Result is a plan: actions plus per-fleet status, and the actions the
+// guards hold back.
 type Result struct {
 	Actions []Action      `json:"actions"`
+	Held    []Held        `json:"held,omitempty"`
 	Fleets  []FleetStatus `json:"fleets"`
+	// Storm is set while every fleet fails at once.
+	Storm bool `json:"storm,omitempty"`
 }
 
 // Launch backoff after consecutive failed launches of a fleet.
@@ -335,19 +386,24 @@ func Plan(in Input) Result {
 	fps := make([]*fleetPlan, len(in.Fleets))
 	for i := range in.Fleets {
 		fps[i] = tally(&in.Fleets[i])
+		fps[i].pausedBy(in.Pauses, in.Now)
 		fps[i].wants(in.Now)
 	}
 	allocate(fps, in.Limits)
-	var res Result
+	g := clusterGuards(in, fps)
+	res := Result{Storm: g.storm}
 	for _, fp := range fps {
 		if !fp.frozen {
+			fp.guard = fp.guardsOf(in, g)
 			fp.cleanup()
 			fp.kills()
 			fp.adoptions()
 			fp.launches()
 			fp.admissions(in.Now)
+			fp.hold()
 		}
 		res.Actions = append(res.Actions, fp.acts...)
+		res.Held = append(res.Held, fp.held...)
 		res.Fleets = append(res.Fleets, fp.st)
 	}
 	return res
@@ -370,8 +426,10 @@ type class struct {
 	evidence []string
 	created  time.Time
 	// reported: would go for its health or an in-place change, but
-	// remediation is disabled.
+	// remediation only reports it; remedy is why it would go.
 	reported bool
+	remedy   Reason
+	remedyEv []string
 	// admitted: in a gated fleet, admitted to traffic (see
 	// state.Instance.Admitted); drained: drained and waiting to go.
 	admitted, drained bool
@@ -385,18 +443,22 @@ type fleetPlan struct {
 	st   FleetStatus
 	cls  []*class
 	acts []Action
+	held []Held
+	// guard is what the kill-rate and storm guards allow this pass;
+	// paused lists the pauses that hold the fleet.
+	guard  *guards
+	paused []state.Pause
 
 	size, surge, unavail int
-	// remediate: health and in-place drift may cause kills and launches.
-	remediate bool
 	// frozen: nothing at all is done (unconfigured, provider unreachable).
 	frozen bool
 	// reported counts instances whose health or drift would have them
 	// replaced, kept because remediation is disabled.
 	reported int
 
-	// sick counts the failing instances (see class.failing).
-	live, counted, available, sick int
+	// sick counts the failing instances (see class.failing), running
+	// the running ones.
+	live, counted, available, sick, running int
 	// killsInFlight are open terminate intents, launchesOpen open launch
 	// intents; free are live instances with no terminate in flight;
 	// coming are current instances launching or starting, not judged
@@ -423,10 +485,9 @@ func tally(fi *FleetInput) *fleetPlan {
 		st: FleetStatus{Fleet: spec.Name, Desired: spec.Size, States: map[InstanceState]int{}, Drifted: map[string]int{},
 			Instances:    make(map[string]InstanceStatus, len(fi.Instances)),
 			Unconfigured: d.Unconfigured, Draining: d.Draining},
-		remediate: spec.Remediation.Enabled || d.Draining,
-		gated:     spec.Traffic.Gated(),
-		surge:     spec.Rollout.MaxSurge.Resolve(spec.Size, true),
-		unavail:   spec.Rollout.MaxUnavailable.Resolve(spec.Size, false)}
+		gated:   spec.Traffic.Gated(),
+		surge:   spec.Rollout.MaxSurge.Resolve(spec.Size, true),
+		unavail: spec.Rollout.MaxUnavailable.Resolve(spec.Size, false)}
 	for _, s := range InstanceStates {
 		fp.st.States[s] = 0
 	}
@@ -438,7 +499,7 @@ func tally(fi *FleetInput) *fleetPlan {
 		fp.st.Desired = 0
 	}
 	for i := range fi.Instances {
-		c := classify(&fi.Instances[i], d, &fp.st, fp.remediate, fp.gated)
+		c := classify(&fi.Instances[i], d, &fp.st, fp.gated)
 		if c == nil {
 			continue
 		}
@@ -463,6 +524,9 @@ func tally(fi *FleetInput) *fleetPlan {
 		}
 		if c.failing() {
 			fp.sick++
+		}
+		if c.inst.Observed != nil && c.inst.Observed.Phase == instance.Running {
+			fp.running++
 		}
 		switch {
 		case c.inst.Open != nil && (c.inst.Open.Kind == state.Terminate || c.inst.Open.Kind == state.Drain):
@@ -613,13 +677,7 @@ func (fp *fleetPlan) kills() {
 	// A percentage max_unhealthy is of the fleet's size, or of its running
 	// instances when there are more (a fleet scaled down can still heal),
 	// and at least 1.
-	running := 0
-	for _, c := range fp.cls {
-		if c.inst.Observed != nil && c.inst.Observed.Phase == instance.Running {
-			running++
-		}
-	}
-	base := max(spec.Size, running)
+	base := max(spec.Size, fp.running)
 	maxUnhealthy := spec.Remediation.MaxUnhealthy.Resolve(base, false)
 	if spec.Remediation.MaxUnhealthy.Percent && maxUnhealthy < 1 {
 		maxUnhealthy = 1
@@ -629,9 +687,7 @@ func (fp *fleetPlan) kills() {
 		fp.block(CauseTooManyUnhealthy, fmt.Sprintf("%d instances are unhealthy, more than max_unhealthy %d (%s of %d): nothing is terminated for its health until fewer fail or max_unhealthy is raised",
 			fp.sick, maxUnhealthy, spec.Remediation.MaxUnhealthy, base))
 	}
-	if fp.reported > 0 && !fp.remediate {
-		fp.block(CauseDisabled, fmt.Sprintf("remediation is disabled for this fleet: %d unhealthy or changed instances are only reported, kept and counted toward size", fp.reported))
-	}
+	fp.reportHeld()
 	keepMin := 0
 	if fp.gated {
 		keepMin = min(spec.Traffic.KeepMin, max(fp.size+fp.surge-1, 0))
@@ -641,27 +697,46 @@ func (fp *fleetPlan) kills() {
 	// round holds one more instance: this ends.
 	held := map[string]bool{}
 	for {
-		acts, refused := fp.choose(breaker, keepMin, held)
-		if len(refused) == 0 {
-			fp.acts = append(fp.acts, acts...)
+		k := fp.choose(breaker, keepMin, held)
+		if len(k.refused) == 0 {
+			fp.acts = append(fp.acts, k.acts...)
+			fp.held = append(fp.held, k.held...)
+			fp.guard.commit(k.spent)
 			break
 		}
-		for _, id := range refused {
+		for _, id := range k.refused {
 			held[id] = true
 		}
 	}
 	if len(held) > 0 {
 		fp.block(CauseKeepMin, fmt.Sprintf("%d unhealthy instances keep their traffic: draining them would leave fewer than %d members (traffic.keep_min %d, at most size + max_surge - 1) in the backends",
 			len(held), keepMin, spec.Traffic.KeepMin))
+		for _, c := range fp.cls {
+			if held[c.inst.ID] {
+				fp.holdAction(Action{Kind: ActDrain, Fleet: spec.Name, InstanceID: c.inst.ID, Reason: c.reason, Evidence: c.evidence, Running: true}, CauseKeepMin, "")
+			}
+		}
 	}
+	fp.guardBlocks()
+}
+
+// choice is what choose picked: actions, actions held by a guard, the
+// remediation kills spent of the rate, and the sick admitted instances
+// keep_min refuses to drain.
+type choice struct {
+	acts    []Action
+	held    []Held
+	spent   int
+	refused []string
 }
 
 // choose picks the kills (terminations and drains) of a pass, skipping the
 // held instances. It returns the sick admitted instances whose drain
 // would leave fewer than keepMin members once the other drains it chose
 // are counted; the actions are good only when there are none.
-func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) (acts []Action, refused []string) {
+func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) choice {
 	spec := fp.spec
+	var k choice
 	slots := spec.Remediation.MaxParallel - fp.killsInFlight
 	budget := fp.available - max(fp.size-fp.unavail, 0)
 	surplus := fp.free - (fp.size + fp.surge)
@@ -673,18 +748,31 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) (ac
 	members := fp.members
 	var healthDrains []Action
 	for _, cand := range removalCandidates(fp.cls, fp.size, fp.counted, fp.d.Draining) {
-		if slots <= 0 {
-			break
-		}
 		c := cand.c
 		if held[c.inst.ID] {
 			continue
 		}
-		forHealth := false
+		act := Action{Kind: ActTerminate, Fleet: spec.Name, InstanceID: c.inst.ID, Reason: cand.reason, Evidence: c.evidence, Running: true}
+		if c.admitted {
+			act.Kind = ActDrain
+		}
+		hold := func(g Cause, detail string) { k.held = append(k.held, Held{Action: act, Guard: g, Detail: detail}) }
+		if slots <= 0 {
+			hold(GuardMaxParallel, fmt.Sprintf("max_parallel %d terminations are in flight or chosen", spec.Remediation.MaxParallel))
+			continue
+		}
+		forHealth, scaleDown := false, false
 		switch {
 		case c.sick && surplus > 0:
-			surplus-- // beyond size + max_surge: no verdict is needed to remove it
+			// Beyond size + max_surge: no verdict is needed to remove it,
+			// and no kill rate holds a scale-down.
+			surplus--
+			scaleDown = true
+		case c.sick && fp.guard.stops() != "":
+			hold(fp.guard.count(fp.guard.stops()), "")
+			continue
 		case c.sick && breaker:
+			hold(CauseTooManyUnhealthy, "")
 			continue
 		case c.sick:
 			// Surge-first: an unhealthy instance waits for its replacement.
@@ -692,6 +780,7 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) (ac
 			// instance fails anyway, and a drained instance still runs
 			// until its replacement is in.
 			if cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom) && !c.admitted {
+				hold(GuardReplacementFirst, "an unhealthy instance goes once its replacement is available")
 				continue
 			}
 			forHealth = true
@@ -701,22 +790,33 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) (ac
 			budget--
 			surplus--
 		default:
+			hold(GuardAvailability, fmt.Sprintf("goes once %d instances are available without it (size %d - max_unavailable %d)", max(fp.size-fp.unavail, 0), fp.size, fp.unavail))
 			continue
 		}
-		act := Action{Kind: ActTerminate, Fleet: spec.Name, InstanceID: c.inst.ID, Reason: cand.reason, Evidence: c.evidence, Running: true}
+		// The terminate that follows a drain is the kill the drain began:
+		// the rates counted it then.
+		remedial := isRemediation(cand.reason) && !c.drained && !scaleDown
+		if g, detail := fp.guard.allows(remedial, forHealth, k.spent); g != "" {
+			hold(g, detail)
+			continue
+		}
+		if remedial {
+			k.spent++
+		}
 		slots--
 		if c.admitted {
-			act.Kind = ActDrain
 			members--
 			if forHealth {
 				healthDrains = append(healthDrains, act)
 				continue
 			}
 		}
-		acts = append(acts, act)
+		k.acts = append(k.acts, act)
 	}
 	kept, refused := keepMembers(healthDrains, members, keepMin)
-	return append(acts, kept...), refused
+	k.acts = append(k.acts, kept...)
+	k.refused = refused
+	return k
 }
 
 // keepMembers keeps the drains for health that leave at least keepMin
@@ -910,10 +1010,10 @@ func stateOf(in *Inst) InstanceState {
 // classify sorts one instance into the planner's categories and records
 // its state in the status. It returns nil for orphans the policy
 // ignores: they are not counted in the status either, unless an intent
-// on one is in flight (decided under an earlier policy). With remediate
-// false, an instance's health and in-place changes are reported but do
-// not make it go: it keeps counting toward size.
-func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate, gated bool) *class {
+// on one is in flight (decided under an earlier policy). What remediation
+// only reports (remediation.mode, remediation.report) does not make an
+// instance go: it keeps counting toward size.
+func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool) *class {
 	c := &class{inst: in}
 	traffic := c.trafficOf(gated)
 	if in.Record != nil {
@@ -961,12 +1061,12 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, remediate, gated
 	remedy, remedyEv := remedyOf(in, d, st, orphan)
 	c.available = in.Health == Healthy && (!gated || c.admitted) && in.Open == nil
 	switch {
-	case remedy != "" && remediate:
+	case remedy != "" && (d.Draining || !d.Spec.Remediation.Reports(string(remedy))):
 		c.reason, c.evidence = remedy, remedyEv
 		c.sick = remedy == ReasonUnhealthy || remedy == ReasonNeverHealthy
 	case remedy != "":
 		// Reported only; a rollout still replaces the instance.
-		c.reported = true
+		c.reported, c.remedy, c.remedyEv = true, remedy, remedyEv
 		c.reason, c.evidence = rollout, rolloutEv
 	default:
 		c.reason, c.evidence = rollout, rolloutEv

@@ -312,9 +312,12 @@ func checkInvariantsAt(t *rapid.T, now time.Time, fi *FleetInput, res Result) {
 
 // applyAsIntents is what committing the plan does to the planner's input:
 // every action becomes an open intent (or, for adopt, a record).
-func applyAsIntents(fi FleetInput, res Result) FleetInput {
+func applyAsIntents(fi FleetInput, res Result, now time.Time) FleetInput {
 	out := fi
 	out.Instances = append([]Inst(nil), fi.Instances...)
+	// The state records the time of every remediation kill it journals
+	// (state.noteKill): the kill rates count them in the next plan.
+	out.Stats.Kills = append([]time.Time(nil), fi.Stats.Kills...)
 	next := 0
 	for _, a := range res.Actions {
 		switch a.Kind {
@@ -340,6 +343,9 @@ func applyAsIntents(fi FleetInput, res Result) FleetInput {
 					kind = state.Admit
 				}
 				in.Open = &state.Intent{OpID: "op-" + in.ID, Kind: kind, Fleet: a.Fleet, InstanceID: in.ID}
+				if (kind == state.Drain || kind == state.Terminate && (in.Record == nil || !in.Record.Drained)) && isRemediation(a.Reason) {
+					out.Stats.Kills = append(out.Stats.Kills, now)
+				}
 			}
 		}
 	}
@@ -358,7 +364,7 @@ func TestPlanIsEmptyAfterItIsApplied(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		fi := genFleet(t)
 		res := Plan(Input{Now: t0, Fleets: []FleetInput{fi}})
-		after := applyAsIntents(fi, res)
+		after := applyAsIntents(fi, res, t0)
 		again := Plan(Input{Now: t0, Fleets: []FleetInput{after}})
 		if len(again.Actions) > 0 {
 			t.Fatalf("first plan %v, plan after applying it %v", brief(res.Actions), brief(again.Actions))
@@ -377,6 +383,11 @@ func TestPlanConverges(t *testing.T) {
 		fi.Desired.Unconfigured, fi.Desired.Draining = false, false
 		fi.Desired.Spec.Remediation.Enabled = true
 		fi.Desired.Spec.Remediation.MaxUnhealthy = quantity.Percent(100)
+		// Convergence of the planner alone: no kill rate or storm guard
+		// holds it (their own tests are in guards_prop_test.go).
+		fi.Desired.Spec.Remediation.Rate = quantity.Rate{N: 256, Per: time.Second}
+		fi.Desired.Spec.Remediation.SecondaryRate = quantity.Rate{N: 256, Per: time.Second}
+		fi.Desired.Spec.Remediation.NoStormGuard = true
 		// Instances that exist now settle on a verdict: unknown ones are judged.
 		for i := range fi.Instances {
 			if fi.Instances[i].Health == Unknown || fi.Instances[i].Health == Starting {
@@ -405,7 +416,7 @@ func TestPlanConverges(t *testing.T) {
 				break
 			}
 			// Commit, then complete every intent.
-			fi = applyAsIntents(fi, res)
+			fi = applyAsIntents(fi, res, now)
 			var next []Inst
 			for _, in := range fi.Instances {
 				switch {

@@ -148,6 +148,8 @@ func TestPlanTable(t *testing.T) {
 		{name: "max_unhealthy as a count", desired: desired(4, func(d *state.DesiredFleet) {
 			d.Spec.Remediation.MaxUnhealthy = quantity.Count(2)
 			d.Spec.Remediation.MaxParallel = 2
+			// The breaker alone: a secondary kill rate that lets both go.
+			d.Spec.Remediation.SecondaryRate = quantity.Rate{N: 10, Per: time.Minute}
 		}),
 			insts: []Inst{inst("a"), inst("b"), inst("c", health(Unhealthy)), inst("d", health(Unhealthy)), inst("e"), inst("f")},
 			want:  []string{"terminate:c:unhealthy", "terminate:d:unhealthy"}},

@@ -2,7 +2,9 @@ package state
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
+	"slices"
 	"sort"
 	"time"
 )
@@ -61,6 +63,12 @@ func (s *State) Apply(c Command) Result {
 		return s.drainFleet(c)
 	case *DrainRemoved:
 		return s.drainRemoved(c)
+	case *AddPause:
+		return s.addPause(c)
+	case *Unpause:
+		return s.unpause(c)
+	case *RecordStorms:
+		return s.recordStorms(c)
 	case *RecordEvents:
 		for _, e := range c.Events {
 			s.addEvent(e)
@@ -167,6 +175,7 @@ func (s *State) commitIntents(c *CommitIntents) Result {
 				s.noteFailure(it.Fleet, it.Reason, c.At)
 			}
 		}
+		s.noteKill(it, c.At)
 		s.addEvent(Event{Time: c.At, Fleet: it.Fleet, InstanceID: it.InstanceID, Action: plannedAction(it.Kind),
 			Reason: it.Reason, Evidence: it.Evidence, Node: it.Node, OpID: it.OpID})
 	}
@@ -455,6 +464,140 @@ func (s *State) forgetDrained(at time.Time) {
 			s.addEvent(Event{Time: at, Fleet: name, Action: ActionFleetForgotten, Reason: "drained"})
 		}
 	}
+}
+
+// noteKill records the time of a remediation kill for the kill-rate
+// limits: a terminate or drain of a running instance for a remediation
+// reason. The terminate that follows a drain is the same kill.
+func (s *State) noteKill(it *Intent, at time.Time) {
+	if it.Kind != Terminate && it.Kind != Drain || !slices.Contains(RemediationReasons, it.Reason) {
+		return
+	}
+	if rec := s.Instances[it.InstanceID]; it.Kind == Terminate && rec != nil && rec.Drained {
+		return
+	}
+	st := s.stats(it.Fleet)
+	st.Kills = appendBounded(st.Kills, at)
+	s.Kills = appendBounded(s.Kills, at)
+}
+
+func appendBounded(ts []time.Time, t time.Time) []time.Time {
+	ts = append(ts, t)
+	if len(ts) > MaxKillLog {
+		ts = append(ts[:0:0], ts[len(ts)-MaxKillLog:]...)
+	}
+	return ts
+}
+
+func (s *State) addPause(c *AddPause) Result {
+	s.prunePauses(c.At)
+	switch {
+	case c.Reason == "" || len(c.Reason) > MaxPauseReason:
+		return Result{Err: fmt.Sprintf("a pause needs a reason of 1 to %d bytes, got %d", MaxPauseReason, len(c.Reason)), Generation: s.Generation}
+	case len(c.By) > MaxPauseReason:
+		return Result{Err: "pause: by is too long", Generation: s.Generation}
+	case c.Fleet != "" && s.Fleets[c.Fleet] == nil:
+		return Result{Err: fmt.Sprintf("fleet %q is not known", c.Fleet), Generation: s.Generation}
+	case len(s.Pauses) >= MaxPauses:
+		return Result{Err: fmt.Sprintf("%d pauses are in force already, the most there may be: remove one first", len(s.Pauses)), Generation: s.Generation}
+	case c.For < 0:
+		return Result{Err: "pause: a negative duration", Generation: s.Generation}
+	}
+	s.NextPauseID++
+	p := Pause{ID: fmt.Sprintf("p%d", s.NextPauseID), Fleet: c.Fleet, Reason: c.Reason, By: c.By, At: c.At}
+	if c.For > 0 {
+		p.Until = c.At.Add(c.For)
+	}
+	s.Pauses = append(s.Pauses, p)
+	ev := []string{"pause " + p.ID, "reason: " + p.Reason}
+	if !p.Until.IsZero() {
+		ev = append(ev, "until "+p.Until.UTC().Format(time.RFC3339))
+	}
+	if p.By != "" {
+		ev = append(ev, "by "+p.By)
+	}
+	s.addEvent(Event{Time: c.At, Fleet: c.Fleet, Action: ActionPaused, Reason: "operator", Evidence: ev, Node: c.Node})
+	return Result{Generation: s.Generation, Accepted: []string{p.ID}}
+}
+
+func (s *State) unpause(c *Unpause) Result {
+	s.prunePauses(c.At)
+	var kept []Pause
+	var removed []string
+	for _, p := range s.Pauses {
+		if p.ID == c.ID || c.All && (c.Fleet == "" || p.Fleet == c.Fleet) {
+			removed = append(removed, p.ID)
+			s.addEvent(Event{Time: c.At, Fleet: p.Fleet, Action: ActionUnpaused, Reason: "operator", Node: c.Node,
+				Evidence: []string{"pause " + p.ID, "reason was: " + p.Reason}})
+			continue
+		}
+		kept = append(kept, p)
+	}
+	if len(removed) == 0 {
+		if c.All {
+			return Result{Generation: s.Generation}
+		}
+		return Result{Err: fmt.Sprintf("no pause %q is in force", c.ID), Generation: s.Generation}
+	}
+	s.Pauses = kept
+	return Result{Generation: s.Generation, Accepted: removed}
+}
+
+// prunePauses drops the pauses that expired by at.
+func (s *State) prunePauses(at time.Time) {
+	kept := s.Pauses[:0:0]
+	for _, p := range s.Pauses {
+		if p.Until.IsZero() || at.Before(p.Until) {
+			kept = append(kept, p)
+			continue
+		}
+		s.addEvent(Event{Time: at, Fleet: p.Fleet, Action: ActionUnpaused, Reason: "expired",
+			Evidence: []string{"pause " + p.ID, "reason was: " + p.Reason}})
+	}
+	s.Pauses = kept
+}
+
+func (s *State) recordStorms(c *RecordStorms) Result {
+	for _, name := range slices.Sorted(maps.Keys(c.Fleets)) {
+		if s.Fleets[name] == nil {
+			continue
+		}
+		st := s.stats(name)
+		if s.storm(&st.Storm, c.Fleets[name], c.At) {
+			s.addEvent(stormEvent(name, st.Storm, c))
+		}
+	}
+	if c.Cluster != nil && s.storm(&s.Storm, *c.Cluster, c.At) {
+		s.addEvent(stormEvent("", s.Storm, c))
+	}
+	return Result{Generation: s.Generation}
+}
+
+// storm moves a storm to active or ended; it reports whether it changed.
+func (s *State) storm(st *Storm, active bool, at time.Time) bool {
+	switch {
+	case active == st.Active:
+		return false
+	case active:
+		st.Active, st.Since = true, at
+	default:
+		st.Active, st.EndedAt = false, at
+	}
+	return true
+}
+
+func stormEvent(fleet string, st Storm, c *RecordStorms) Event {
+	ev := Event{Time: c.At, Fleet: fleet, Action: ActionStormStarted, Reason: "storm", Node: c.Node}
+	scope := "every running instance of the fleet fails at once"
+	if fleet == "" {
+		scope = "every fleet fails at once"
+	}
+	ev.Evidence = []string{scope + ": an observer problem is likelier than an instance problem; nothing is killed for its health"}
+	if !st.Active {
+		ev.Action = ActionStormEnded
+		ev.Evidence = []string{"the storm began at " + st.Since.UTC().Format(time.RFC3339) + "; kills for health resume after the storm cooldown"}
+	}
+	return ev
 }
 
 func (s *State) noteFailure(fleet, reason string, at time.Time) {

@@ -27,8 +27,12 @@ const (
 	TypeMarkHealthy    CommandType = 6
 	TypeDrainFleet     CommandType = 7
 	TypeDrainRemoved   CommandType = 9
+	TypePause          CommandType = 11
+	TypeUnpause        CommandType = 12
 	// Events are informational: an older node may skip them.
 	TypeRecordEvents = Ignorable | 8
+	// Storm bookkeeping only feeds guards older releases do not have.
+	TypeRecordStorms = Ignorable | 10
 )
 
 // Command is a typed, versioned change to the state.
@@ -74,6 +78,9 @@ var registry = map[CommandType]Command{
 	TypeDrainFleet:     &DrainFleet{},
 	TypeDrainRemoved:   &DrainRemoved{},
 	TypeRecordEvents:   &RecordEvents{},
+	TypePause:          &AddPause{},
+	TypeUnpause:        &Unpause{},
+	TypeRecordStorms:   &RecordStorms{},
 }
 
 // Decode parses an encoded command.
@@ -188,6 +195,38 @@ type DrainRemoved struct {
 	Node string    `json:"node"`
 }
 
+// AddPause adds an operator's pause (see Pause). The state names it.
+type AddPause struct {
+	Fleet  string        `json:"fleet,omitempty"`
+	Reason string        `json:"reason"`
+	For    time.Duration `json:"for,omitempty"`
+	By     string        `json:"by,omitempty"`
+	At     time.Time     `json:"at"`
+	Node   string        `json:"node"`
+}
+
+// Unpause removes pauses: the one named, or with All every one of the
+// fleet (every pause at all when Fleet is empty too).
+type Unpause struct {
+	ID    string    `json:"id,omitempty"`
+	All   bool      `json:"all,omitempty"`
+	Fleet string    `json:"fleet,omitempty"`
+	By    string    `json:"by,omitempty"`
+	At    time.Time `json:"at"`
+	Node  string    `json:"node"`
+}
+
+// RecordStorms records storms beginning and ending, per fleet and for
+// the whole cluster, so that their cooldowns survive a change of leader.
+type RecordStorms struct {
+	// Fleets maps a fleet to whether a storm is active in it now.
+	Fleets map[string]bool `json:"fleets,omitempty"`
+	// Cluster is set when the cluster-wide storm state changes.
+	Cluster *bool     `json:"cluster,omitempty"`
+	At      time.Time `json:"at"`
+	Node    string    `json:"node"`
+}
+
 // RecordEvents appends informational events.
 type RecordEvents struct {
 	Events []Event `json:"events"`
@@ -202,12 +241,16 @@ func (*MarkHealthy) Type() CommandType    { return TypeMarkHealthy }
 func (*DrainFleet) Type() CommandType     { return TypeDrainFleet }
 func (*DrainRemoved) Type() CommandType   { return TypeDrainRemoved }
 func (*RecordEvents) Type() CommandType   { return TypeRecordEvents }
+func (*AddPause) Type() CommandType       { return TypePause }
+func (*Unpause) Type() CommandType        { return TypeUnpause }
+func (*RecordStorms) Type() CommandType   { return TypeRecordStorms }
 
-// SetDesired and CommitIntents are at version 2: a version-2 entry
-// carries what version 1 cannot (a fleet with traffic backends, a drain
-// intent, an admit intent). Entries without it are still written as
-// version 1.
-func (*SetDesired) Version() uint8     { return 2 }
+// SetDesired is at version 3 and CommitIntents at version 2: a version-2
+// entry carries what version 1 cannot (a fleet with traffic backends, a
+// drain intent, an admit intent), a version-3 SetDesired a fleet with
+// kill-rate or storm settings. Entries without them are still written
+// at the older version.
+func (*SetDesired) Version() uint8     { return 3 }
 func (*CommitIntents) Version() uint8  { return 2 }
 func (*CompleteIntent) Version() uint8 { return 1 }
 func (*ClaimIntents) Version() uint8   { return 1 }
@@ -216,22 +259,29 @@ func (*MarkHealthy) Version() uint8    { return 1 }
 func (*DrainFleet) Version() uint8     { return 1 }
 func (*DrainRemoved) Version() uint8   { return 1 }
 func (*RecordEvents) Version() uint8   { return 1 }
+func (*AddPause) Version() uint8       { return 1 }
+func (*Unpause) Version() uint8        { return 1 }
+func (*RecordStorms) Version() uint8   { return 1 }
 
 func (c *SetDesired) encodedVersion() uint8 {
+	v := uint8(1)
 	for _, f := range c.Fleets {
 		if f == nil {
 			continue
 		}
+		if f.Spec.Remediation.Guarded() {
+			return 3
+		}
 		if f.Spec.Traffic != nil {
-			return 2
+			v = 2
 		}
 		for _, ck := range f.Spec.Health.Checks {
 			if ck.Consul != nil {
-				return 2
+				v = 2
 			}
 		}
 	}
-	return 1
+	return v
 }
 
 func (c *CommitIntents) encodedVersion() uint8 {

@@ -130,10 +130,65 @@ type DriftSpec struct {
 }
 
 // RemediationSpec bounds health- and drift-driven replacement.
+//
+// The guards' settings (Rate to StormCooldown) are kept only where the
+// fleet file sets them to something else than this release's default:
+// zero (nil) means "the default of the release that plans", which
+// Effective fills in. So a release that adds or changes a default
+// commits no new desired state for unchanged files (the guards change no
+// instance, only how fast remediation may act), and a spec that sets none
+// of them is encoded as the releases before them wrote it.
 type RemediationSpec struct {
 	Enabled      bool       `json:"enabled"`
 	MaxUnhealthy quantity.Q `json:"max_unhealthy"`
 	MaxParallel  int        `json:"max_parallel"`
+	// Report lists the remediation reasons (RemediationReasons) that are
+	// only reported, as Enabled false reports them all.
+	Report []string `json:"report,omitempty"`
+	// Rate caps the fleet's remediation kills (see RemediationReasons).
+	// SecondaryRate replaces it while more than UnhealthyThreshold of the
+	// fleet's running instances fail.
+	Rate               quantity.Rate `json:"rate,omitzero"`
+	SecondaryRate      quantity.Rate `json:"secondary_rate,omitzero"`
+	UnhealthyThreshold *quantity.Q   `json:"unhealthy_threshold,omitempty"`
+	// StormCooldown is how long kills for health stay stopped after a
+	// storm (every running instance failing at once) ended.
+	StormCooldown *time.Duration `json:"storm_cooldown,omitempty"`
+	// NoStormGuard turns storms off for the fleet (storm_guard = false):
+	// every instance failing at once is then remediated as any failure.
+	NoStormGuard bool `json:"no_storm_guard,omitempty"`
+}
+
+// Guarded says whether the spec sets a guard that releases before the
+// guards did not know: an entry carrying it is refused by them.
+func (r *RemediationSpec) Guarded() bool {
+	return len(r.Report) > 0 || r.Rate.Set() || r.SecondaryRate.Set() || r.UnhealthyThreshold != nil || r.StormCooldown != nil || r.NoStormGuard
+}
+
+// Reports says whether remediation only reports instances it would
+// replace for this reason.
+func (r *RemediationSpec) Reports(reason string) bool {
+	return !r.Enabled || slices.Contains(r.Report, reason)
+}
+
+// Effective is the spec with the release's defaults for the guards it
+// does not set.
+func (r RemediationSpec) Effective() RemediationSpec {
+	if !r.Rate.Set() {
+		r.Rate = config.DefaultFleetRate
+	}
+	if !r.SecondaryRate.Set() {
+		r.SecondaryRate = config.DefaultSecondaryRate
+	}
+	if r.UnhealthyThreshold == nil {
+		q := config.DefaultUnhealthyShare
+		r.UnhealthyThreshold = &q
+	}
+	if r.StormCooldown == nil {
+		d := config.DefaultStormCooldown
+		r.StormCooldown = &d
+	}
+	return r
 }
 
 // RolloutSpec bounds replacement when the desired image or template changes.
@@ -164,7 +219,7 @@ func SpecOf(f *config.Fleet) FleetSpec {
 			StopGrace: f.Launch.StopGrace,
 		},
 		Drift:       DriftSpec{Interval: f.Drift.Interval, IgnorePaths: slices.Clone(f.Drift.IgnorePaths), Orphans: f.Drift.Orphans},
-		Remediation: RemediationSpec{Enabled: f.Remediation.Enabled, MaxUnhealthy: f.Remediation.MaxUnhealthy, MaxParallel: f.Remediation.MaxParallel},
+		Remediation: remediationOf(&f.Remediation),
 		Rollout:     RolloutSpec{MaxSurge: f.Rollout.MaxSurge, MaxUnavailable: f.Rollout.MaxUnavailable},
 	}
 	if len(f.Launch.Env) > 0 {
@@ -198,6 +253,28 @@ func SpecOf(f *config.Fleet) FleetSpec {
 			sc.Consul = &ConsulCheck{Address: x.Address, TokenFile: x.TokenFile, CAFile: x.CAFile, CertFile: x.CertFile, KeyFile: x.KeyFile, TLSServerName: x.TLSServerName}
 		}
 		s.Health.Checks = append(s.Health.Checks, sc)
+	}
+	return s
+}
+
+// remediationOf keeps of the guards' settings only those that differ
+// from the defaults (see RemediationSpec).
+func remediationOf(r *config.Remediation) RemediationSpec {
+	s := RemediationSpec{Enabled: r.Enabled, MaxUnhealthy: r.MaxUnhealthy, MaxParallel: r.MaxParallel, Report: slices.Clone(r.Report),
+		NoStormGuard: !r.StormGuard}
+	if r.Rate != config.DefaultFleetRate {
+		s.Rate = r.Rate
+	}
+	if r.SecondaryRate != config.DefaultSecondaryRate {
+		s.SecondaryRate = r.SecondaryRate
+	}
+	if t := r.UnhealthyThreshold; t != nil && *t != config.DefaultUnhealthyShare {
+		q := *t
+		s.UnhealthyThreshold = &q
+	}
+	if r.StormCooldown != config.DefaultStormCooldown {
+		d := r.StormCooldown
+		s.StormCooldown = &d
 	}
 	return s
 }

@@ -197,6 +197,12 @@ const (
 	ActionRemediationBlocked   EventAction = "remediation_blocked"
 	ActionRemediationUnblocked EventAction = "remediation_unblocked"
 	ActionImageRefMoved        EventAction = "image_ref_moved"
+
+	// Guards: operators' pauses and storms.
+	ActionPaused       EventAction = "paused"
+	ActionUnpaused     EventAction = "unpaused"
+	ActionStormStarted EventAction = "storm_started"
+	ActionStormEnded   EventAction = "storm_ended"
 )
 
 // Reasons the state interprets or writes itself. They are values of the
@@ -222,7 +228,55 @@ type FleetStats struct {
 	LaunchFailures    int       `json:"launch_failures"`
 	LastFailureAt     time.Time `json:"last_failure_at,omitempty"`
 	LastFailureReason string    `json:"last_failure_reason,omitempty"`
+	// Kills are the times of the fleet's latest remediation kills (see
+	// RemediationReasons), at most MaxKillLog, oldest first: the kill-rate
+	// limits count them.
+	Kills []time.Time `json:"kills,omitempty"`
+	// Storm is the fleet's last storm: every running instance failing at
+	// once, an observer problem rather than an instance problem.
+	Storm Storm `json:"storm,omitzero"`
 }
+
+// Storm is when a storm began and ended (Active while it lasts).
+type Storm struct {
+	Active  bool      `json:"active,omitempty"`
+	Since   time.Time `json:"since,omitzero"`
+	EndedAt time.Time `json:"ended_at,omitzero"`
+}
+
+// MaxKillLog bounds the kill times kept per fleet and for the cluster:
+// no kill rate may allow more in one window.
+const MaxKillLog = 256
+
+// RemediationReasons are the reasons of the kills that the kill-rate
+// limits count: an instance terminated (or drained, then terminated) for
+// its health or for what happened to it, not for a rollout or a scale
+// down, and not the cleanup of one that is gone already.
+var RemediationReasons = []string{"unhealthy", ReasonNeverHealthy, "drift_mutated", ReasonOrphan}
+
+// Pause holds a fleet (or, with Fleet empty, every fleet) still: nothing
+// new starts, intents in flight finish. Pauses stack: a fleet moves again
+// only once every pause on it is removed or expired.
+type Pause struct {
+	ID     string    `json:"id"`
+	Fleet  string    `json:"fleet,omitempty"`
+	Reason string    `json:"reason"`
+	By     string    `json:"by,omitempty"`
+	At     time.Time `json:"at"`
+	// Until is when the pause expires by itself (zero: never).
+	Until time.Time `json:"until,omitzero"`
+}
+
+// Holds says whether the pause holds the fleet at now.
+func (p *Pause) Holds(fleet string, now time.Time) bool {
+	return (p.Fleet == "" || p.Fleet == fleet) && (p.Until.IsZero() || now.Before(p.Until))
+}
+
+// Bounds of pauses.
+const (
+	MaxPauses      = 64
+	MaxPauseReason = 200
+)
 
 // State is the whole replicated state. It is not safe for concurrent use;
 // the cluster package guards it.
@@ -244,6 +298,14 @@ type State struct {
 	NextEventID uint64                   `json:"next_event_id"`
 	// Finished counts intents finished by outcome, for audits.
 	Finished map[string]uint64 `json:"finished"`
+	// Kills are the times of the latest remediation kills of all fleets,
+	// at most MaxKillLog, oldest first (the cluster-wide kill rate).
+	Kills []time.Time `json:"kills,omitempty"`
+	// Storm is the last cluster-wide storm: every fleet failing at once.
+	Storm Storm `json:"storm,omitzero"`
+	// Pauses are the operators' pauses in force, oldest first.
+	Pauses      []Pause `json:"pauses,omitempty"`
+	NextPauseID uint64  `json:"next_pause_id,omitempty"`
 
 	// byInstance indexes open intents by instance id (derived, not
 	// serialised; rebuilt on demand).

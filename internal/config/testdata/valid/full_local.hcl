@@ -21,7 +21,14 @@ fleet "worker" {
   }
 
   remediation {
-    max_unhealthy = "100%"
+    max_unhealthy       = "100%"
+    mode                = "act"
+    report              = ["drift_mutated", "orphan"]
+    rate                = "5/10m"
+    secondary_rate      = "0/1h"
+    unhealthy_threshold = "40%"
+    storm_cooldown      = "5m"
+    storm_guard         = false
   }
 
   rollout {

@@ -22,3 +22,7 @@ provider "docker" {
   host         = "docker.example.com"
   publish_host = "127.0.0.1:80"
 }
+
+limits {
+  remediation_rate = "31/0m"
+}

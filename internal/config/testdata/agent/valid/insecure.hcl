@@ -13,4 +13,5 @@ cluster {
 limits {
   max_instances          = 500
   max_launches_in_flight = 4
+  remediation_rate       = "3/1h"
 }

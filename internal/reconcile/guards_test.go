@@ -1,0 +1,187 @@
+package reconcile
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/immutd/immutd/internal/quantity"
+	"github.com/immutd/immutd/internal/state"
+)
+
+// guarded gives a fleet the guards' settings: rate 2/10m, secondary
+// 1/10m above 25% failing, storm cooldown 1m.
+func guarded(d *state.DesiredFleet) {
+	share := quantity.Percent(25)
+	d.Spec.Remediation.Rate = quantity.Rate{N: 2, Per: 10 * time.Minute}
+	d.Spec.Remediation.SecondaryRate = quantity.Rate{N: 1, Per: 10 * time.Minute}
+	d.Spec.Remediation.UnhealthyThreshold = &share
+	cool := time.Minute
+	d.Spec.Remediation.StormCooldown = &cool
+	d.Spec.Remediation.MaxParallel = 5
+	d.Spec.Remediation.MaxUnhealthy = quantity.Percent(100)
+}
+
+func ago(d time.Duration) time.Time { return t0.Add(-d) }
+
+func heldBrief(hs []Held) []string {
+	var out []string
+	for _, h := range hs {
+		out = append(out, heldOne(h))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func heldOne(h Held) string {
+	if h.Kind == ActLaunch {
+		return fmt.Sprintf("launch:%s=%s", h.Reason, h.Guard)
+	}
+	return fmt.Sprintf("%s:%s:%s=%s", h.Kind, h.InstanceID, h.Reason, h.Guard)
+}
+
+func TestGuardsTable(t *testing.T) {
+	sick := health(Unhealthy)
+	cases := []struct {
+		name   string
+		fleet  FleetInput
+		in     func(*Input)
+		want   []string
+		held   []string
+		causes []Cause
+		detail string
+	}{
+		{name: "rate allows two kills, the third waits",
+			fleet:  FleetInput{Desired: desired(3, guarded), Instances: []Inst{inst("a", mutated), inst("b", mutated), inst("c", mutated), inst("d"), inst("e"), inst("f")}},
+			want:   []string{"terminate:a:drift_mutated", "terminate:b:drift_mutated"},
+			held:   []string{"terminate:c:drift_mutated=rate_limited"},
+			causes: []Cause{CauseRateLimited}, detail: "remediation.rate 2/10m is used up"},
+		{name: "the window holds two kills already: nothing goes",
+			fleet: FleetInput{Desired: desired(4, guarded), Stats: state.FleetStats{Kills: []time.Time{ago(time.Minute), ago(9 * time.Minute)}},
+				Instances: []Inst{inst("a", mutated), inst("b"), inst("c"), inst("d"), inst("e")}},
+			held:   []string{"terminate:a:drift_mutated=rate_limited"},
+			causes: []Cause{CauseRateLimited}, detail: "next kill at " + stamp(ago(9*time.Minute).Add(10*time.Minute))},
+		{name: "kills older than the window do not count",
+			fleet: FleetInput{Desired: desired(4, guarded), Stats: state.FleetStats{Kills: []time.Time{ago(11 * time.Minute), ago(20 * time.Minute)}},
+				Instances: []Inst{inst("a", mutated), inst("b"), inst("c"), inst("d"), inst("e")}},
+			want: []string{"terminate:a:drift_mutated"}},
+		{name: "above unhealthy_threshold the secondary rate applies",
+			fleet: FleetInput{Desired: desired(4, guarded), Stats: state.FleetStats{Kills: []time.Time{ago(5 * time.Minute)}},
+				Instances: []Inst{inst("a", health(NeverHealthy)), inst("b", health(NeverHealthy)), inst("c"), inst("d"), launching("n")}},
+			want:   []string{},
+			held:   []string{"terminate:a:never_healthy=rate_limited", "terminate:b:never_healthy=rate_limited"},
+			causes: []Cause{CauseRateLimited}, detail: "secondary_rate"},
+		{name: "every running instance fails: a storm, nothing is killed for its health",
+			fleet: FleetInput{Desired: desired(3, guarded), Instances: []Inst{inst("a", sick), inst("b", sick), inst("c", health(NeverHealthy))}},
+			want:  []string{"launch:replacement"},
+			held:  []string{"terminate:a:unhealthy=storm", "terminate:b:unhealthy=storm", "terminate:c:never_healthy=storm"}, causes: []Cause{CauseStorm}},
+		{name: "two failing instances are no storm",
+			fleet: FleetInput{Desired: desired(2, guarded), Instances: []Inst{inst("a", health(NeverHealthy)), inst("b", health(NeverHealthy))}},
+			want:  []string{"launch:replacement", "terminate:a:never_healthy", "terminate:b:never_healthy"}},
+		{name: "a storm that just ended: the cooldown holds kills for health",
+			fleet: FleetInput{Desired: desired(3, guarded), Stats: state.FleetStats{Storm: state.Storm{Active: true, Since: ago(time.Hour)}},
+				Instances: []Inst{inst("a", health(NeverHealthy)), inst("b"), inst("c")}},
+			want:   []string{"launch:replacement"},
+			held:   []string{"terminate:a:never_healthy=storm_cooldown"},
+			causes: []Cause{CauseStormCooldown}, detail: "resume at " + stamp(t0.Add(time.Minute))},
+		{name: "the cooldown is over",
+			fleet: FleetInput{Desired: desired(3, guarded), Stats: state.FleetStats{Storm: state.Storm{Since: ago(time.Hour), EndedAt: ago(61 * time.Second)}},
+				Instances: []Inst{inst("a", health(NeverHealthy)), inst("b"), inst("c")}},
+			want: []string{"launch:replacement", "terminate:a:never_healthy"}},
+		{name: "the cluster's rate is shared",
+			fleet: FleetInput{Desired: desired(3, guarded), Instances: []Inst{inst("a", mutated), inst("b", mutated), inst("c"), inst("d"), inst("e")}},
+			in: func(in *Input) {
+				in.Limits.RemediationRate = quantity.Rate{N: 3, Per: time.Hour}
+				in.Kills = []time.Time{ago(time.Minute), ago(2 * time.Minute)}
+			},
+			want: []string{"terminate:a:drift_mutated"}, held: []string{"terminate:b:drift_mutated=rate_limited"},
+			causes: []Cause{CauseRateLimited}, detail: "limits.remediation_rate 3/1h"},
+		{name: "a paused fleet holds every action",
+			fleet: FleetInput{Desired: desired(3, guarded), Instances: []Inst{inst("a", sick), inst("b"), inst("c", exited)}},
+			in: func(in *Input) {
+				in.Pauses = []state.Pause{{ID: "p1", Reason: "db migration", By: "ana"}, {ID: "p2", Fleet: "web", Reason: "ticket 42", Until: t0.Add(time.Hour)}}
+			},
+			held:   []string{"launch:replacement=paused", "launch:replacement=paused", "terminate:a:unhealthy=replacement_first", "terminate:c:exited=paused"},
+			causes: []Cause{CausePaused}, detail: "p1 (db migration, by ana, every fleet); p2 (ticket 42, until " + stamp(t0.Add(time.Hour)) + ")"},
+		{name: "report lists drift_mutated: it is only reported, health still acts",
+			fleet: FleetInput{Desired: desired(3, guarded, func(d *state.DesiredFleet) { d.Spec.Remediation.Report = []string{"drift_mutated"} }),
+				Instances: []Inst{inst("a", mutated), inst("b", health(NeverHealthy)), inst("c")}},
+			want:   []string{"launch:replacement", "terminate:b:never_healthy"},
+			held:   []string{"terminate:a:drift_mutated=disabled"},
+			causes: []Cause{CauseDisabled}, detail: "remediation.report lists drift_mutated"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in := Input{Now: t0, Fleets: []FleetInput{tc.fleet}}
+			if tc.in != nil {
+				tc.in(&in)
+			}
+			res := Plan(in)
+			if got := brief(res.Actions); tc.want != nil && strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("actions: got %v, want %v", got, tc.want)
+			}
+			var held []Held
+			for _, h := range res.Held {
+				if h.Guard != GuardAvailability && h.Guard != GuardMaxParallel || slices.Contains(tc.held, heldOne(h)) {
+					held = append(held, h)
+				}
+			}
+			if got := heldBrief(held); strings.Join(got, " ") != strings.Join(tc.held, " ") {
+				t.Errorf("held: got %v, want %v", got, tc.held)
+			}
+			st := res.Fleets[0]
+			if got := causes(st); fmt.Sprint(got) != fmt.Sprint(tc.causes) {
+				t.Errorf("blocked: got %v, want %v (%+v)", got, tc.causes, st.Blocked)
+			}
+			if tc.detail != "" && (len(st.Blocked) == 0 || !strings.Contains(st.Blocked[0].Detail, tc.detail)) {
+				t.Errorf("block detail %+v does not say %q", st.Blocked, tc.detail)
+			}
+		})
+	}
+}
+
+func TestGuardsClusterStorm(t *testing.T) {
+	sick := health(Unhealthy)
+	web := FleetInput{Desired: desired(2, guarded), Instances: []Inst{inst("a", sick), inst("b", sick)}}
+	api := FleetInput{Desired: desired(1, guarded, func(d *state.DesiredFleet) { d.Spec.Name = "api" }), Instances: []Inst{inst("x", sick)}}
+	api.Instances[0].Record.Fleet, api.Instances[0].Observed.Fleet = "api", "api"
+	res := Plan(Input{Now: t0, Fleets: []FleetInput{web, api}})
+	if !res.Storm {
+		t.Fatal("every fleet failing at once is not a storm")
+	}
+	for _, a := range res.Actions {
+		if a.Kind == ActTerminate {
+			t.Fatalf("killed during a cluster storm: %v", brief(res.Actions))
+		}
+	}
+	for _, st := range res.Fleets {
+		if got := causes(st); !slices.Contains(got, CauseStorm) || !strings.Contains(st.Blocked[0].Detail, "every fleet") {
+			t.Fatalf("fleet %s blocks %+v, want the cluster storm", st.Fleet, st.Blocked)
+		}
+	}
+	// One healthy fleet is enough to tell the observer works.
+	api.Instances[0].Health = Healthy
+	res = Plan(Input{Now: t0, Fleets: []FleetInput{web, api}})
+	if res.Storm {
+		t.Fatal("a storm with a healthy fleet")
+	}
+}
+
+func TestRateLeftAndNext(t *testing.T) {
+	r := quantity.Rate{N: 2, Per: 10 * time.Minute}
+	kills := []time.Time{ago(9 * time.Minute), ago(time.Minute), ago(11 * time.Minute)}
+	if got := r.Left(kills, t0); got != 0 {
+		t.Fatalf("left %d, want 0", got)
+	}
+	if got, want := r.NextAt(kills, t0), ago(9*time.Minute).Add(10*time.Minute); !got.Equal(want) {
+		t.Fatalf("next %s, want %s", got, want)
+	}
+	if got := (quantity.Rate{}).Left(kills, t0); got != -1 {
+		t.Fatalf("unset rate left %d, want -1", got)
+	}
+	if got := (quantity.Rate{N: 0, Per: time.Hour}).NextAt(nil, t0); !got.IsZero() {
+		t.Fatalf("a zero rate allows a kill at %s", got)
+	}
+}
