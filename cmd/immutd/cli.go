@@ -150,6 +150,12 @@ func renderHeader(w io.Writer, st api.Status, now time.Time) {
 	if st.Diverged {
 		fmt.Fprintf(w, "this agent's fleet files differ from the committed desired state (last committed from %s), which stays in force\n", c(st.SourceNode))
 	}
+	if st.Storm {
+		fmt.Fprintln(w, "STORM: every fleet fails at once, an observer problem more likely than broken instances; nothing is killed for its health")
+	}
+	for _, p := range st.Pauses {
+		fmt.Fprintf(w, "PAUSED %s\n", pauseLine(p.ID, p.Fleet, p.Reason, p.By, p.Until))
+	}
 	switch {
 	case st.Config.At.IsZero():
 		fmt.Fprintln(w, "fleet files: not read yet")

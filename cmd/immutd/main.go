@@ -116,6 +116,38 @@ content changed, the fleet rolls to it.`,
 		setup: setupFleet("resolve"),
 	},
 	{
+		name: "plan", args: "[FLEET]", maxArgs: 1,
+		summary: "dry run: what the leader would do now, and what holds the rest back",
+		about: `Ask the leader to plan on the state as it is and on what its last pass
+observed, without acting: every launch, terminate, drain and admission it
+would do with its reason and evidence, and every one a guard holds back
+(pause, kill rate, storm, breaker, report mode, traffic) with the guard.`,
+		setup: setupPlan,
+	},
+	{
+		name: "explain", args: "INSTANCE", minArgs: 1, maxArgs: 1,
+		summary: "why an instance was killed, or why it has not been",
+		about: `Explain instance INSTANCE: what the leader sees of it, what the next
+pass would do with it or which guard holds that back, and every event
+about it that the event log still holds.`,
+		setup: setupExplain,
+	},
+	{
+		name: "pause", args: "REASON...", minArgs: 1,
+		summary: "pause every fleet (or one, with -fleet): nothing new starts",
+		about: `Pause every fleet, or the fleet named by -fleet, for REASON: nothing new
+is launched, terminated, drained or admitted, and what is in flight
+finishes. Pauses stack: a fleet moves again once every pause on it is
+removed (immutd unpause) or expired (-for).`,
+		setup: setupPause,
+	},
+	{
+		name: "unpause", args: "ID | -all", maxArgs: 1,
+		summary: "remove a pause by its id (see status), or every pause with -all",
+		about:   `Remove the pause ID, or with -all every pause (of -fleet, when given).`,
+		setup:   setupUnpause,
+	},
+	{
 		name: "cluster members", summary: "list the servers of the cluster with their health",
 		about: `List the servers of the cluster: name, id, cluster address, role,
 health and replication progress.`,

@@ -47,6 +47,10 @@ var synopses = map[string]string{
 	"cluster remove":  "usage: immutd cluster remove NODE [flags]",
 	"tls init":        "usage: immutd tls init -nodes NAME,... [flags]",
 	"version":         "usage: immutd version",
+	"plan":            "usage: immutd plan [FLEET] [flags]",
+	"explain":         "usage: immutd explain INSTANCE [flags]",
+	"pause":           "usage: immutd pause REASON... [flags]",
+	"unpause":         "usage: immutd unpause ID | -all [flags]",
 }
 
 func TestEveryCommandHasASynopsis(t *testing.T) {

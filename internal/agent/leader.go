@@ -91,7 +91,8 @@ func (a *Agent) leaderSettings() leader.Settings {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return leader.Settings{Interval: a.interval,
-		Limits: reconcile.Limits{MaxInstances: a.limits.MaxInstances, MaxLaunchesInFlight: a.limits.MaxLaunchesInFlight}}
+		Limits: reconcile.Limits{MaxInstances: a.limits.MaxInstances, MaxLaunchesInFlight: a.limits.MaxLaunchesInFlight,
+			RemediationRate: a.limits.RemediationRate}}
 }
 
 // publishPass keeps the last pass for status.

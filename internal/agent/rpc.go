@@ -132,6 +132,18 @@ func (a *Agent) rpcHandler() http.Handler {
 		}
 		return struct{}{}, conflict(a.Resolve(ctx, req.Fleet))
 	}))
+	mux.HandleFunc("POST /cluster/v1/plan", rpcPost(a, true, maxSmallBody, func(ctx context.Context, req *planRequest) (any, error) {
+		if req.Fleet != "" && checkFleetName(req.Fleet) != nil {
+			return nil, rpcFail(http.StatusBadRequest, "%v", checkFleetName(req.Fleet))
+		}
+		return a.planHere(req.Fleet)
+	}))
+	mux.HandleFunc("POST /cluster/v1/pause", rpcPost(a, true, maxSmallBody, func(ctx context.Context, req *api.PauseRequest) (any, error) {
+		return a.Pause(ctx, *req)
+	}))
+	mux.HandleFunc("POST /cluster/v1/unpause", rpcPost(a, true, maxSmallBody, func(ctx context.Context, req *api.UnpauseRequest) (any, error) {
+		return a.Unpause(ctx, *req)
+	}))
 	a.clusterRPC(mux)
 	return a.authenticated(mux)
 }

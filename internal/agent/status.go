@@ -77,6 +77,14 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		s.Events = st.EventsSince(0, 20)
 		s.SourceNode = st.SourceNode
 		committed = st.SourceHash
+		s.Storm = st.Storm.Active
+		now := time.Now()
+		s.Pauses = []state.Pause{}
+		for _, p := range st.Pauses {
+			if p.Holds(p.Fleet, now) {
+				s.Pauses = append(s.Pauses, p)
+			}
+		}
 	})
 	if !s.IsLeader && leaderAddr != "" {
 		s.LastContact = time.Since(a.node.LastContact()).Round(time.Millisecond).String()

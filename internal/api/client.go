@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -50,9 +51,25 @@ func (c *Client) WithCA(caFile string) (*Client, error) {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	return c.send(ctx, method, path, nil, out)
+}
+
+// send makes a request with a JSON body (none when in is nil).
+func (c *Client) send(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -62,13 +79,13 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 		return fmt.Errorf("%s %s: %w", method, c.base+path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("%s %s: read: %w", method, c.base+path, err)
 	}
 	if resp.StatusCode >= 300 {
 		var e Error
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		if json.Unmarshal(answer, &e) == nil && e.Error != "" {
 			return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, e.Error)
 		}
 		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
@@ -76,7 +93,7 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	if out == nil {
 		return nil
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if err := json.Unmarshal(answer, out); err != nil {
 		return fmt.Errorf("%s %s: decode: %w", method, path, err)
 	}
 	return nil
@@ -128,6 +145,36 @@ func (c *Client) Events(ctx context.Context, after uint64, fleet string, limit i
 	}
 	var evs []state.Event
 	return evs, c.do(ctx, http.MethodGet, "/v1/events?"+q.Encode(), &evs)
+}
+
+// Plan fetches the leader's dry run (of one fleet, or of all).
+func (c *Client) Plan(ctx context.Context, fleet string) (Plan, error) {
+	var p Plan
+	path := "/v1/plan"
+	if fleet != "" {
+		path += "?fleet=" + url.QueryEscape(fleet)
+	}
+	return p, c.do(ctx, http.MethodGet, path, &p)
+}
+
+// Explain asks why an instance was killed, or why it has not been.
+func (c *Client) Explain(ctx context.Context, id string) (Explanation, error) {
+	var e Explanation
+	return e, c.do(ctx, http.MethodGet, "/v1/instances/"+url.PathEscape(id)+"/explain", &e)
+}
+
+// Pause adds a pause; it returns its id.
+func (c *Client) Pause(ctx context.Context, req PauseRequest) ([]string, error) {
+	var out map[string][]string
+	err := c.send(ctx, http.MethodPost, "/v1/pause", req, &out)
+	return out["paused"], err
+}
+
+// Unpause removes pauses; it returns their ids.
+func (c *Client) Unpause(ctx context.Context, req UnpauseRequest) ([]string, error) {
+	var out map[string][]string
+	err := c.send(ctx, http.MethodPost, "/v1/unpause", req, &out)
+	return out["unpaused"], err
 }
 
 // Drain asks the agent to drain an unconfigured fleet.

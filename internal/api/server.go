@@ -28,6 +28,14 @@ type Backend interface {
 	JoinVia(ctx context.Context, addr string) error
 	Leave(ctx context.Context) error
 	RemoveMember(ctx context.Context, node string) error
+	// Plan is the leader's dry run; Explain says why an instance was
+	// killed or has not been.
+	Plan(ctx context.Context, fleet string) (Plan, error)
+	Explain(ctx context.Context, id string) (Explanation, error)
+	// Pause and Unpause add and remove operators' pauses; they return the
+	// ids of the pauses added or removed.
+	Pause(ctx context.Context, req PauseRequest) ([]string, error)
+	Unpause(ctx context.Context, req UnpauseRequest) ([]string, error)
 	// Ready returns nil when the agent can serve its purpose: raft has a
 	// leader and, on the leader, leadership is established.
 	Ready() error
@@ -38,8 +46,12 @@ type Backend interface {
 	TokenFile() string
 }
 
-// ErrNotFound marks errors that map to 404.
-var ErrNotFound = errors.New("not found")
+// Errors that map to a status code of their own.
+var (
+	ErrNotFound    = errors.New("not found")
+	ErrBadRequest  = errors.New("bad request")
+	ErrUnavailable = errors.New("unavailable")
+)
 
 // Server serves the HTTP API.
 type Server struct {
@@ -131,6 +143,30 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/fleets/{name}/resolve", s.auth(func(w http.ResponseWriter, r *http.Request) {
 		s.do(w, s.b.Resolve(r.Context(), r.PathValue("name")), "resolved")
 	}))
+	mux.HandleFunc("GET /v1/plan", func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.b.Plan(r.Context(), r.URL.Query().Get("fleet"))
+		s.answer(w, p, err)
+	})
+	mux.HandleFunc("GET /v1/instances/{id}/explain", func(w http.ResponseWriter, r *http.Request) {
+		e, err := s.b.Explain(r.Context(), r.PathValue("id"))
+		s.answer(w, e, err)
+	})
+	mux.HandleFunc("POST /v1/pause", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		var req PauseRequest
+		if !decodeRequest(w, r, &req) {
+			return
+		}
+		ids, err := s.b.Pause(r.Context(), req)
+		s.answer(w, map[string][]string{"paused": ids}, err)
+	}))
+	mux.HandleFunc("POST /v1/unpause", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		var req UnpauseRequest
+		if !decodeRequest(w, r, &req) {
+			return
+		}
+		ids, err := s.b.Unpause(r.Context(), req)
+		s.answer(w, map[string][]string{"unpaused": ids}, err)
+	}))
 	mux.HandleFunc("GET /v1/cluster/members", func(w http.ResponseWriter, r *http.Request) {
 		ms, err := s.b.Members(r.Context())
 		if err != nil {
@@ -151,9 +187,43 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// maxPostBody bounds the body of a state-changing request; none of them
-// reads one, the arguments are in the path and query.
+// maxPostBody bounds the body of a state-changing request: most read
+// none (their arguments are in the path and query), a pause reads a small
+// JSON body.
 const maxPostBody = 4 << 10
+
+// decodeRequest decodes a request body of one JSON object with no
+// unknown fields; it answers 400 itself and returns false when it cannot.
+func decodeRequest(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeJSON(w, http.StatusBadRequest, Error{Error: "request body: " + err.Error()})
+		return false
+	}
+	if dec.More() {
+		writeJSON(w, http.StatusBadRequest, Error{Error: "request body: data after the JSON object"})
+		return false
+	}
+	return true
+}
+
+// answer writes a read's result, or its error: 404 for ErrNotFound, 400
+// for ErrBadRequest, 409 for a refusal, 503 when no leader answers.
+func (s *Server) answer(w http.ResponseWriter, v any, err error) {
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, v)
+	case errors.Is(err, ErrNotFound):
+		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
+	case errors.Is(err, ErrBadRequest):
+		writeJSON(w, http.StatusBadRequest, Error{Error: err.Error()})
+	case errors.Is(err, ErrUnavailable):
+		writeJSON(w, http.StatusServiceUnavailable, Error{Error: err.Error()})
+	default:
+		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
+	}
+}
 
 // auth requires the bearer token on every request that changes state.
 // There is no configuration without a token: an agent whose api block

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -18,6 +19,7 @@ import (
 type fakeBackend struct {
 	token   string
 	drained []string
+	paused  []string
 	ready   error
 }
 
@@ -38,8 +40,17 @@ func (f *fakeBackend) JoinVia(context.Context, string) error      { return nil }
 func (f *fakeBackend) Leave(context.Context) error                { return nil }
 func (f *fakeBackend) RemoveMember(context.Context, string) error { return nil }
 func (f *fakeBackend) Ready() error                               { return f.ready }
-func (f *fakeBackend) Token() string                              { return f.token }
-func (f *fakeBackend) TokenFile() string                          { return "/data/api-token" }
+func (f *fakeBackend) Plan(context.Context, string) (Plan, error) { return Plan{}, nil }
+func (f *fakeBackend) Explain(_ context.Context, id string) (Explanation, error) {
+	return Explanation{}, fmt.Errorf("instance %s: %w", id, ErrNotFound)
+}
+func (f *fakeBackend) Pause(_ context.Context, req PauseRequest) ([]string, error) {
+	f.paused = append(f.paused, req.Reason)
+	return []string{"p1"}, nil
+}
+func (f *fakeBackend) Unpause(context.Context, UnpauseRequest) ([]string, error) { return nil, nil }
+func (f *fakeBackend) Token() string                                             { return f.token }
+func (f *fakeBackend) TokenFile() string                                         { return "/data/api-token" }
 
 func TestStateChangesNeedTheToken(t *testing.T) {
 	b := &fakeBackend{token: "s3cret-token-0123456789"}

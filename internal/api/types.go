@@ -43,6 +43,11 @@ type Status struct {
 	Fleets  []Fleet       `json:"fleets"`
 	Events  []state.Event `json:"events"`
 	Version string        `json:"version"`
+	// Pauses are the operators' pauses in force.
+	Pauses []state.Pause `json:"pauses"`
+	// Storm is set while every fleet fails at once (the cluster-wide
+	// storm): nothing is killed for its health.
+	Storm bool `json:"storm,omitempty"`
 }
 
 // ConfigStatus is the state of the fleet files as the serving agent last

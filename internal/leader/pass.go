@@ -24,6 +24,11 @@ type view struct {
 	records    map[string]state.Instance
 	intents    []*state.Intent
 	stats      map[string]state.FleetStats
+	// The guards' inputs: remediation kill times, the cluster-wide
+	// storm, operators' pauses.
+	kills  []time.Time
+	storm  state.Storm
+	pauses []state.Pause
 }
 
 func (t *Term) readView() view {
@@ -44,8 +49,11 @@ func (t *Term) readView() view {
 		}
 		v.stats = make(map[string]state.FleetStats, len(st.Stats))
 		for n, s := range st.Stats {
-			v.stats[n] = *s
+			cp := *s
+			cp.Kills = slices.Clone(s.Kills)
+			v.stats[n] = cp
 		}
+		v.kills, v.storm, v.pauses = slices.Clone(st.Kills), st.Storm, slices.Clone(st.Pauses)
 	})
 	return v
 }
@@ -80,6 +88,8 @@ func (t *Term) pass(ctx context.Context, now time.Time) (PassResult, error) {
 	t.markHealthy(ctx, v, now)
 	t.syncTraffic(ctx, v, t.Judged())
 	t.recordBlocks(ctx, plan, now)
+	t.recordStorms(ctx, v, plan, now)
+	t.keepPlan(plan, now)
 	t.publish(v, in, plan, started, now)
 	if err != nil {
 		return PassError, nil
@@ -163,10 +173,28 @@ func (t *Term) resume(ctx context.Context, v view, observed map[string]instance.
 // findings per fleet.
 func (t *Term) input(v view, observed map[string]instance.Observed, listErr map[string]string, now time.Time) reconcile.Input {
 	judged := t.cfg.Judge.Judge(now)
+	since := t.traffic.healthySince(judged, now)
 	t.mu.Lock()
 	t.judged = judged
+	t.seen = &seen{observed: observed, listErr: listErr, judged: judged, since: since, at: now}
 	t.mu.Unlock()
-	since := t.traffic.healthySince(judged, now)
+	return t.joined(v, t.seen, now)
+}
+
+// seen is what the last pass observed: the providers' lists, the
+// verdicts, the admission clocks. A dry run plans on it.
+type seen struct {
+	observed map[string]instance.Observed
+	listErr  map[string]string
+	judged   map[string]Judgement
+	since    map[string]time.Time
+	at       time.Time
+}
+
+// joined builds the planner's input from a view of the state and what
+// was seen.
+func (t *Term) joined(v view, sn *seen, now time.Time) reconcile.Input {
+	observed, listErr, judged, since := sn.observed, sn.listErr, sn.judged, sn.since
 	openBy := map[string]*state.Intent{}
 	for _, it := range v.intents {
 		openBy[it.InstanceID] = it
@@ -190,7 +218,7 @@ func (t *Term) input(v view, observed map[string]instance.Observed, listErr map[
 		}
 	}
 	settings := t.cfg.Settings()
-	in := reconcile.Input{Now: now, Limits: settings.Limits}
+	in := reconcile.Input{Now: now, Limits: settings.Limits, Kills: v.kills, Storm: v.storm, Pauses: v.pauses}
 	t.driftMu.Lock()
 	defer t.driftMu.Unlock()
 	for _, name := range slices.Sorted(maps.Keys(v.fleets)) {
@@ -216,6 +244,68 @@ func (t *Term) input(v view, observed map[string]instance.Observed, listErr map[
 		in.Fleets = append(in.Fleets, fi)
 	}
 	return in
+}
+
+// recordStorms journals storms that began or ended in this pass, so that
+// their cooldowns survive a change of leader.
+func (t *Term) recordStorms(ctx context.Context, v view, plan reconcile.Result, now time.Time) {
+	cmd := &state.RecordStorms{Fleets: map[string]bool{}, At: now, Node: t.cfg.Node}
+	for _, st := range plan.Fleets {
+		if st.Guarded && st.Storm != v.stats[st.Fleet].Storm.Active {
+			cmd.Fleets[st.Fleet] = st.Storm
+		}
+	}
+	if plan.Storm != v.storm.Active {
+		storm := plan.Storm
+		cmd.Cluster = &storm
+	}
+	if len(cmd.Fleets) == 0 && cmd.Cluster == nil {
+		return
+	}
+	for name, on := range cmd.Fleets {
+		t.log.Warn("storm", zap.String("fleet", name), zap.Bool("active", on))
+	}
+	if cmd.Cluster != nil {
+		t.log.Warn("cluster storm", zap.Bool("active", *cmd.Cluster))
+	}
+	if _, err := t.cfg.Journal.Apply(ctx, cmd); err != nil && ctx.Err() == nil {
+		t.log.Warn("could not record storms", zap.Error(err))
+	}
+}
+
+// Planned is a plan and when it was made.
+type Planned struct {
+	At     time.Time
+	Result reconcile.Result
+	// Observed is when the providers were listed for it.
+	Observed time.Time
+}
+
+func (t *Term) keepPlan(plan reconcile.Result, now time.Time) {
+	t.mu.Lock()
+	t.lastPlan = &Planned{At: now, Result: plan, Observed: now}
+	t.mu.Unlock()
+}
+
+// LastPlan is the plan of the last pass (nil before the first).
+func (t *Term) LastPlan() *Planned {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lastPlan
+}
+
+// DryRun plans on the state as it is now and on what the last pass
+// observed, without acting: what a pass would do now, and what holds
+// the rest back. ok is false before the first pass.
+func (t *Term) DryRun(now time.Time) (p Planned, ok bool) {
+	t.mu.Lock()
+	sn := t.seen
+	t.mu.Unlock()
+	if sn == nil {
+		return Planned{}, false
+	}
+	in := t.joined(t.readView(), sn, now)
+	return Planned{At: now, Result: reconcile.Plan(in), Observed: sn.at}, true
 }
 
 // markHealthy records instances judged healthy for the first time (this

@@ -183,6 +183,9 @@ type Term struct {
 	mu          sync.Mutex
 	listBackoff map[string]*listRetry
 	judged      map[string]Judgement
+	// seen is what the last pass observed, lastPlan its plan.
+	seen     *seen
+	lastPlan *Planned
 
 	// traffic is the traffic gate's view (admission clocks, backend sync).
 	traffic *trafficState
