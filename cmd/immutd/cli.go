@@ -220,6 +220,12 @@ func renderInstances(w io.Writer, fleets []api.Fleet, now time.Time) {
 			if in.Orphan {
 				notes = append(notes, "orphan")
 			}
+			if in.Flapping {
+				notes = append(notes, "FLAPPING")
+			}
+			if in.Recovering {
+				notes = append(notes, "recovering (healthy_delay)")
+			}
 			switch {
 			case in.Traffic == "draining" && in.TrafficConnections > 0:
 				notes = append(notes, fmt.Sprintf("traffic: draining, %d connections left", in.TrafficConnections))

@@ -133,7 +133,7 @@ about it that the event log still holds.`,
 		setup: setupExplain,
 	},
 	{
-		name: "pause", args: "REASON...", minArgs: 1,
+		name: "pause", args: "REASON...", minArgs: 1, maxArgs: 64,
 		summary: "pause every fleet (or one, with -fleet): nothing new starts",
 		about: `Pause every fleet, or the fleet named by -fleet, for REASON: nothing new
 is launched, terminated, drained or admitted, and what is in flight

@@ -56,6 +56,8 @@ type metrics struct {
 	dataDirFree      prometheus.Gauge
 	trafficInstances *prometheus.GaugeVec
 	trafficStep      *prometheus.HistogramVec
+	clusterStorm     prometheus.Gauge
+	pauses           *prometheus.GaugeVec
 }
 
 // trafficStates are the traffic states immutd_traffic_instances exports.
@@ -121,6 +123,11 @@ func newMetrics() *metrics {
 		Help:    "Duration of admissions (healthy to confirmed by every backend) and drains (until connections ended or drain_delay, and removal), by outcome.",
 		Buckets: prometheus.ExponentialBuckets(0.01, 2, 17)}, []string{"kind", "outcome"})
 	reg.MustRegister(m.trafficInstances, m.trafficStep)
+	m.clusterStorm = prometheus.NewGauge(prometheus.GaugeOpts{Name: "immutd_cluster_storm",
+		Help: "1 while every fleet with running instances fails at once (a cluster-wide storm: nothing is killed for its health), as the replicated state records it."})
+	m.pauses = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_pauses",
+		Help: "Operators' pauses in force, by fleet (\"\" for pauses of every fleet), from the replicated state."}, []string{"fleet"})
+	reg.MustRegister(m.clusterStorm, m.pauses)
 	reg.MustRegister(m.fleetInstances, m.fleetDesired, m.drifted, m.replacements, m.blocked, m.reconcileDur, m.providerCall,
 		m.reloadOK, m.reloadTime, m.reloadFailures, m.isLeader, m.intentsOpen, m.intentsFinished, m.desiredGen, buildInfo,
 		m.configDiverged, m.autopilotHealthy, m.failureTolerance, m.imageRefMoved, m.dataDirWritable, m.dataDirFree, m.passes,
@@ -154,7 +161,7 @@ func (m *metrics) initFleet(fleet string) {
 
 // forgetFleet removes a fleet's series.
 func (m *metrics) forgetFleet(fleet string) {
-	for _, v := range []*prometheus.GaugeVec{m.fleetInstances, m.fleetDesired, m.drifted, m.blocked, m.imageRefMoved} {
+	for _, v := range []*prometheus.GaugeVec{m.fleetInstances, m.fleetDesired, m.drifted, m.blocked, m.imageRefMoved, m.pauses} {
 		v.DeletePartialMatch(prometheus.Labels{"fleet": fleet})
 	}
 	m.replacements.DeletePartialMatch(prometheus.Labels{"fleet": fleet})

@@ -18,9 +18,21 @@ type Status = api.Status
 // publishDesired exports the replicated desired sizes (every agent).
 func (a *Agent) publishDesired() {
 	sizes := map[string]int{}
+	pauses := map[string]int{"": 0}
 	a.node.Read(func(st *state.State) {
 		a.m.desiredGen.Set(float64(st.Generation))
 		a.m.intentsOpen.Set(float64(len(st.Intents)))
+		storm := 0.0
+		if st.Storm.Active {
+			storm = 1
+		}
+		a.m.clusterStorm.Set(storm)
+		now := time.Now()
+		for _, p := range st.Pauses {
+			if p.Holds(p.Fleet, now) {
+				pauses[p.Fleet]++
+			}
+		}
 		for name, f := range st.Fleets {
 			sizes[name] = f.Spec.Size
 			if f.Draining {
@@ -30,6 +42,10 @@ func (a *Agent) publishDesired() {
 	})
 	for name, size := range sizes {
 		a.m.fleetDesired.WithLabelValues(name).Set(float64(size))
+		pauses[name] += 0
+	}
+	for fleet, n := range pauses {
+		a.m.pauses.WithLabelValues(fleet).Set(float64(n))
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

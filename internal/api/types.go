@@ -130,6 +130,11 @@ type Instance struct {
 	// instance still had at the last count.
 	Traffic            string `json:"traffic,omitempty"`
 	TrafficConnections int    `json:"traffic_connections,omitempty"`
+	// Flapping: it failed remediation.flap_threshold times within
+	// flap_window and is judged unhealthy while it passes; Recovering:
+	// healthy again for less than healthy_delay, it counts as starting.
+	Flapping   bool `json:"flapping,omitempty"`
+	Recovering bool `json:"recovering,omitempty"`
 }
 
 // Member is one server of the cluster.

@@ -63,8 +63,13 @@ const (
 	DefaultMaxUnhealthyPct    = 50
 	DefaultMaxParallel        = 1
 	DefaultStormCooldown      = time.Minute
-	DefaultMaxSurge           = 1
-	DefaultMaxUnavailable     = 0
+	DefaultFlapThreshold      = 3
+	DefaultFlapWindow         = 10 * time.Minute
+	// MaxFlapThreshold is the most failures an agent remembers per
+	// instance.
+	MaxFlapThreshold      = 16
+	DefaultMaxSurge       = 1
+	DefaultMaxUnavailable = 0
 )
 
 // Health check defaults and limits by kind (the common settings are
@@ -207,6 +212,7 @@ func defaultRemediation() Remediation {
 		Mode:         RemediationAct,
 		Rate:         DefaultFleetRate, SecondaryRate: DefaultSecondaryRate,
 		UnhealthyThreshold: &DefaultUnhealthyShare, StormCooldown: DefaultStormCooldown, StormGuard: true,
+		FlapThreshold: DefaultFlapThreshold, FlapWindow: DefaultFlapWindow,
 	}
 }
 

@@ -632,6 +632,9 @@ func (s *section) remediation() Remediation {
 		}
 		rs.duration("storm_cooldown", 0, maxTrafficWait, &r.StormCooldown)
 		rs.boolean("storm_guard", &r.StormGuard)
+		rs.duration("healthy_delay", 0, maxTrafficWait, &r.HealthyDelay)
+		rs.integer("flap_threshold", 0, MaxFlapThreshold, &r.FlapThreshold)
+		rs.duration("flap_window", time.Second, 24*time.Hour, &r.FlapWindow)
 		rs.done()
 	}
 	return r

@@ -340,6 +340,14 @@ type Remediation struct {
 	// StormGuard stops kills for health while every running instance
 	// (3 or more) fails at once. Default true.
 	StormGuard bool `json:"storm_guard"`
+	// HealthyDelay: an instance that recovers counts as healthy only once
+	// it stayed healthy this long. Default 0s.
+	HealthyDelay time.Duration `json:"healthy_delay"`
+	// FlapThreshold failures (turns from healthy to unhealthy) within
+	// FlapWindow mark an instance flapping: it is replaced even while it
+	// passes. 0 turns flap detection off. Default 3 in 10m.
+	FlapThreshold int           `json:"flap_threshold"`
+	FlapWindow    time.Duration `json:"flap_window"`
 }
 
 // Rollout bounds replacement when the desired image or template changes.

@@ -11,9 +11,10 @@ import (
 
 // previousReleases are the releases an upgrade is tested from: dbf9177,
 // the last before the replicated state got types of its own (see
-// internal/state/testdata/release-dbf9177), and 7362f3f, the last before
-// the traffic gate.
-var previousReleases = []string{"dbf9177", "7362f3f"}
+// internal/state/testdata/release-dbf9177), 7362f3f, the last before
+// the traffic gate, and a428dde, the last before the remediation guards
+// (kill rates, storms, pauses).
+var previousReleases = []string{"dbf9177", "7362f3f", "a428dde"}
 
 // buildRelease builds the immutd binary of an earlier commit of this
 // repository from its git history, into the test's temporary directory.

@@ -173,10 +173,10 @@ func (t *Term) resume(ctx context.Context, v view, observed map[string]instance.
 // findings per fleet.
 func (t *Term) input(v view, observed map[string]instance.Observed, listErr map[string]string, now time.Time) reconcile.Input {
 	judged := t.cfg.Judge.Judge(now)
-	since := t.traffic.healthySince(judged, now)
+	times := t.health.observe(judged, now)
 	t.mu.Lock()
 	t.judged = judged
-	t.seen = &seen{observed: observed, listErr: listErr, judged: judged, since: since, at: now}
+	t.seen = &seen{observed: observed, listErr: listErr, judged: judged, times: times, at: now}
 	t.mu.Unlock()
 	return t.joined(v, t.seen, now)
 }
@@ -187,14 +187,14 @@ type seen struct {
 	observed map[string]instance.Observed
 	listErr  map[string]string
 	judged   map[string]Judgement
-	since    map[string]time.Time
+	times    map[string]healthTimes
 	at       time.Time
 }
 
 // joined builds the planner's input from a view of the state and what
 // was seen.
 func (t *Term) joined(v view, sn *seen, now time.Time) reconcile.Input {
-	observed, listErr, judged, since := sn.observed, sn.listErr, sn.judged, sn.since
+	observed, listErr, judged, times := sn.observed, sn.listErr, sn.judged, sn.times
 	openBy := map[string]*state.Intent{}
 	for _, it := range v.intents {
 		openBy[it.InstanceID] = it
@@ -235,7 +235,8 @@ func (t *Term) joined(v view, sn *seen, now time.Time) reconcile.Input {
 			if j, ok := judged[id]; ok {
 				x.Health, x.Evidence = j.Health, j.Evidence
 			}
-			x.HealthySince = since[id]
+			ht := times[id]
+			x.HealthySince, x.UnhealthySince, x.Failures = ht.healthySince, ht.unhealthySince, ht.failures
 			if d, ok := t.drift[id]; ok && d.finding != nil {
 				x.Drift = d.finding
 			}

@@ -48,6 +48,7 @@ func (t *Term) publish(v view, in reconcile.Input, plan reconcile.Result, starte
 			}
 			row := instanceRow(d, x, st.Instances[x.ID].State, judged[x.ID], drift[x.ID])
 			row.Traffic = string(st.Instances[x.ID].Traffic)
+			row.Flapping, row.Recovering = st.Instances[x.ID].Flapping, st.Instances[x.ID].Recovering
 			if row.Traffic == string(reconcile.TrafficDraining) {
 				row.TrafficConnections = t.traffic.connectionsOf(x.ID)
 			}

@@ -187,8 +187,10 @@ type Term struct {
 	seen     *seen
 	lastPlan *Planned
 
-	// traffic is the traffic gate's view (admission clocks, backend sync).
+	// traffic is the traffic gate's view (backend sync, connections);
+	// health follows the verdicts' clocks.
 	traffic *trafficState
+	health  *healthClock
 
 	// Only Run's goroutine touches these.
 	blocked        map[string]string
@@ -220,7 +222,7 @@ func New(cfg Config) *Term {
 	}
 	t := &Term{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), drift: map[string]driftEntry{}, observed: map[string]instance.Observed{},
 		listBackoff: map[string]*listRetry{}, judged: map[string]Judgement{}, blocked: map[string]string{}, watching: map[string]bool{},
-		moved: map[string]string{}, traffic: newTrafficState()}
+		moved: map[string]string{}, traffic: newTrafficState(), health: newHealthClock()}
 	eo := cfg.Executor
 	eo.Backends, eo.OnConnections = cfg.Backends, t.traffic.connections
 	eo.Journal, eo.Providers, eo.Node, eo.Observer, eo.Wake, eo.Now = cfg.Journal, cfg.Providers, cfg.Node, t, cfg.Notify, cfg.Now

@@ -17,13 +17,11 @@ import (
 // syncTimeout bounds one backend's level-based sync.
 const syncTimeout = 30 * time.Second
 
-// trafficState is the term's view of the fleets' traffic backends: since
-// when each instance has been healthy (admission waits min_ready from
-// it; a new leader starts counting afresh), the last sync error of each
-// backend, and the connections draining instances still have.
+// trafficState is the term's view of the fleets' traffic backends: the
+// last sync error of each backend, and the connections draining
+// instances still have.
 type trafficState struct {
 	mu       sync.Mutex
-	since    map[string]time.Time
 	syncing  map[traffic.Backend]bool
 	syncErr  map[string]map[string]string // fleet -> backend -> error
 	conns    map[string]int
@@ -31,31 +29,8 @@ type trafficState struct {
 }
 
 func newTrafficState() *trafficState {
-	return &trafficState{since: map[string]time.Time{}, syncing: map[traffic.Backend]bool{}, syncErr: map[string]map[string]string{},
+	return &trafficState{syncing: map[traffic.Backend]bool{}, syncErr: map[string]map[string]string{},
 		conns: map[string]int{}, unusable: map[string]string{}}
-}
-
-// healthySince updates and returns since when each instance's verdict has
-// been healthy without a break.
-func (ts *trafficState) healthySince(judged map[string]Judgement, now time.Time) map[string]time.Time {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	for id := range ts.since {
-		if judged[id].Health != reconcile.Healthy {
-			delete(ts.since, id)
-		}
-	}
-	out := make(map[string]time.Time, len(judged))
-	for id, j := range judged {
-		if j.Health != reconcile.Healthy {
-			continue
-		}
-		if _, ok := ts.since[id]; !ok {
-			ts.since[id] = now
-		}
-		out[id] = ts.since[id]
-	}
-	return out
 }
 
 // connections records the connections a draining instance has left.

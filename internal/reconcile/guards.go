@@ -113,7 +113,7 @@ func (fp *fleetPlan) guardsOf(in Input, cg *clusterGuard) *guards {
 	}
 	g.storm = fp.stormy()
 	g.clusterStorm = cg.storm && !r.NoStormGuard
-	fp.st.Storm = g.storm || g.clusterStorm
+	fp.st.Storm, fp.st.Guarded = g.storm, true
 	ended := fp.fi.Stats.Storm.EndedAt
 	if fp.fi.Stats.Storm.Active && !g.storm {
 		ended = in.Now // ended in this pass
@@ -122,7 +122,7 @@ func (fp *fleetPlan) guardsOf(in Input, cg *clusterGuard) *guards {
 		ended = cg.ended
 	}
 	g.cooldown = *r.StormCooldown
-	if until := ended.Add(g.cooldown); !fp.st.Storm && !ended.IsZero() && in.Now.Before(until) {
+	if until := ended.Add(g.cooldown); !g.storm && !g.clusterStorm && !ended.IsZero() && in.Now.Before(until) {
 		g.cooldownUntil = until
 	}
 	return g
@@ -132,23 +132,72 @@ func (fp *fleetPlan) guardsOf(in Input, cg *clusterGuard) *guards {
 // when remedial), spent being the remediation kills this fleet chose
 // already in this pass.
 func (g *guards) allows(remedial, forHealth bool, spent int) (Cause, string) {
-	if !remedial {
-		return "", ""
-	}
+	// A storm holds every kill for health, the terminate after a drain
+	// too; the rates count only what they have not counted yet.
 	if forHealth && (g.storm || g.clusterStorm) {
 		return g.count(CauseStorm), ""
 	}
 	if forHealth && !g.cooldownUntil.IsZero() {
 		return g.count(CauseStormCooldown), "kills for health resume at " + stamp(g.cooldownUntil)
 	}
+	if !remedial {
+		return "", ""
+	}
 	if g.left >= 0 && spent >= g.left {
 		return g.count(CauseRateLimited), g.rateDetail()
 	}
 	if c := g.cluster; c.left >= 0 && c.spent+spent >= c.left {
 		g.byCluster = true
-		return g.count(CauseRateLimited), fmt.Sprintf("limits.remediation_rate %s of the cluster is used up; next kill at %s", c.rate, stampOrNever(c.next))
+		return g.count(CauseRateLimited), g.clusterDetail()
 	}
 	return "", ""
+}
+
+// held is a guard's hold on an instance's slot, and why.
+type held struct {
+	guard  Cause
+	detail string
+}
+
+// keepSlots decides which failing or changed instances keep their slots
+// this pass: their kill is held, and no replacement is launched for them
+// (a replacement would break a storm's picture, and a kill the rate holds
+// would turn into a replacement now and the kill of a healthy instance,
+// the excess, later). In order of removal: in a storm or its cooldown
+// every failing instance keeps its slot, an unhealthy one still settling
+// keeps it, and past what the kill rates afford (the fleet's, and the
+// cluster's as it stands before this pass) the rest keep theirs.
+func (fp *fleetPlan) keepSlots(now time.Time) {
+	g := fp.guard
+	fp.kept = map[string]held{}
+	if g == nil {
+		return
+	}
+	afford, rateDetail := g.left, g.rateDetail()
+	if c := g.cluster.left; c >= 0 && (afford < 0 || c < afford) {
+		afford, rateDetail = c, g.clusterDetail()
+	}
+	for _, cand := range removalCandidates(fp.cls, fp.size, fp.counted, fp.d.Draining) {
+		c := cand.c
+		if !isRemediation(cand.reason) || c.drained {
+			continue
+		}
+		wait, until := settling(c.inst, fp.spec, now)
+		switch {
+		case c.sick && (g.storm || g.clusterStorm):
+			fp.kept[c.inst.ID] = held{guard: CauseStorm}
+		case c.sick && !g.cooldownUntil.IsZero():
+			fp.kept[c.inst.ID] = held{guard: CauseStormCooldown, detail: "kills for health resume at " + stamp(g.cooldownUntil)}
+		case cand.reason == ReasonUnhealthy && wait:
+			fp.kept[c.inst.ID] = held{guard: GuardSettling, detail: "waits until " + stamp(until) +
+				" (the longest interval × unhealthy_threshold of the fleet's checks), so that instances failing together are seen failing together"}
+		case afford == 0:
+			fp.kept[c.inst.ID] = held{guard: CauseRateLimited, detail: rateDetail}
+			g.byCluster = g.byCluster || rateDetail == g.clusterDetail()
+		case afford > 0:
+			afford--
+		}
+	}
 }
 
 // stops says which guard stops a sick instance's kill before the
@@ -164,6 +213,11 @@ func (g *guards) stops() Cause {
 }
 
 func (g *guards) count(c Cause) Cause { g.heldBy[c]++; return c }
+
+func (g *guards) clusterDetail() string {
+	c := g.cluster
+	return fmt.Sprintf("limits.remediation_rate %s of the cluster is used up; next kill at %s", c.rate, stampOrNever(c.next))
+}
 
 func (g *guards) rateDetail() string {
 	name := "remediation.rate"
@@ -197,8 +251,7 @@ func (fp *fleetPlan) guardBlocks() {
 	if n := g.heldBy[CauseRateLimited]; n > 0 {
 		detail := g.rateDetail()
 		if g.byCluster {
-			c := g.cluster
-			detail = fmt.Sprintf("limits.remediation_rate %s of the cluster is used up; next kill at %s", c.rate, stampOrNever(c.next))
+			detail = g.clusterDetail()
 		}
 		fp.block(CauseRateLimited, fmt.Sprintf("%d remediation kills wait: %s", n, detail))
 	}

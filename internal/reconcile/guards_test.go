@@ -26,6 +26,15 @@ func guarded(d *state.DesiredFleet) {
 
 func ago(d time.Duration) time.Time { return t0.Add(-d) }
 
+// failedAt gives an instance failures (turns from healthy to unhealthy).
+func failedAt(ts ...time.Time) func(*Inst) { return func(i *Inst) { i.Failures = ts } }
+
+func withCheck(interval time.Duration, unhealthy int) func(*state.DesiredFleet) {
+	return func(d *state.DesiredFleet) {
+		d.Spec.Health.Checks = []state.Check{{Name: "ready", Kind: "http", Interval: interval, UnhealthyThreshold: unhealthy}}
+	}
+}
+
 func heldBrief(hs []Held) []string {
 	var out []string
 	for _, h := range hs {
@@ -74,8 +83,9 @@ func TestGuardsTable(t *testing.T) {
 			held:   []string{"terminate:a:never_healthy=rate_limited", "terminate:b:never_healthy=rate_limited"},
 			causes: []Cause{CauseRateLimited}, detail: "secondary_rate"},
 		{name: "every running instance fails: a storm, nothing is killed for its health",
+			// No replacement either: it would break the storm's picture.
 			fleet: FleetInput{Desired: desired(3, guarded), Instances: []Inst{inst("a", sick), inst("b", sick), inst("c", health(NeverHealthy))}},
-			want:  []string{"launch:replacement"},
+			want:  []string{},
 			held:  []string{"terminate:a:unhealthy=storm", "terminate:b:unhealthy=storm", "terminate:c:never_healthy=storm"}, causes: []Cause{CauseStorm}},
 		{name: "two failing instances are no storm",
 			fleet: FleetInput{Desired: desired(2, guarded), Instances: []Inst{inst("a", health(NeverHealthy)), inst("b", health(NeverHealthy))}},
@@ -83,7 +93,7 @@ func TestGuardsTable(t *testing.T) {
 		{name: "a storm that just ended: the cooldown holds kills for health",
 			fleet: FleetInput{Desired: desired(3, guarded), Stats: state.FleetStats{Storm: state.Storm{Active: true, Since: ago(time.Hour)}},
 				Instances: []Inst{inst("a", health(NeverHealthy)), inst("b"), inst("c")}},
-			want:   []string{"launch:replacement"},
+			want:   []string{},
 			held:   []string{"terminate:a:never_healthy=storm_cooldown"},
 			causes: []Cause{CauseStormCooldown}, detail: "resume at " + stamp(t0.Add(time.Minute))},
 		{name: "the cooldown is over",
@@ -98,6 +108,28 @@ func TestGuardsTable(t *testing.T) {
 			},
 			want: []string{"terminate:a:drift_mutated"}, held: []string{"terminate:b:drift_mutated=rate_limited"},
 			causes: []Cause{CauseRateLimited}, detail: "limits.remediation_rate 3/1h"},
+		{name: "a failing instance whose kill the rate holds keeps its slot: no replacement",
+			fleet: FleetInput{Desired: desired(3, guarded), Stats: state.FleetStats{Kills: []time.Time{ago(time.Minute), ago(2 * time.Minute)}},
+				Instances: []Inst{inst("a", health(NeverHealthy)), inst("b"), inst("c")}},
+			want: []string{}, held: []string{"terminate:a:never_healthy=rate_limited"}, causes: []Cause{CauseRateLimited}},
+		{name: "three failures in the window: flapping, replaced while it passes",
+			fleet: FleetInput{Desired: desired(3, guarded), Instances: []Inst{inst("a", failedAt(ago(9*time.Minute), ago(5*time.Minute), ago(time.Minute))), inst("b"), inst("c")}},
+			want:  []string{"launch:replacement"}, held: []string{"terminate:a:unhealthy=replacement_first"}},
+		{name: "two failures in the window, one older: not flapping",
+			fleet: FleetInput{Desired: desired(3, guarded), Instances: []Inst{inst("a", failedAt(ago(11*time.Minute), ago(5*time.Minute), ago(time.Minute))), inst("b"), inst("c")}},
+			want:  []string{}},
+		{name: "recovered less than healthy_delay ago: starting, not replaced",
+			fleet: FleetInput{Desired: desired(3, guarded, func(d *state.DesiredFleet) { d.Spec.Remediation.HealthyDelay = time.Minute }),
+				Instances: []Inst{inst("a", failedAt(ago(2*time.Minute)), func(i *Inst) { i.HealthySince = ago(30 * time.Second) }), inst("b"), inst("c")}},
+			want: []string{}},
+		{name: "unhealthy for less than the settle window: the kill waits",
+			fleet: FleetInput{Desired: desired(3, guarded, withCheck(time.Second, 3)),
+				Instances: []Inst{inst("a", health(Unhealthy), func(i *Inst) { i.UnhealthySince = ago(2 * time.Second) }), inst("b"), inst("c"), inst("n", age(time.Minute))}},
+			want: []string{}, held: []string{"terminate:a:unhealthy=settling"}},
+		{name: "unhealthy for the settle window: killed",
+			fleet: FleetInput{Desired: desired(3, guarded, withCheck(time.Second, 3)),
+				Instances: []Inst{inst("a", health(Unhealthy), func(i *Inst) { i.UnhealthySince = ago(3 * time.Second) }), inst("b"), inst("c"), inst("n", age(time.Minute))}},
+			want: []string{"terminate:a:unhealthy"}},
 		{name: "a paused fleet holds every action",
 			fleet: FleetInput{Desired: desired(3, guarded), Instances: []Inst{inst("a", sick), inst("b"), inst("c", exited)}},
 			in: func(in *Input) {

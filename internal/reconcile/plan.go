@@ -126,6 +126,9 @@ const (
 	// GuardReplacementFirst: an unhealthy instance waits for its
 	// replacement (surge-first).
 	GuardReplacementFirst Cause = "replacement_first"
+	// GuardSettling: an unhealthy instance's kill waits for the fleet's
+	// settle window (see settleWindow).
+	GuardSettling Cause = "settling"
 )
 
 // Causes lists every cause, for the metrics that export one series per
@@ -239,8 +242,17 @@ type Inst struct {
 	Drift *instance.Finding
 	// HealthySince is since when the verdict has been healthy without a
 	// break, as the leader saw it (zero when unknown): admission waits
-	// for the fleet's min_ready from it.
-	HealthySince time.Time
+	// for the fleet's min_ready from it, a recovery for healthy_delay.
+	// UnhealthySince is since when it has been unhealthy (zero when not):
+	// a kill for health waits for the fleet's settle window from it.
+	// Failures are the times it turned from healthy to unhealthy, oldest
+	// first: the flap detector counts them.
+	HealthySince   time.Time
+	UnhealthySince time.Time
+	Failures       []time.Time
+
+	// flapping and recovering are the planner's (see judgeHistory).
+	flapping, recovering bool
 }
 
 // Action is one step of a plan.
@@ -283,8 +295,11 @@ type FleetStatus struct {
 	// BackoffUntil is set while launches wait after repeated failures.
 	BackoffUntil time.Time `json:"backoff_until,omitempty"`
 	// Storm is set while every running instance of the fleet fails at
-	// once (or every fleet does): the leader records it.
-	Storm bool `json:"storm,omitempty"`
+	// once: the leader records it. Guarded says the guards were judged
+	// (not for a fleet nothing is done for, such as one whose provider
+	// is unreachable).
+	Storm   bool `json:"storm,omitempty"`
+	Guarded bool `json:"-"`
 	// Instances is the classification of every instance of the fleet, by
 	// id, orphans the policy ignores included. States counts it.
 	Instances map[string]InstanceStatus `json:"-"`
@@ -297,6 +312,10 @@ type InstanceStatus struct {
 	// Ignored: an orphan that drift.orphans = "ignore" leaves alone. It
 	// is reported as drift only and not counted in States.
 	Ignored bool
+	// Flapping: it failed flap_threshold times within flap_window and is
+	// judged unhealthy; Recovering: healthy again for less than
+	// healthy_delay, it counts as starting.
+	Flapping, Recovering bool
 }
 
 // classified records the state of an instance and counts it.
@@ -385,16 +404,21 @@ func Backoff(n int) time.Duration {
 func Plan(in Input) Result {
 	fps := make([]*fleetPlan, len(in.Fleets))
 	for i := range in.Fleets {
-		fps[i] = tally(&in.Fleets[i])
+		fps[i] = tally(&in.Fleets[i], in.Now)
 		fps[i].pausedBy(in.Pauses, in.Now)
-		fps[i].wants(in.Now)
 	}
-	allocate(fps, in.Limits)
 	g := clusterGuards(in, fps)
-	res := Result{Storm: g.storm}
 	for _, fp := range fps {
 		if !fp.frozen {
 			fp.guard = fp.guardsOf(in, g)
+		}
+		fp.wants(in.Now)
+	}
+	allocate(fps, in.Limits)
+	res := Result{Storm: g.storm}
+	for _, fp := range fps {
+		if !fp.frozen {
+			fp.now = in.Now
 			fp.cleanup()
 			fp.kills()
 			fp.adoptions()
@@ -448,6 +472,10 @@ type fleetPlan struct {
 	// paused lists the pauses that hold the fleet.
 	guard  *guards
 	paused []state.Pause
+	now    time.Time
+	// kept are the instances a guard keeps in their slots this pass (see
+	// keepSlots): their kill is held and no replacement is made for them.
+	kept map[string]held
 
 	size, surge, unavail int
 	// frozen: nothing at all is done (unconfigured, provider unreachable).
@@ -478,7 +506,7 @@ type fleetPlan struct {
 }
 
 // tally classifies every instance of the fleet and counts them.
-func tally(fi *FleetInput) *fleetPlan {
+func tally(fi *FleetInput, now time.Time) *fleetPlan {
 	d := fi.Desired
 	spec := &d.Spec
 	fp := &fleetPlan{fi: fi, d: d, spec: spec, size: spec.Size,
@@ -498,8 +526,9 @@ func tally(fi *FleetInput) *fleetPlan {
 		fp.size = 0
 		fp.st.Desired = 0
 	}
+	rem := spec.Remediation.Effective()
 	for i := range fi.Instances {
-		c := classify(&fi.Instances[i], d, &fp.st, fp.gated)
+		c := classify(withHistory(&fi.Instances[i], &rem, now), d, &fp.st, fp.gated)
 		if c == nil {
 			continue
 		}
@@ -562,7 +591,8 @@ func (fp *fleetPlan) wants(now time.Time) {
 	if fp.frozen || fp.d.ImageDigest == "" {
 		return
 	}
-	n := min(fp.size-fp.counted, fp.size+fp.surge-fp.live)
+	fp.keepSlots(now)
+	n := min(fp.size-fp.counted-len(fp.kept), fp.size+fp.surge-fp.live)
 	if n <= 0 {
 		return
 	}
@@ -769,10 +799,15 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) cho
 			surplus--
 			scaleDown = true
 		case c.sick && fp.guard.stops() != "":
-			hold(fp.guard.count(fp.guard.stops()), "")
+			// A storm explains more than the breaker does.
+			hold(fp.guard.count(fp.guard.stops()), fp.kept[c.inst.ID].detail)
 			continue
 		case c.sick && breaker:
 			hold(CauseTooManyUnhealthy, "")
+			continue
+		case fp.kept[c.inst.ID].guard != "":
+			k := fp.kept[c.inst.ID]
+			hold(fp.guard.count(k.guard), k.detail)
 			continue
 		case c.sick:
 			// Surge-first: an unhealthy instance waits for its replacement.
@@ -1024,6 +1059,11 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool) *cla
 	orphan := in.Record == nil && in.Observed != nil && (in.Open == nil || in.Open.Kind != state.Launch)
 	ignored := orphan && d.Spec.Drift.Orphans == state.OrphanIgnore
 	st.classified(in.ID, stateOf(in), traffic, ignored && in.Open == nil)
+	if in.flapping || in.recovering {
+		is := st.Instances[in.ID]
+		is.Flapping, is.Recovering = in.flapping, in.recovering
+		st.Instances[in.ID] = is
+	}
 	if orphan {
 		st.Drifted[instance.DriftOrphan]++
 	}
@@ -1078,6 +1118,20 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool) *cla
 		}
 	}
 	return c
+}
+
+// withHistory is the instance with flap detection and healthy_delay
+// applied to its verdict: a copy when they change it (the input is not
+// touched).
+func withHistory(in *Inst, r *state.RemediationSpec, now time.Time) *Inst {
+	h := judgeHistory(in, r, now)
+	if h.Health == in.Health && !h.Flapping {
+		return in
+	}
+	cp := *in
+	cp.Health, cp.Evidence = h.Health, h.Evidence
+	cp.flapping, cp.recovering = h.Flapping, h.Recovering
+	return &cp
 }
 
 // trafficOf reads the instance's admission from its record (in a gated

@@ -36,7 +36,8 @@ func TestGuardedSpecsAreVersion3(t *testing.T) {
 // defaults, so an upgrade commits nothing new for unchanged files.
 func TestSpecKeepsOnlyGuardsThatDifferFromDefaults(t *testing.T) {
 	r := config.Remediation{Enabled: true, Mode: "act", Rate: config.DefaultFleetRate, SecondaryRate: config.DefaultSecondaryRate,
-		UnhealthyThreshold: &config.DefaultUnhealthyShare, StormCooldown: config.DefaultStormCooldown, StormGuard: true}
+		UnhealthyThreshold: &config.DefaultUnhealthyShare, StormCooldown: config.DefaultStormCooldown, StormGuard: true,
+		FlapThreshold: config.DefaultFlapThreshold, FlapWindow: config.DefaultFlapWindow}
 	s := remediationOf(&r)
 	if s.Guarded() {
 		t.Fatalf("defaults are kept in the spec: %+v", s)
@@ -45,10 +46,10 @@ func TestSpecKeepsOnlyGuardsThatDifferFromDefaults(t *testing.T) {
 	if eff.Rate != config.DefaultFleetRate || *eff.StormCooldown != config.DefaultStormCooldown || *eff.UnhealthyThreshold != config.DefaultUnhealthyShare {
 		t.Fatalf("effective %+v does not give the defaults", eff)
 	}
-	r.StormCooldown, r.StormGuard = 0, false
+	r.StormCooldown, r.StormGuard, r.FlapThreshold = 0, false, 0
 	s = remediationOf(&r)
-	if s.StormCooldown == nil || *s.StormCooldown != 0 || !s.NoStormGuard || !s.Guarded() {
-		t.Fatalf("an explicit 0s cooldown and storm_guard = false are lost: %+v", s)
+	if s.StormCooldown == nil || *s.StormCooldown != 0 || !s.NoStormGuard || s.FlapThreshold == nil || *s.FlapThreshold != 0 || !s.Guarded() {
+		t.Fatalf("an explicit 0s cooldown, storm_guard = false and flap_threshold = 0 are lost: %+v", s)
 	}
 }
 

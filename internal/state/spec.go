@@ -157,12 +157,20 @@ type RemediationSpec struct {
 	// NoStormGuard turns storms off for the fleet (storm_guard = false):
 	// every instance failing at once is then remediated as any failure.
 	NoStormGuard bool `json:"no_storm_guard,omitempty"`
+	// HealthyDelay: a recovered instance counts as healthy once it stayed
+	// healthy this long (zero: at once, the default).
+	HealthyDelay time.Duration `json:"healthy_delay,omitempty"`
+	// FlapThreshold failures within FlapWindow mark an instance flapping
+	// (0 in FlapThreshold: off).
+	FlapThreshold *int           `json:"flap_threshold,omitempty"`
+	FlapWindow    *time.Duration `json:"flap_window,omitempty"`
 }
 
 // Guarded says whether the spec sets a guard that releases before the
 // guards did not know: an entry carrying it is refused by them.
 func (r *RemediationSpec) Guarded() bool {
-	return len(r.Report) > 0 || r.Rate.Set() || r.SecondaryRate.Set() || r.UnhealthyThreshold != nil || r.StormCooldown != nil || r.NoStormGuard
+	return len(r.Report) > 0 || r.Rate.Set() || r.SecondaryRate.Set() || r.UnhealthyThreshold != nil || r.StormCooldown != nil || r.NoStormGuard ||
+		r.HealthyDelay != 0 || r.FlapThreshold != nil || r.FlapWindow != nil
 }
 
 // Reports says whether remediation only reports instances it would
@@ -187,6 +195,14 @@ func (r RemediationSpec) Effective() RemediationSpec {
 	if r.StormCooldown == nil {
 		d := config.DefaultStormCooldown
 		r.StormCooldown = &d
+	}
+	if r.FlapThreshold == nil {
+		n := config.DefaultFlapThreshold
+		r.FlapThreshold = &n
+	}
+	if r.FlapWindow == nil {
+		d := config.DefaultFlapWindow
+		r.FlapWindow = &d
 	}
 	return r
 }
@@ -275,6 +291,15 @@ func remediationOf(r *config.Remediation) RemediationSpec {
 	if r.StormCooldown != config.DefaultStormCooldown {
 		d := r.StormCooldown
 		s.StormCooldown = &d
+	}
+	s.HealthyDelay = r.HealthyDelay
+	if r.FlapThreshold != config.DefaultFlapThreshold {
+		n := r.FlapThreshold
+		s.FlapThreshold = &n
+	}
+	if r.FlapWindow != config.DefaultFlapWindow {
+		d := r.FlapWindow
+		s.FlapWindow = &d
 	}
 	return s
 }

@@ -14,6 +14,8 @@ fleet "web" {
     unhealthy_threshold = 3
     storm_cooldown      = "-1s"
     storm_guard         = "no"
+    flap_threshold      = 17
+    flap_window         = "0s"
   }
 }
 

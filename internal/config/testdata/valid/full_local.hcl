@@ -29,6 +29,9 @@ fleet "worker" {
     unhealthy_threshold = "40%"
     storm_cooldown      = "5m"
     storm_guard         = false
+    healthy_delay       = "30s"
+    flap_threshold      = 0
+    flap_window         = "1h"
   }
 
   rollout {
