@@ -58,6 +58,7 @@ type metrics struct {
 	trafficStep      *prometheus.HistogramVec
 	clusterStorm     prometheus.Gauge
 	pauses           *prometheus.GaugeVec
+	quarantineMax    *prometheus.GaugeVec
 }
 
 // trafficStates are the traffic states immutd_traffic_instances exports.
@@ -127,7 +128,9 @@ func newMetrics() *metrics {
 		Help: "1 while every fleet with running instances fails at once (a cluster-wide storm: nothing is killed for its health), as the replicated state records it."})
 	m.pauses = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_pauses",
 		Help: "Operators' pauses in force, by fleet (\"\" for pauses of every fleet), from the replicated state."}, []string{"fleet"})
-	reg.MustRegister(m.clusterStorm, m.pauses)
+	m.quarantineMax = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_quarantine_max",
+		Help: "The most instances of the fleet its remediation.quarantine keeps at once (0: no quarantine); immutd_fleet_instances{state=\"quarantined\"} counts them (leader only)."}, []string{"fleet"})
+	reg.MustRegister(m.clusterStorm, m.pauses, m.quarantineMax)
 	reg.MustRegister(m.fleetInstances, m.fleetDesired, m.drifted, m.replacements, m.blocked, m.reconcileDur, m.providerCall,
 		m.reloadOK, m.reloadTime, m.reloadFailures, m.isLeader, m.intentsOpen, m.intentsFinished, m.desiredGen, buildInfo,
 		m.configDiverged, m.autopilotHealthy, m.failureTolerance, m.imageRefMoved, m.dataDirWritable, m.dataDirFree, m.passes,
@@ -161,7 +164,7 @@ func (m *metrics) initFleet(fleet string) {
 
 // forgetFleet removes a fleet's series.
 func (m *metrics) forgetFleet(fleet string) {
-	for _, v := range []*prometheus.GaugeVec{m.fleetInstances, m.fleetDesired, m.drifted, m.blocked, m.imageRefMoved, m.pauses} {
+	for _, v := range []*prometheus.GaugeVec{m.fleetInstances, m.fleetDesired, m.drifted, m.blocked, m.imageRefMoved, m.pauses, m.quarantineMax} {
 		v.DeletePartialMatch(prometheus.Labels{"fleet": fleet})
 	}
 	m.replacements.DeletePartialMatch(prometheus.Labels{"fleet": fleet})
@@ -173,6 +176,7 @@ func (m *metrics) clearLeaderSeries() {
 	m.drifted.Reset()
 	m.blocked.Reset()
 	m.imageRefMoved.Reset()
+	m.quarantineMax.Reset()
 	m.autopilotHealthy.Set(0)
 	m.failureTolerance.Set(0)
 }
@@ -202,4 +206,5 @@ func (m *metrics) publish(st reconcile.FleetStatus) {
 		}
 		m.blocked.WithLabelValues(st.Fleet, string(c)).Set(v)
 	}
+	m.quarantineMax.WithLabelValues(st.Fleet).Set(float64(st.QuarantineMax))
 }

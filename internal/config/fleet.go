@@ -620,24 +620,52 @@ func (s *section) remediation() Remediation {
 			r.Mode = RemediationReport
 		}
 		rs.strList("report", &r.Report, checkReportReason)
-		rs.rate("rate", &r.Rate)
-		rs.rate("secondary_rate", &r.SecondaryRate)
-		var share Quantity
-		if rs.quantity("unhealthy_threshold", &share) == valid {
-			if !share.Percent {
-				rs.fail("unhealthy_threshold", "must be a percentage of the running instances, like \"25%%\", got %s", share)
-			} else {
-				r.UnhealthyThreshold = &share
-			}
+		rs.remediationGuards(&r)
+		if qb := rs.block("quarantine"); qb != nil {
+			r.Quarantine = rs.child(qb).quarantine()
 		}
-		rs.duration("storm_cooldown", 0, maxTrafficWait, &r.StormCooldown)
-		rs.boolean("storm_guard", &r.StormGuard)
-		rs.duration("healthy_delay", 0, maxTrafficWait, &r.HealthyDelay)
-		rs.integer("flap_threshold", 0, MaxFlapThreshold, &r.FlapThreshold)
-		rs.duration("flap_window", time.Second, 24*time.Hour, &r.FlapWindow)
 		rs.done()
 	}
 	return r
+}
+
+// remediationGuards decodes the kill rates, storms and flaps of a
+// remediation block.
+func (s *section) remediationGuards(r *Remediation) {
+	s.rate("rate", &r.Rate)
+	s.rate("secondary_rate", &r.SecondaryRate)
+	var share Quantity
+	if s.quantity("unhealthy_threshold", &share) == valid {
+		if !share.Percent {
+			s.fail("unhealthy_threshold", "must be a percentage of the running instances, like \"25%%\", got %s", share)
+		} else {
+			r.UnhealthyThreshold = &share
+		}
+	}
+	s.duration("storm_cooldown", 0, maxTrafficWait, &r.StormCooldown)
+	s.boolean("storm_guard", &r.StormGuard)
+	s.duration("healthy_delay", 0, maxTrafficWait, &r.HealthyDelay)
+	s.integer("flap_threshold", 0, MaxFlapThreshold, &r.FlapThreshold)
+	s.duration("flap_window", time.Second, 24*time.Hour, &r.FlapWindow)
+}
+
+// Quarantine bounds.
+const (
+	DefaultQuarantineMax = 1
+	DefaultQuarantineTTL = 24 * time.Hour
+	maxQuarantine        = 16
+	minQuarantineTTL     = time.Minute
+	maxQuarantineTTL     = 30 * 24 * time.Hour
+)
+
+// quarantine decodes a remediation { quarantine { ... } } block.
+func (s *section) quarantine() *Quarantine {
+	q := &Quarantine{Max: DefaultQuarantineMax, TTL: DefaultQuarantineTTL, Reasons: slices.Clone(ReportReasons)}
+	s.integer("max", 1, maxQuarantine, &q.Max)
+	s.duration("ttl", minQuarantineTTL, maxQuarantineTTL, &q.TTL)
+	s.strList("reasons", &q.Reasons, checkReportReason)
+	s.done()
+	return q
 }
 
 // Remediation modes.

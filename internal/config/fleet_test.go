@@ -181,7 +181,8 @@ func TestLoadFleetsValid(t *testing.T) {
 			Remediation: Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(100), MaxParallel: 1, Mode: "act",
 				Report: []string{"drift_mutated", "orphan"}, Rate: quantity.Rate{N: 5, Per: 10 * time.Minute},
 				SecondaryRate: quantity.Rate{N: 0, Per: time.Hour}, UnhealthyThreshold: &share40, StormCooldown: 5 * time.Minute,
-				HealthyDelay: 30 * time.Second, FlapThreshold: 0, FlapWindow: time.Hour},
+				HealthyDelay: 30 * time.Second, FlapThreshold: 0, FlapWindow: time.Hour,
+				Quarantine: &Quarantine{Max: 2, TTL: 12 * time.Hour, Reasons: []string{"unhealthy"}}},
 			Rollout: Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50)},
 		}}},
 		{"several.hcl", []*Fleet{

@@ -348,6 +348,22 @@ type Remediation struct {
 	// passes. 0 turns flap detection off. Default 3 in 10m.
 	FlapThreshold int           `json:"flap_threshold"`
 	FlapWindow    time.Duration `json:"flap_window"`
+	// Quarantine, when set, keeps instances that would be killed for one
+	// of its reasons running for forensics instead (out of traffic, a
+	// replacement launched as usual), up to Max at once, each for TTL.
+	Quarantine *Quarantine `json:"quarantine,omitempty"`
+}
+
+// Quarantine is the remediation { quarantine { ... } } block.
+type Quarantine struct {
+	// Max quarantined instances of the fleet at once. Default 1, at most 16.
+	Max int `json:"max"`
+	// TTL is how long an instance stays quarantined before it is
+	// terminated. Default 24h.
+	TTL time.Duration `json:"ttl"`
+	// Reasons are the remediation reasons that quarantine. Default all:
+	// unhealthy, never_healthy, drift_mutated, orphan.
+	Reasons []string `json:"reasons"`
 }
 
 // Rollout bounds replacement when the desired image or template changes.

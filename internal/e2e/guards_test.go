@@ -306,3 +306,69 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestQuarantineKeepsAFailingInstance: with a quarantine, an instance
+// that fails is kept running for forensics instead of being killed (out
+// of the fleet's count, a replacement launched), the next one is killed
+// because the quarantine is full, and taking the quarantine out of the
+// file ends it with a terminate.
+func TestQuarantineKeepsAFailingInstance(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	quarantine := "  remediation {\n    quarantine {\n      max = 1\n      ttl = \"1h\"\n    }\n  }\n"
+	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", quarantine))
+	e.start()
+	f := e.waitHealthy("web", 2, "", 60*time.Second)
+	first, second := f.Instances[0], f.Instances[1]
+	pid := localPID(t, first)
+	mark := e.lastSeq()
+	setHealth(t, first, true)
+	e.waitEvent(mark, 60*time.Second, func(ev state.Event) bool { return ev.Action == state.ActionQuarantined && ev.InstanceID == first.ID })
+	f = e.waitFor2Healthy(t, e, first.ID)
+	if stateOf(f, first.ID) != "quarantined" {
+		t.Fatalf("the quarantined instance shows as %s: %s", stateOf(f, first.ID), describe(f))
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("the quarantined instance's process %d is gone: %v", pid, err)
+	}
+	out, code := e.cli("explain", first.ID)
+	if code != 0 || !strings.Contains(out, "quarantined") {
+		t.Fatalf("explain of the quarantined instance (exit %d):\n%s", code, out)
+	}
+	// The quarantine is full: the next failing instance is killed.
+	setHealth(t, second, true)
+	e.waitTerminated("web", second.ID)
+	planned := findEvent(e.eventsAfter(mark), state.ActionTerminatePlanned, second.ID)
+	if planned == nil || planned.Reason != "unhealthy" {
+		t.Fatalf("second failing instance: %+v", planned)
+	}
+	metrics := get(t, "http://"+e.httpAddr+"/metrics")
+	if !strings.Contains(metrics, `immutd_fleet_instances{fleet="web",state="quarantined"} 1`) || !strings.Contains(metrics, `immutd_quarantine_max{fleet="web"} 1`) {
+		t.Fatalf("metrics do not show the full quarantine:\n%s", grepLines(metrics, "quarantine"))
+	}
+	// Without a quarantine in the file, the quarantined instance goes.
+	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", ""))
+	ev := e.waitTerminated("web", first.ID)
+	planned = findEvent(e.eventsAfter(mark), state.ActionTerminatePlanned, first.ID)
+	if planned == nil || planned.Reason != "quarantine_expired" {
+		t.Fatalf("end of the quarantine: %+v (terminated %+v)", planned, ev)
+	}
+	e.waitHealthy("web", 2, "", 60*time.Second, first.ID, second.ID)
+}
+
+// waitFor2Healthy waits for the fleet's two healthy instances besides
+// the quarantined one.
+func (e *env) waitFor2Healthy(t *testing.T, _ *env, quarantined string) api.Fleet {
+	t.Helper()
+	var f api.Fleet
+	e.waitFor("two healthy instances besides the quarantined one", 60*time.Second, func() (bool, string) {
+		f = e.fleet("web")
+		healthy := 0
+		for _, in := range f.Instances {
+			if in.ID != quarantined && in.State == "healthy" {
+				healthy++
+			}
+		}
+		return healthy == 2 && stateOf(f, quarantined) == "quarantined", describe(f)
+	})
+	return f
+}

@@ -136,6 +136,7 @@ func randHex(n int) string {
 func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fleets map[string]*state.DesiredFleet, observed map[string]instance.Observed, records map[string]state.Instance) ([]*state.Intent, error) {
 	now := e.now()
 	var adopt []*state.Instance
+	var quarantine []state.QuarantineEntry
 	var intents []*state.Intent
 	term := e.journal.Term()
 	for _, a := range plan.Actions {
@@ -148,6 +149,8 @@ func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fl
 			}
 			rec := state.RecordOf(o)
 			adopt = append(adopt, &rec)
+		case ActQuarantine:
+			quarantine = append(quarantine, state.QuarantineEntry{Fleet: a.Fleet, InstanceID: a.InstanceID, Reason: string(a.Reason), Evidence: a.Evidence})
 		case ActLaunch:
 			intents = append(intents, &state.Intent{OpID: randHex(8), Kind: state.Launch, Fleet: a.Fleet, InstanceID: NewID(a.Fleet),
 				Reason: string(a.Reason), Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node,
@@ -173,6 +176,19 @@ func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fl
 	if len(adopt) > 0 {
 		if _, err := e.journal.Apply(ctx, &state.Adopt{Instances: adopt, At: now, Node: e.node}); err != nil {
 			return nil, fmt.Errorf("reconcile: record adoptions: %w", err)
+		}
+	}
+	if len(quarantine) > 0 {
+		// A record change, no provider call: the instance keeps running.
+		res, err := e.journal.Apply(ctx, &state.Quarantine{Entries: quarantine, At: now, Node: e.node})
+		if err != nil {
+			return nil, fmt.Errorf("reconcile: record quarantines: %w", err)
+		}
+		for id, why := range res.Rejected {
+			e.log.Warn("quarantine refused", zap.String("instance_id", id), zap.String("reason", why))
+		}
+		for _, id := range res.Accepted {
+			e.log.Warn("instance quarantined", zap.String("instance_id", id))
 		}
 	}
 	if len(intents) == 0 {

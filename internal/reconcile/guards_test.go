@@ -26,6 +26,18 @@ func guarded(d *state.DesiredFleet) {
 
 func ago(d time.Duration) time.Time { return t0.Add(-d) }
 
+func quarantined(max int) func(*state.DesiredFleet) {
+	return func(d *state.DesiredFleet) {
+		d.Spec.Remediation.Quarantine = &state.QuarantineSpec{Max: max, TTL: 24 * time.Hour, Reasons: state.RemediationReasons}
+	}
+}
+
+func inQuarantine(at time.Time) func(*Inst) {
+	return func(i *Inst) {
+		i.Record.Quarantined, i.Record.QuarantinedAt, i.Record.QuarantineReason = true, at, "unhealthy"
+	}
+}
+
 // failedAt gives an instance failures (turns from healthy to unhealthy).
 func failedAt(ts ...time.Time) func(*Inst) { return func(i *Inst) { i.Failures = ts } }
 
@@ -130,6 +142,34 @@ func TestGuardsTable(t *testing.T) {
 			fleet: FleetInput{Desired: desired(3, guarded, withCheck(time.Second, 3)),
 				Instances: []Inst{inst("a", health(Unhealthy), func(i *Inst) { i.UnhealthySince = ago(3 * time.Second) }), inst("b"), inst("c"), inst("n", age(time.Minute))}},
 			want: []string{"terminate:a:unhealthy"}},
+		{name: "quarantine: the unhealthy instance is kept for forensics, not killed",
+			fleet: FleetInput{Desired: desired(3, guarded, quarantined(1)),
+				Instances: []Inst{inst("a", health(NeverHealthy)), inst("b"), inst("c")}},
+			want: []string{"launch:replacement", "quarantine:a:never_healthy"}},
+		{name: "quarantine full: the next one is killed",
+			fleet: FleetInput{Desired: desired(3, guarded, quarantined(1)),
+				Instances: []Inst{inst("q", inQuarantine(ago(time.Hour))), inst("a", health(NeverHealthy)), inst("b"), inst("c")}},
+			want: []string{"launch:replacement", "terminate:a:never_healthy"}},
+		{name: "a quarantined instance does not count: its replacement is launched",
+			fleet: FleetInput{Desired: desired(3, guarded, quarantined(1)),
+				Instances: []Inst{inst("q", inQuarantine(ago(time.Hour)), health(Unhealthy)), inst("b"), inst("c")}},
+			want: []string{"launch:replacement"}},
+		{name: "a quarantined failing instance counts toward no breaker",
+			fleet: FleetInput{Desired: desired(2, guarded, quarantined(1), func(d *state.DesiredFleet) { d.Spec.Remediation.MaxUnhealthy = quantity.Count(1) }),
+				Instances: []Inst{inst("q", inQuarantine(ago(time.Hour)), health(Unhealthy)), inst("a", health(NeverHealthy)), inst("b")}},
+			want: []string{"launch:replacement", "terminate:a:never_healthy"}},
+		{name: "a quarantine past its ttl ends with a terminate",
+			fleet: FleetInput{Desired: desired(3, guarded, quarantined(1)),
+				Instances: []Inst{inst("q", inQuarantine(ago(25*time.Hour))), inst("b"), inst("c"), inst("d")}},
+			want: []string{"terminate:q:quarantine_expired"}},
+		{name: "an admitted instance is drained before it is quarantined",
+			fleet: FleetInput{Desired: gatedFleet(3, guarded, quarantined(1)),
+				Instances: []Inst{inst("a", health(NeverHealthy), admitted), inst("b", admitted), inst("c", admitted), inst("d", admitted)}},
+			want: []string{"drain:a:never_healthy"}},
+		{name: "a drained instance is quarantined",
+			fleet: FleetInput{Desired: gatedFleet(3, guarded, quarantined(1)),
+				Instances: []Inst{inst("a", health(NeverHealthy), drained), inst("b", admitted), inst("c", admitted), inst("d", admitted)}},
+			want: []string{"quarantine:a:never_healthy"}},
 		{name: "a paused fleet holds every action",
 			fleet: FleetInput{Desired: desired(3, guarded), Instances: []Inst{inst("a", sick), inst("b"), inst("c", exited)}},
 			in: func(in *Input) {

@@ -39,6 +39,11 @@ const (
 	ActAdopt Kind = "adopt"
 	// ActAdmit admits a healthy instance to the fleet's traffic backends.
 	ActAdmit Kind = "admit"
+	// ActQuarantine keeps a running instance that would be killed for a
+	// remediation reason for forensics instead: out of traffic and out of
+	// the fleet's count, a replacement launched as usual, terminated once
+	// the quarantine's TTL has passed.
+	ActQuarantine Kind = "quarantine"
 	// ActDrain takes an admitted instance out of the fleet's traffic
 	// backends before it goes: a later pass terminates it. In a fleet with
 	// a traffic gate, an admitted instance is drained, never terminated.
@@ -69,6 +74,9 @@ const (
 	ReasonDrain         Reason = "drain"
 	// ReasonReady: healthy for the fleet's min_ready (an admission).
 	ReasonReady Reason = "ready"
+	// ReasonQuarantineExpired: a quarantined instance's TTL has passed (or
+	// its fleet has no quarantine any more).
+	ReasonQuarantineExpired Reason = "quarantine_expired"
 )
 
 // Cause says why remediation of a fleet is held back. Causes label the
@@ -159,13 +167,15 @@ const (
 	StateTerminating InstanceState = "terminating"
 	// StateDraining: a drain intent takes the instance out of traffic.
 	StateDraining InstanceState = "draining"
+	// StateQuarantined: kept for forensics; not counted toward size.
+	StateQuarantined InstanceState = "quarantined"
 	// StateUnknown is not the planner's: a follower shows it for the
 	// records it has, without the leader's observations.
 	StateUnknown InstanceState = "unknown"
 )
 
 // InstanceStates are the states FleetStatus.States counts.
-var InstanceStates = []InstanceState{StateHealthy, StateStarting, StateUnhealthy, StateNeverHealthy, StateExited, StateLaunching, StateTerminating, StateDraining}
+var InstanceStates = []InstanceState{StateHealthy, StateStarting, StateUnhealthy, StateNeverHealthy, StateExited, StateLaunching, StateTerminating, StateDraining, StateQuarantined}
 
 // TrafficState is where an instance of a fleet with a traffic gate is
 // with its backends ("" in fleets without one).
@@ -300,6 +310,8 @@ type FleetStatus struct {
 	// is unreachable).
 	Storm   bool `json:"storm,omitempty"`
 	Guarded bool `json:"-"`
+	// QuarantineMax is the fleet's quarantine quota (0: no quarantine).
+	QuarantineMax int `json:"quarantine_max,omitempty"`
 	// Instances is the classification of every instance of the fleet, by
 	// id, orphans the policy ignores included. States counts it.
 	Instances map[string]InstanceStatus `json:"-"`
@@ -457,6 +469,9 @@ type class struct {
 	// admitted: in a gated fleet, admitted to traffic (see
 	// state.Instance.Admitted); drained: drained and waiting to go.
 	admitted, drained bool
+	// quarantined: kept for forensics (see ActQuarantine); reason is
+	// set once it is to go.
+	quarantined bool
 }
 
 // fleetPlan is one fleet being planned.
@@ -503,6 +518,8 @@ type fleetPlan struct {
 	// members counts running admitted instances no drain is taking out.
 	gated   bool
 	members int
+	// quarantined counts the fleet's quarantined instances.
+	quarantined int
 }
 
 // tally classifies every instance of the fleet and counts them.
@@ -526,14 +543,20 @@ func tally(fi *FleetInput, now time.Time) *fleetPlan {
 		fp.size = 0
 		fp.st.Desired = 0
 	}
+	if q := spec.Remediation.Quarantine; q != nil {
+		fp.st.QuarantineMax = q.Max
+	}
 	rem := spec.Remediation.Effective()
 	for i := range fi.Instances {
-		c := classify(withHistory(&fi.Instances[i], &rem, now), d, &fp.st, fp.gated)
+		c := classify(withHistory(&fi.Instances[i], &rem, now), d, &fp.st, fp.gated, now)
 		if c == nil {
 			continue
 		}
 		if c.admitted && c.live && c.inst.Open == nil {
 			fp.members++
+		}
+		if c.quarantined {
+			fp.quarantined++
 		}
 		if c.reportOnly() {
 			fp.reported++
@@ -551,10 +574,12 @@ func tally(fi *FleetInput, now time.Time) *fleetPlan {
 		if c.available {
 			fp.available++
 		}
-		if c.failing() {
+		// A quarantined instance is out of the fleet: it counts toward
+		// neither the breaker nor the storm and rate guards.
+		if c.failing() && !c.quarantined {
 			fp.sick++
 		}
-		if c.inst.Observed != nil && c.inst.Observed.Phase == instance.Running {
+		if c.inst.Observed != nil && c.inst.Observed.Phase == instance.Running && !c.quarantined {
 			fp.running++
 		}
 		switch {
@@ -658,10 +683,15 @@ func allocate(fps []*fleetPlan, lim Limits) {
 	}
 }
 
-// cleanup forgets instances that already ended or vanished: not a kill.
+// cleanup forgets instances that already ended or vanished (not a
+// kill), and terminates quarantined instances whose TTL has passed.
 func (fp *fleetPlan) cleanup() {
 	for _, c := range fp.cls {
-		if c.inst.Open != nil || c.live {
+		if c.inst.Open != nil || c.live || c.quarantined && c.reason == "" {
+			continue
+		}
+		if c.quarantined && c.reason == ReasonQuarantineExpired {
+			fp.acts = append(fp.acts, Action{Kind: ActTerminate, Fleet: fp.spec.Name, InstanceID: c.inst.ID, Reason: c.reason, Evidence: c.evidence, Running: true})
 			continue
 		}
 		if c.inst.Record == nil && fp.spec.Drift.Orphans == state.OrphanIgnore {
@@ -758,6 +788,8 @@ type choice struct {
 	held    []Held
 	spent   int
 	refused []string
+	// quarantines chosen (ActQuarantine) of this pass.
+	quarantines int
 }
 
 // choose picks the kills (terminations and drains) of a pass, skipping the
@@ -837,6 +869,11 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) cho
 		}
 		if remedial {
 			k.spent++
+		}
+		if act.Kind == ActTerminate && !scaleDown && spec.Remediation.Quarantines(string(cand.reason)) &&
+			fp.quarantined+k.quarantines < spec.Remediation.Quarantine.Max {
+			act.Kind = ActQuarantine
+			k.quarantines++
 		}
 		slots--
 		if c.admitted {
@@ -930,6 +967,9 @@ func (fp *fleetPlan) admissions(now time.Time) {
 func launchReason(cls []*class, counted, size int) (Reason, []string) {
 	reason := ReasonScaleUp
 	for _, c := range cls {
+		if c.quarantined && reason == ReasonScaleUp {
+			reason = ReasonReplacement // a quarantined instance left its slot
+		}
 		switch c.reason {
 		case ReasonDriftImage, ReasonDriftTemplate:
 			reason = ReasonRollout
@@ -1030,6 +1070,8 @@ func stateOf(in *Inst) InstanceState {
 		return StateGone
 	case in.Observed.Phase != instance.Running:
 		return StateExited
+	case in.Record != nil && in.Record.Quarantined:
+		return StateQuarantined
 	}
 	switch in.Health {
 	case Healthy:
@@ -1048,7 +1090,7 @@ func stateOf(in *Inst) InstanceState {
 // on one is in flight (decided under an earlier policy). What remediation
 // only reports (remediation.mode, remediation.report) does not make an
 // instance go: it keeps counting toward size.
-func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool) *class {
+func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now time.Time) *class {
 	c := &class{inst: in}
 	traffic := c.trafficOf(gated)
 	if in.Record != nil {
@@ -1071,6 +1113,10 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool) *cla
 		return nil
 	}
 
+	if in.Record != nil && in.Record.Quarantined && in.Open == nil {
+		c.quarantineOf(d, now)
+		return c
+	}
 	// Intents in flight. An admission leaves the instance as it is, only
 	// not available yet and not a candidate for removal.
 	if in.Open != nil && in.Open.Kind != state.Admit {
@@ -1132,6 +1178,25 @@ func withHistory(in *Inst, r *state.RemediationSpec, now time.Time) *Inst {
 	cp.Health, cp.Evidence = h.Health, h.Evidence
 	cp.flapping, cp.recovering = h.Flapping, h.Recovering
 	return &cp
+}
+
+// quarantineOf classifies a quarantined instance: it is not live (the
+// fleet launches a replacement), and it goes once it ended, vanished, or
+// its quarantine's TTL passed (or its fleet has none any more).
+func (c *class) quarantineOf(d *state.DesiredFleet, now time.Time) {
+	in := c.inst
+	c.quarantined = true
+	q := d.Spec.Remediation.Quarantine
+	switch {
+	case in.Observed == nil:
+		c.reason, c.evidence = ReasonGone, []string{"the provider no longer lists this quarantined instance"}
+	case in.Observed.Phase != instance.Running:
+		c.reason, c.evidence = ReasonExited, []string{"exited while quarantined: " + in.Observed.ExitReason}
+	case q == nil:
+		c.reason, c.evidence = ReasonQuarantineExpired, []string{"the fleet has no quarantine any more"}
+	case !now.Before(in.Record.QuarantinedAt.Add(q.TTL)):
+		c.reason, c.evidence = ReasonQuarantineExpired, []string{fmt.Sprintf("quarantined since %s, ttl %s", stamp(in.Record.QuarantinedAt), q.TTL)}
+	}
 }
 
 // trafficOf reads the instance's admission from its record (in a gated

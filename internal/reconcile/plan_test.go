@@ -286,7 +286,7 @@ func TestPlanStatusCounts(t *testing.T) {
 		launching("f"), inst("g", opening(state.Terminate)), inst("h", orphan),
 	}}}})
 	st := res.Fleets[0]
-	want := map[InstanceState]int{"healthy": 3, "starting": 1, "unhealthy": 1, "never_healthy": 0, "exited": 1, "launching": 1, "terminating": 1, "draining": 0}
+	want := map[InstanceState]int{"healthy": 3, "starting": 1, "unhealthy": 1, "never_healthy": 0, "exited": 1, "launching": 1, "terminating": 1, "draining": 0, "quarantined": 0}
 	if !reflect.DeepEqual(st.States, want) {
 		t.Errorf("states: got %v want %v", st.States, want)
 	}
@@ -378,7 +378,7 @@ func TestPlanClassifiesEveryInstance(t *testing.T) {
 	}
 	// Gone counts as exited; the ignored orphan is not counted, the one
 	// being terminated is.
-	wantStates := map[InstanceState]int{"healthy": 1, "starting": 1, "unhealthy": 0, "never_healthy": 1, "exited": 2, "launching": 1, "terminating": 2, "draining": 0}
+	wantStates := map[InstanceState]int{"healthy": 1, "starting": 1, "unhealthy": 0, "never_healthy": 1, "exited": 2, "launching": 1, "terminating": 2, "draining": 0, "quarantined": 0}
 	if !reflect.DeepEqual(st.States, wantStates) {
 		t.Errorf("states: got %v want %v", st.States, wantStates)
 	}
@@ -404,7 +404,7 @@ func TestStartedCountsIntentsOfThePass(t *testing.T) {
 	if !reflect.DeepEqual(st.Instances, want) {
 		t.Errorf("instances: got %v want %v", st.Instances, want)
 	}
-	wantStates := map[InstanceState]int{"healthy": 1, "starting": 0, "unhealthy": 0, "never_healthy": 0, "exited": 0, "launching": 1, "terminating": 3, "draining": 0}
+	wantStates := map[InstanceState]int{"healthy": 1, "starting": 0, "unhealthy": 0, "never_healthy": 0, "exited": 0, "launching": 1, "terminating": 3, "draining": 0, "quarantined": 0}
 	if !reflect.DeepEqual(st.States, wantStates) {
 		t.Errorf("states: got %v want %v", st.States, wantStates)
 	}

@@ -67,6 +67,8 @@ func (s *State) Apply(c Command) Result {
 		return s.addPause(c)
 	case *Unpause:
 		return s.unpause(c)
+	case *Quarantine:
+		return s.quarantine(c)
 	case *RecordStorms:
 		return s.recordStorms(c)
 	case *RecordEvents:
@@ -555,6 +557,56 @@ func (s *State) prunePauses(at time.Time) {
 			Evidence: []string{"pause " + p.ID, "reason was: " + p.Reason}})
 	}
 	s.Pauses = kept
+}
+
+func (s *State) quarantine(c *Quarantine) Result {
+	res := Result{Generation: s.Generation, Rejected: map[string]string{}}
+	for _, q := range c.Entries {
+		if why := s.checkQuarantine(q); why != "" {
+			res.Rejected[q.InstanceID] = why
+			continue
+		}
+		rec := s.Instances[q.InstanceID]
+		if !rec.Drained { // a drain was the kill the rates counted
+			s.noteKill(&Intent{Kind: Drain, Fleet: q.Fleet, InstanceID: q.InstanceID, Reason: q.Reason}, c.At)
+		}
+		rec.Quarantined, rec.QuarantinedAt, rec.QuarantineReason = true, c.At, q.Reason
+		res.Accepted = append(res.Accepted, q.InstanceID)
+		ttl := s.Fleets[q.Fleet].Spec.Remediation.Quarantine.TTL
+		s.addEvent(Event{Time: c.At, Fleet: q.Fleet, InstanceID: q.InstanceID, Action: ActionQuarantined, Reason: q.Reason, Node: c.Node,
+			Evidence: append(append([]string(nil), q.Evidence...), "kept running for forensics, out of traffic, until "+c.At.Add(ttl).UTC().Format(time.RFC3339))})
+	}
+	if len(res.Rejected) == 0 {
+		res.Rejected = nil
+	}
+	return res
+}
+
+func (s *State) checkQuarantine(q QuarantineEntry) string {
+	rec := s.Instances[q.InstanceID]
+	f := s.Fleets[q.Fleet]
+	switch {
+	case rec == nil || rec.Fleet != q.Fleet:
+		return "no record of the instance in the fleet"
+	case f == nil || f.Spec.Remediation.Quarantine == nil:
+		return "the fleet has no quarantine"
+	case rec.Quarantined:
+		return "quarantined already"
+	case rec.Admitted:
+		return "admitted to traffic: it is drained first"
+	case s.OpenIntentFor(q.InstanceID) != nil:
+		return "an intent is open on it"
+	}
+	n := 0
+	for _, in := range s.Instances {
+		if in.Fleet == q.Fleet && in.Quarantined {
+			n++
+		}
+	}
+	if n >= f.Spec.Remediation.Quarantine.Max {
+		return fmt.Sprintf("the fleet's quarantine holds %d instances, its max", n)
+	}
+	return ""
 }
 
 func (s *State) recordStorms(c *RecordStorms) Result {

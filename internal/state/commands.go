@@ -29,6 +29,7 @@ const (
 	TypeDrainRemoved   CommandType = 9
 	TypePause          CommandType = 11
 	TypeUnpause        CommandType = 12
+	TypeQuarantine     CommandType = 13
 	// Events are informational: an older node may skip them.
 	TypeRecordEvents = Ignorable | 8
 	// Storm bookkeeping only feeds guards older releases do not have.
@@ -80,6 +81,7 @@ var registry = map[CommandType]Command{
 	TypeRecordEvents:   &RecordEvents{},
 	TypePause:          &AddPause{},
 	TypeUnpause:        &Unpause{},
+	TypeQuarantine:     &Quarantine{},
 	TypeRecordStorms:   &RecordStorms{},
 }
 
@@ -216,6 +218,24 @@ type Unpause struct {
 	Node  string    `json:"node"`
 }
 
+// Quarantine marks instances quarantined instead of killed (see
+// Instance.Quarantined). An admitted instance is drained first, so one
+// is refused, as is an instance with an intent open, beyond the fleet's
+// quota, or in a fleet without a quarantine.
+type Quarantine struct {
+	Entries []QuarantineEntry `json:"entries"`
+	At      time.Time         `json:"at"`
+	Node    string            `json:"node"`
+}
+
+// QuarantineEntry is one instance to quarantine and why.
+type QuarantineEntry struct {
+	Fleet      string   `json:"fleet"`
+	InstanceID string   `json:"instance_id"`
+	Reason     string   `json:"reason"`
+	Evidence   []string `json:"evidence,omitempty"`
+}
+
 // RecordStorms records storms beginning and ending, per fleet and for
 // the whole cluster, so that their cooldowns survive a change of leader.
 type RecordStorms struct {
@@ -243,6 +263,7 @@ func (*DrainRemoved) Type() CommandType   { return TypeDrainRemoved }
 func (*RecordEvents) Type() CommandType   { return TypeRecordEvents }
 func (*AddPause) Type() CommandType       { return TypePause }
 func (*Unpause) Type() CommandType        { return TypeUnpause }
+func (*Quarantine) Type() CommandType     { return TypeQuarantine }
 func (*RecordStorms) Type() CommandType   { return TypeRecordStorms }
 
 // SetDesired is at version 3 and CommitIntents at version 2: a version-2
@@ -261,6 +282,7 @@ func (*DrainRemoved) Version() uint8   { return 1 }
 func (*RecordEvents) Version() uint8   { return 1 }
 func (*AddPause) Version() uint8       { return 1 }
 func (*Unpause) Version() uint8        { return 1 }
+func (*Quarantine) Version() uint8     { return 1 }
 func (*RecordStorms) Version() uint8   { return 1 }
 
 func (c *SetDesired) encodedVersion() uint8 {

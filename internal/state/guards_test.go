@@ -162,3 +162,35 @@ func TestStormsAreRecordedOnce(t *testing.T) {
 		t.Fatal("storm records are not ignorable")
 	}
 }
+
+func TestQuarantine(t *testing.T) {
+	s := New()
+	f := gated("web", 2, "d")
+	f.Spec.Remediation.Quarantine = &QuarantineSpec{Max: 1, TTL: time.Hour, Reasons: RemediationReasons}
+	mustApply(t, s, &SetDesired{Fleets: []*DesiredFleet{f, fleet("api", 1, "d")}, At: t0})
+	mustApply(t, s, &Adopt{Instances: []*Instance{{ID: "a", Fleet: "web"}, {ID: "b", Fleet: "web", Admitted: true}, {ID: "c", Fleet: "web"}, {ID: "x", Fleet: "api"}}, At: t0})
+	r := mustApply(t, s, &Quarantine{At: t0, Entries: []QuarantineEntry{
+		{Fleet: "web", InstanceID: "b", Reason: "unhealthy"}, // admitted: drained first
+		{Fleet: "web", InstanceID: "a", Reason: "unhealthy", Evidence: []string{"probe failed"}},
+		{Fleet: "web", InstanceID: "c", Reason: "unhealthy"}, // beyond max 1
+		{Fleet: "api", InstanceID: "x", Reason: "unhealthy"}, // no quarantine in api
+	}})
+	if len(r.Accepted) != 1 || r.Accepted[0] != "a" || len(r.Rejected) != 3 {
+		t.Fatalf("quarantine: %+v", r)
+	}
+	if rec := s.Instances["a"]; !rec.Quarantined || !rec.QuarantinedAt.Equal(t0) || rec.QuarantineReason != "unhealthy" {
+		t.Fatalf("record %+v", rec)
+	}
+	if len(s.Kills) != 1 {
+		t.Fatalf("a quarantine is a kill for the rates: %v", s.Kills)
+	}
+	ev := s.Events[len(s.Events)-1]
+	if ev.Action != ActionQuarantined || !strings.Contains(strings.Join(ev.Evidence, " "), "until "+t0.Add(time.Hour).Format(time.RFC3339)) {
+		t.Fatalf("event %+v", ev)
+	}
+	// Its terminate at the end of the ttl is not a remediation kill.
+	mustApply(t, s, &CommitIntents{Generation: 1, At: t0.Add(time.Hour), Intents: []*Intent{{OpID: "t", Kind: Terminate, Fleet: "web", InstanceID: "a", Reason: "quarantine_expired"}}})
+	if len(s.Kills) != 1 {
+		t.Fatalf("the terminate after the quarantine counted as a kill: %v", s.Kills)
+	}
+}

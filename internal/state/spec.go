@@ -164,13 +164,28 @@ type RemediationSpec struct {
 	// (0 in FlapThreshold: off).
 	FlapThreshold *int           `json:"flap_threshold,omitempty"`
 	FlapWindow    *time.Duration `json:"flap_window,omitempty"`
+	// Quarantine, when set, keeps instances killed for one of its reasons
+	// running for forensics instead, out of traffic (nil: none).
+	Quarantine *QuarantineSpec `json:"quarantine,omitempty"`
+}
+
+// QuarantineSpec bounds a fleet's quarantine.
+type QuarantineSpec struct {
+	Max     int           `json:"max"`
+	TTL     time.Duration `json:"ttl"`
+	Reasons []string      `json:"reasons"`
+}
+
+// Quarantines says whether a kill for this reason becomes a quarantine.
+func (r *RemediationSpec) Quarantines(reason string) bool {
+	return r.Quarantine != nil && slices.Contains(r.Quarantine.Reasons, reason)
 }
 
 // Guarded says whether the spec sets a guard that releases before the
 // guards did not know: an entry carrying it is refused by them.
 func (r *RemediationSpec) Guarded() bool {
 	return len(r.Report) > 0 || r.Rate.Set() || r.SecondaryRate.Set() || r.UnhealthyThreshold != nil || r.StormCooldown != nil || r.NoStormGuard ||
-		r.HealthyDelay != 0 || r.FlapThreshold != nil || r.FlapWindow != nil
+		r.HealthyDelay != 0 || r.FlapThreshold != nil || r.FlapWindow != nil || r.Quarantine != nil
 }
 
 // Reports says whether remediation only reports instances it would
@@ -300,6 +315,9 @@ func remediationOf(r *config.Remediation) RemediationSpec {
 	if r.FlapWindow != config.DefaultFlapWindow {
 		d := r.FlapWindow
 		s.FlapWindow = &d
+	}
+	if q := r.Quarantine; q != nil {
+		s.Quarantine = &QuarantineSpec{Max: q.Max, TTL: q.TTL, Reasons: slices.Clone(q.Reasons)}
 	}
 	return s
 }

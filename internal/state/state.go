@@ -68,6 +68,12 @@ type Instance struct {
 	// Drained: a drain intent finished, the instance takes no traffic and
 	// is waiting to be terminated (or admitted again).
 	Drained bool `json:"drained,omitempty"`
+	// Quarantined: kept running for forensics instead of being killed,
+	// out of traffic and out of the fleet's count, until its quarantine's
+	// TTL has passed (see Quarantine).
+	Quarantined      bool      `json:"quarantined,omitempty"`
+	QuarantinedAt    time.Time `json:"quarantined_at,omitzero"`
+	QuarantineReason string    `json:"quarantine_reason,omitempty"`
 }
 
 // RecordOf is the record of an instance as the provider observed it:
@@ -203,6 +209,9 @@ const (
 	ActionUnpaused     EventAction = "unpaused"
 	ActionStormStarted EventAction = "storm_started"
 	ActionStormEnded   EventAction = "storm_ended"
+	// ActionQuarantined: an instance is kept for forensics instead of
+	// being killed.
+	ActionQuarantined EventAction = "quarantined"
 )
 
 // Reasons the state interprets or writes itself. They are values of the

@@ -16,6 +16,12 @@ fleet "web" {
     storm_guard         = "no"
     flap_threshold      = 17
     flap_window         = "0s"
+    quarantine {
+      max     = 0
+      ttl     = "1s"
+      reasons = ["excess"]
+      keep    = true
+    }
   }
 }
 

@@ -32,6 +32,11 @@ fleet "worker" {
     healthy_delay       = "30s"
     flap_threshold      = 0
     flap_window         = "1h"
+    quarantine {
+      max     = 2
+      ttl     = "12h"
+      reasons = ["unhealthy"]
+    }
   }
 
   rollout {
