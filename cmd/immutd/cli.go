@@ -334,17 +334,23 @@ func setupFleet(verb string) func(fs *flag.FlagSet) runFunc {
 			// Draining waits for the agent to commit the change.
 			ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 			defer cancel()
-			if verb == "drain" {
+			switch verb {
+			case "drain":
 				err = r.Drain(ctx, name)
-			} else {
+			case "retry":
+				err = r.Retry(ctx, name)
+			default:
 				err = r.Resolve(ctx, name)
 			}
 			if err != nil {
 				return r.explain(err)
 			}
-			if verb == "drain" {
+			switch verb {
+			case "drain":
 				fmt.Fprintf(w.out, "fleet %s is draining: its instances are terminated one by one, then the fleet is forgotten\n", clean(name))
-			} else {
+			case "retry":
+				fmt.Fprintf(w.out, "fleet %s: launch failures cleared; launches start again without backoff\n", clean(name))
+			default:
 				fmt.Fprintf(w.out, "fleet %s: image reference pinned again; if it changed, the fleet rolls to it\n", clean(name))
 			}
 			return nil

@@ -116,6 +116,14 @@ content changed, the fleet rolls to it.`,
 		setup: setupFleet("resolve"),
 	},
 	{
+		name: "fleet retry", args: "NAME", minArgs: 1, maxArgs: 1,
+		summary: "clear the fleet's launch failures: launches start again without backoff",
+		about: `Forget the consecutive launch failures of fleet NAME (after fixing what
+made its instances fail): its launch backoff and remediation.max_launch_failures
+cap start afresh.`,
+		setup: setupFleet("retry"),
+	},
+	{
 		name: "plan", args: "[FLEET]", maxArgs: 1,
 		summary: "dry run: what the leader would do now, and what holds the rest back",
 		about: `Ask the leader to plan on the state as it is and on what its last pass

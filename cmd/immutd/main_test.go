@@ -41,6 +41,7 @@ var synopses = map[string]string{
 	"events":          "usage: immutd events [flags]",
 	"fleet drain":     "usage: immutd fleet drain NAME [flags]",
 	"fleet resolve":   "usage: immutd fleet resolve NAME [flags]",
+	"fleet retry":     "usage: immutd fleet retry NAME [flags]",
 	"cluster members": "usage: immutd cluster members [flags]",
 	"cluster join":    "usage: immutd cluster join ADDR [flags]",
 	"cluster leave":   "usage: immutd cluster leave [flags]",

@@ -207,6 +207,26 @@ func (a *Agent) Drain(ctx context.Context, fleet string) error {
 	})
 }
 
+// Retry clears a fleet's launch failures: its launch backoff and cap
+// start afresh.
+func (a *Agent) Retry(ctx context.Context, fleet string) error {
+	if err := checkFleetName(fleet); err != nil {
+		return err
+	}
+	return a.onLeader(ctx, http.MethodPost, "/cluster/v1/retry", fleetRequest{Fleet: fleet}, nil, func() error {
+		res, err := a.node.Apply(ctx, &state.RetryFleet{Fleet: fleet, At: time.Now(), Node: a.cfg.NodeName})
+		if err != nil {
+			return err
+		}
+		if err := res.Error(); err != nil {
+			return err
+		}
+		a.log.Info("launch failures cleared", zap.String("fleet", fleet), zap.String("reason", "operator"))
+		a.Wake()
+		return nil
+	})
+}
+
 func splitLines(s string) []string {
 	var out []string
 	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {

@@ -132,6 +132,12 @@ func (a *Agent) rpcHandler() http.Handler {
 		}
 		return struct{}{}, conflict(a.Resolve(ctx, req.Fleet))
 	}))
+	mux.HandleFunc("POST /cluster/v1/retry", rpcPost(a, true, maxSmallBody, func(ctx context.Context, req *fleetRequest) (any, error) {
+		if err := checkFleetName(req.Fleet); err != nil {
+			return nil, rpcFail(http.StatusBadRequest, "%v", err)
+		}
+		return struct{}{}, conflict(a.Retry(ctx, req.Fleet))
+	}))
 	mux.HandleFunc("POST /cluster/v1/plan", rpcPost(a, true, maxSmallBody, func(ctx context.Context, req *planRequest) (any, error) {
 		if req.Fleet != "" && checkFleetName(req.Fleet) != nil {
 			return nil, rpcFail(http.StatusBadRequest, "%v", checkFleetName(req.Fleet))

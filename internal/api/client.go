@@ -177,6 +177,11 @@ func (c *Client) Unpause(ctx context.Context, req UnpauseRequest) ([]string, err
 	return out["unpaused"], err
 }
 
+// Retry clears a fleet's launch failures.
+func (c *Client) Retry(ctx context.Context, fleet string) error {
+	return c.do(ctx, http.MethodPost, "/v1/fleets/"+url.PathEscape(fleet)+"/retry", nil)
+}
+
 // Drain asks the agent to drain an unconfigured fleet.
 func (c *Client) Drain(ctx context.Context, fleet string) error {
 	return c.do(ctx, http.MethodPost, "/v1/fleets/"+url.PathEscape(fleet)+"/drain", nil)

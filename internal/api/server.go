@@ -24,6 +24,8 @@ type Backend interface {
 	Events(ctx context.Context, after uint64, fleet string, limit int) []state.Event
 	Drain(ctx context.Context, fleet string) error
 	Resolve(ctx context.Context, fleet string) error
+	// Retry clears a fleet's launch failures (backoff and cap).
+	Retry(ctx context.Context, fleet string) error
 	Members(ctx context.Context) ([]Member, error)
 	JoinVia(ctx context.Context, addr string) error
 	Leave(ctx context.Context) error
@@ -142,6 +144,9 @@ func (s *Server) Handler() http.Handler {
 	}))
 	mux.HandleFunc("POST /v1/fleets/{name}/resolve", s.auth(func(w http.ResponseWriter, r *http.Request) {
 		s.do(w, s.b.Resolve(r.Context(), r.PathValue("name")), "resolved")
+	}))
+	mux.HandleFunc("POST /v1/fleets/{name}/retry", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		s.do(w, s.b.Retry(r.Context(), r.PathValue("name")), "retrying")
 	}))
 	mux.HandleFunc("GET /v1/plan", func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.b.Plan(r.Context(), r.URL.Query().Get("fleet"))

@@ -35,6 +35,7 @@ func (f *fakeBackend) Drain(_ context.Context, fleet string) error {
 	return nil
 }
 func (f *fakeBackend) Resolve(context.Context, string) error      { return nil }
+func (f *fakeBackend) Retry(context.Context, string) error        { return nil }
 func (f *fakeBackend) Members(context.Context) ([]Member, error)  { return nil, nil }
 func (f *fakeBackend) JoinVia(context.Context, string) error      { return nil }
 func (f *fakeBackend) Leave(context.Context) error                { return nil }

@@ -64,6 +64,7 @@ const (
 	DefaultMaxParallel        = 1
 	DefaultStormCooldown      = time.Minute
 	DefaultFlapThreshold      = 3
+	DefaultMaxLaunchFailures  = 10
 	DefaultFlapWindow         = 10 * time.Minute
 	// MaxFlapThreshold is the most failures an agent remembers per
 	// instance.
@@ -212,7 +213,7 @@ func defaultRemediation() Remediation {
 		Mode:         RemediationAct,
 		Rate:         DefaultFleetRate, SecondaryRate: DefaultSecondaryRate,
 		UnhealthyThreshold: &DefaultUnhealthyShare, StormCooldown: DefaultStormCooldown, StormGuard: true,
-		FlapThreshold: DefaultFlapThreshold, FlapWindow: DefaultFlapWindow,
+		FlapThreshold: DefaultFlapThreshold, FlapWindow: DefaultFlapWindow, MaxLaunchFailures: DefaultMaxLaunchFailures,
 	}
 }
 

@@ -647,6 +647,7 @@ func (s *section) remediationGuards(r *Remediation) {
 	s.duration("healthy_delay", 0, maxTrafficWait, &r.HealthyDelay)
 	s.integer("flap_threshold", 0, MaxFlapThreshold, &r.FlapThreshold)
 	s.duration("flap_window", time.Second, 24*time.Hour, &r.FlapWindow)
+	s.integer("max_launch_failures", 0, 1000, &r.MaxLaunchFailures)
 }
 
 // Quarantine bounds.

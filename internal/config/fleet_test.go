@@ -113,7 +113,7 @@ func TestLoadFleetsValid(t *testing.T) {
 	share25, share40 := quantity.Percent(25), quantity.Percent(40)
 	defaultRemediation := Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(50), MaxParallel: 1, Mode: "act",
 		Rate: quantity.Rate{N: 10, Per: 10 * time.Minute}, SecondaryRate: quantity.Rate{N: 1, Per: 10 * time.Minute},
-		UnhealthyThreshold: &share25, StormCooldown: time.Minute, StormGuard: true, FlapThreshold: 3, FlapWindow: 10 * time.Minute}
+		UnhealthyThreshold: &share25, StormCooldown: time.Minute, StormGuard: true, FlapThreshold: 3, FlapWindow: 10 * time.Minute, MaxLaunchFailures: 10}
 	defaultRollout := Rollout{MaxSurge: quantity.Count(1), MaxUnavailable: quantity.Count(0)}
 	defaultTCP := func(name string) Check {
 		return Check{Name: name, Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second,
@@ -164,7 +164,7 @@ func TestLoadFleetsValid(t *testing.T) {
 			Drift: Drift{Interval: time.Minute, IgnorePaths: []string{"logs/**", "*.pid", "tmp/**/cache-?", "data/[a-c]*"}, Orphans: "terminate"},
 			Remediation: Remediation{Enabled: false, MaxUnhealthy: quantity.Count(4), MaxParallel: 2, Mode: "report",
 				Rate: defaultRemediation.Rate, SecondaryRate: defaultRemediation.SecondaryRate, UnhealthyThreshold: &share25,
-				StormCooldown: time.Minute, StormGuard: true, FlapThreshold: 3, FlapWindow: 10 * time.Minute},
+				StormCooldown: time.Minute, StormGuard: true, FlapThreshold: 3, FlapWindow: 10 * time.Minute, MaxLaunchFailures: 10},
 			Rollout: Rollout{MaxSurge: quantity.Percent(25), MaxUnavailable: quantity.Percent(10)},
 		}}},
 		{"full_local.hcl", []*Fleet{{
@@ -181,7 +181,7 @@ func TestLoadFleetsValid(t *testing.T) {
 			Remediation: Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(100), MaxParallel: 1, Mode: "act",
 				Report: []string{"drift_mutated", "orphan"}, Rate: quantity.Rate{N: 5, Per: 10 * time.Minute},
 				SecondaryRate: quantity.Rate{N: 0, Per: time.Hour}, UnhealthyThreshold: &share40, StormCooldown: 5 * time.Minute,
-				HealthyDelay: 30 * time.Second, FlapThreshold: 0, FlapWindow: time.Hour,
+				HealthyDelay: 30 * time.Second, FlapThreshold: 0, FlapWindow: time.Hour, MaxLaunchFailures: 3,
 				Quarantine: &Quarantine{Max: 2, TTL: 12 * time.Hour, Reasons: []string{"unhealthy"}}},
 			Rollout: Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50)},
 		}}},

@@ -348,6 +348,11 @@ type Remediation struct {
 	// passes. 0 turns flap detection off. Default 3 in 10m.
 	FlapThreshold int           `json:"flap_threshold"`
 	FlapWindow    time.Duration `json:"flap_window"`
+	// MaxLaunchFailures caps the launch backoff: after this many
+	// consecutive instances failed before ever becoming healthy, the
+	// fleet launches nothing more until its file changes or `immutd fleet
+	// retry`. 0: no cap. Default 10.
+	MaxLaunchFailures int `json:"max_launch_failures"`
 	// Quarantine, when set, keeps instances that would be killed for one
 	// of its reasons running for forensics instead (out of traffic, a
 	// replacement launched as usual), up to Max at once, each for TTL.

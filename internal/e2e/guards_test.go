@@ -372,3 +372,31 @@ func (e *env) waitFor2Healthy(t *testing.T, _ *env, quarantined string) api.Flee
 	})
 	return f
 }
+
+// TestLaunchFailuresAreCapped: a fleet whose instances never become
+// healthy stops launching after remediation.max_launch_failures in a row,
+// says so, and starts again after `immutd fleet retry`.
+func TestLaunchFailuresAreCapped(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	src := fleetFile("web", 1, "v1", "  remediation {\n    max_launch_failures = 2\n  }\n")
+	src = strings.Replace(src, `path                = "/healthz"`, `path                = "/no-such-page"`, 1)
+	src = strings.Replace(src, `startup_timeout     = "15s"`, `startup_timeout     = "1s"`, 1)
+	e.writeFleet("web.hcl", src)
+	e.start()
+	e.waitFor("launches to be capped", 90*time.Second, func() (bool, string) {
+		f := e.fleet("web")
+		b := blockedBy(f, "launch_capped")
+		return b != nil && strings.Contains(b.Detail, "max_launch_failures 2") && len(f.Instances) == 0, describe(f)
+	})
+	mark := e.lastSeq()
+	e.waitPasses(5)
+	for _, ev := range e.eventsAfter(mark) {
+		if ev.Action == state.ActionLaunchPlanned {
+			t.Fatalf("launched while capped: %+v", ev)
+		}
+	}
+	if out, code := e.cli("fleet", "retry", "web"); code != 0 || !strings.Contains(out, "launch failures cleared") {
+		t.Fatalf("fleet retry (exit %d): %s", code, out)
+	}
+	e.waitEvent(mark, 30*time.Second, func(ev state.Event) bool { return ev.Action == state.ActionLaunchPlanned && ev.Fleet == "web" })
+}

@@ -121,6 +121,10 @@ const (
 	// CausePaused: an operator's pause holds the fleet: nothing new
 	// starts, intents in flight finish.
 	CausePaused Cause = "paused"
+	// CauseLaunchCapped: remediation.max_launch_failures instances in a
+	// row failed before becoming healthy: launches stop until the fleet
+	// file changes or an operator retries.
+	CauseLaunchCapped Cause = "launch_capped"
 )
 
 // Guards that hold an action without blocking the fleet: they are only
@@ -145,7 +149,7 @@ var Causes = []Cause{
 	CauseProviderUnreachable, CauseTooManyUnhealthy, CauseDisabled,
 	CauseUnconfigured, CauseLaunchBackoff, CauseNoImage, CauseNoQuorum,
 	CauseInstanceLimit, CauseLaunchLimit, CauseKeepMin, CauseTrafficBackend,
-	CauseRateLimited, CauseStorm, CauseStormCooldown, CausePaused,
+	CauseRateLimited, CauseStorm, CauseStormCooldown, CausePaused, CauseLaunchCapped,
 }
 
 // InstanceState is the planner's classification of an instance as status
@@ -622,6 +626,11 @@ func (fp *fleetPlan) wants(now time.Time) {
 		return
 	}
 	stats := fp.fi.Stats
+	if limit := *fp.spec.Remediation.Effective().MaxLaunchFailures; limit > 0 && stats.LaunchFailures >= limit {
+		fp.block(CauseLaunchCapped, fmt.Sprintf("%d consecutive instances failed before becoming healthy (last: %s), remediation.max_launch_failures %d: nothing more is launched until the fleet file changes or `immutd fleet retry %s`",
+			stats.LaunchFailures, stats.LastFailureReason, limit, fp.spec.Name))
+		return
+	}
 	if wait := Backoff(stats.LaunchFailures); wait > 0 && now.Before(stats.LastFailureAt.Add(wait)) {
 		fp.st.BackoffUntil = stats.LastFailureAt.Add(wait)
 		fp.block(CauseLaunchBackoff, fmt.Sprintf("%d consecutive instances failed before becoming healthy (last: %s); next launch at %s",

@@ -69,6 +69,8 @@ func (s *State) Apply(c Command) Result {
 		return s.unpause(c)
 	case *Quarantine:
 		return s.quarantine(c)
+	case *RetryFleet:
+		return s.retryFleet(c)
 	case *RecordStorms:
 		return s.recordStorms(c)
 	case *RecordEvents:
@@ -100,6 +102,11 @@ func (s *State) setDesired(c *SetDesired) Result {
 		nf := *f
 		nf.Generation = next
 		nf.UpdatedAt = c.At
+		if st := s.Stats[name]; st != nil && old != nil && (old.ImageDigest != f.ImageDigest || !reflect.DeepEqual(old.Spec, f.Spec)) {
+			// A changed fleet file is a fresh start for the launch
+			// backoff and its cap.
+			st.LaunchFailures = 0
+		}
 		nf.Unconfigured, nf.Draining = false, false
 		nf.UnconfiguredSince = time.Time{}
 		s.Fleets[name] = &nf
@@ -557,6 +564,21 @@ func (s *State) prunePauses(at time.Time) {
 			Evidence: []string{"pause " + p.ID, "reason was: " + p.Reason}})
 	}
 	s.Pauses = kept
+}
+
+func (s *State) retryFleet(c *RetryFleet) Result {
+	if s.Fleets[c.Fleet] == nil {
+		return Result{Err: fmt.Sprintf("fleet %q is not known", c.Fleet), Generation: s.Generation}
+	}
+	st := s.stats(c.Fleet)
+	ev := Event{Time: c.At, Fleet: c.Fleet, Action: ActionLaunchRetry, Reason: "operator", Node: c.Node,
+		Evidence: []string{fmt.Sprintf("%d consecutive launch failures forgotten (last: %s)", st.LaunchFailures, st.LastFailureReason)}}
+	if c.By != "" {
+		ev.Evidence = append(ev.Evidence, "by "+c.By)
+	}
+	st.LaunchFailures, st.LastFailureAt, st.LastFailureReason = 0, time.Time{}, ""
+	s.addEvent(ev)
+	return Result{Generation: s.Generation}
 }
 
 func (s *State) quarantine(c *Quarantine) Result {

@@ -30,6 +30,7 @@ const (
 	TypePause          CommandType = 11
 	TypeUnpause        CommandType = 12
 	TypeQuarantine     CommandType = 13
+	TypeRetryFleet     CommandType = 14
 	// Events are informational: an older node may skip them.
 	TypeRecordEvents = Ignorable | 8
 	// Storm bookkeeping only feeds guards older releases do not have.
@@ -82,6 +83,7 @@ var registry = map[CommandType]Command{
 	TypePause:          &AddPause{},
 	TypeUnpause:        &Unpause{},
 	TypeQuarantine:     &Quarantine{},
+	TypeRetryFleet:     &RetryFleet{},
 	TypeRecordStorms:   &RecordStorms{},
 }
 
@@ -228,6 +230,16 @@ type Quarantine struct {
 	Node    string            `json:"node"`
 }
 
+// RetryFleet clears a fleet's launch failures (an operator's request
+// after fixing what made its instances fail): the launch backoff and its
+// cap start afresh.
+type RetryFleet struct {
+	Fleet string    `json:"fleet"`
+	By    string    `json:"by,omitempty"`
+	At    time.Time `json:"at"`
+	Node  string    `json:"node"`
+}
+
 // QuarantineEntry is one instance to quarantine and why.
 type QuarantineEntry struct {
 	Fleet      string   `json:"fleet"`
@@ -264,6 +276,7 @@ func (*RecordEvents) Type() CommandType   { return TypeRecordEvents }
 func (*AddPause) Type() CommandType       { return TypePause }
 func (*Unpause) Type() CommandType        { return TypeUnpause }
 func (*Quarantine) Type() CommandType     { return TypeQuarantine }
+func (*RetryFleet) Type() CommandType     { return TypeRetryFleet }
 func (*RecordStorms) Type() CommandType   { return TypeRecordStorms }
 
 // SetDesired is at version 3 and CommitIntents at version 2: a version-2
@@ -283,6 +296,7 @@ func (*RecordEvents) Version() uint8   { return 1 }
 func (*AddPause) Version() uint8       { return 1 }
 func (*Unpause) Version() uint8        { return 1 }
 func (*Quarantine) Version() uint8     { return 1 }
+func (*RetryFleet) Version() uint8     { return 1 }
 func (*RecordStorms) Version() uint8   { return 1 }
 
 func (c *SetDesired) encodedVersion() uint8 {

@@ -37,7 +37,7 @@ func TestGuardedSpecsAreVersion3(t *testing.T) {
 func TestSpecKeepsOnlyGuardsThatDifferFromDefaults(t *testing.T) {
 	r := config.Remediation{Enabled: true, Mode: "act", Rate: config.DefaultFleetRate, SecondaryRate: config.DefaultSecondaryRate,
 		UnhealthyThreshold: &config.DefaultUnhealthyShare, StormCooldown: config.DefaultStormCooldown, StormGuard: true,
-		FlapThreshold: config.DefaultFlapThreshold, FlapWindow: config.DefaultFlapWindow}
+		FlapThreshold: config.DefaultFlapThreshold, FlapWindow: config.DefaultFlapWindow, MaxLaunchFailures: config.DefaultMaxLaunchFailures}
 	s := remediationOf(&r)
 	if s.Guarded() {
 		t.Fatalf("defaults are kept in the spec: %+v", s)
@@ -192,5 +192,29 @@ func TestQuarantine(t *testing.T) {
 	mustApply(t, s, &CommitIntents{Generation: 1, At: t0.Add(time.Hour), Intents: []*Intent{{OpID: "t", Kind: Terminate, Fleet: "web", InstanceID: "a", Reason: "quarantine_expired"}}})
 	if len(s.Kills) != 1 {
 		t.Fatalf("the terminate after the quarantine counted as a kill: %v", s.Kills)
+	}
+}
+
+func TestLaunchFailuresAreClearedByRetryAndByAFileChange(t *testing.T) {
+	s := seed(t)
+	s.stats("web").LaunchFailures = 7
+	if r := mustApply(t, s, &RetryFleet{Fleet: "nope", At: t0}); r.Err == "" {
+		t.Fatal("retry of an unknown fleet accepted")
+	}
+	mustApply(t, s, &RetryFleet{Fleet: "web", By: "ana", At: t0})
+	if n := s.Stats["web"].LaunchFailures; n != 0 {
+		t.Fatalf("after retry: %d launch failures", n)
+	}
+	if ev := s.Events[len(s.Events)-1]; ev.Action != ActionLaunchRetry || !strings.Contains(strings.Join(ev.Evidence, " "), "7 consecutive launch failures") {
+		t.Fatalf("retry event %+v", ev)
+	}
+	s.stats("web").LaunchFailures = 4
+	mustApply(t, s, &SetDesired{BaseGeneration: s.Generation, Fleets: []*DesiredFleet{fleet("web", 2, "d1")}, At: t0}) // unchanged
+	if n := s.Stats["web"].LaunchFailures; n != 4 {
+		t.Fatalf("an unchanged file cleared the launch failures (%d)", n)
+	}
+	mustApply(t, s, &SetDesired{BaseGeneration: s.Generation, Fleets: []*DesiredFleet{fleet("web", 2, "d2")}, At: t0})
+	if n := s.Stats["web"].LaunchFailures; n != 0 {
+		t.Fatalf("a changed file kept %d launch failures", n)
 	}
 }

@@ -164,6 +164,8 @@ type RemediationSpec struct {
 	// (0 in FlapThreshold: off).
 	FlapThreshold *int           `json:"flap_threshold,omitempty"`
 	FlapWindow    *time.Duration `json:"flap_window,omitempty"`
+	// MaxLaunchFailures caps the launch backoff (0 in it: no cap).
+	MaxLaunchFailures *int `json:"max_launch_failures,omitempty"`
 	// Quarantine, when set, keeps instances killed for one of its reasons
 	// running for forensics instead, out of traffic (nil: none).
 	Quarantine *QuarantineSpec `json:"quarantine,omitempty"`
@@ -185,7 +187,7 @@ func (r *RemediationSpec) Quarantines(reason string) bool {
 // guards did not know: an entry carrying it is refused by them.
 func (r *RemediationSpec) Guarded() bool {
 	return len(r.Report) > 0 || r.Rate.Set() || r.SecondaryRate.Set() || r.UnhealthyThreshold != nil || r.StormCooldown != nil || r.NoStormGuard ||
-		r.HealthyDelay != 0 || r.FlapThreshold != nil || r.FlapWindow != nil || r.Quarantine != nil
+		r.HealthyDelay != 0 || r.FlapThreshold != nil || r.FlapWindow != nil || r.Quarantine != nil || r.MaxLaunchFailures != nil
 }
 
 // Reports says whether remediation only reports instances it would
@@ -218,6 +220,10 @@ func (r RemediationSpec) Effective() RemediationSpec {
 	if r.FlapWindow == nil {
 		d := config.DefaultFlapWindow
 		r.FlapWindow = &d
+	}
+	if r.MaxLaunchFailures == nil {
+		n := config.DefaultMaxLaunchFailures
+		r.MaxLaunchFailures = &n
 	}
 	return r
 }
@@ -318,6 +324,10 @@ func remediationOf(r *config.Remediation) RemediationSpec {
 	}
 	if q := r.Quarantine; q != nil {
 		s.Quarantine = &QuarantineSpec{Max: q.Max, TTL: q.TTL, Reasons: slices.Clone(q.Reasons)}
+	}
+	if r.MaxLaunchFailures != config.DefaultMaxLaunchFailures {
+		n := r.MaxLaunchFailures
+		s.MaxLaunchFailures = &n
 	}
 	return s
 }

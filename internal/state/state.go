@@ -212,6 +212,8 @@ const (
 	// ActionQuarantined: an instance is kept for forensics instead of
 	// being killed.
 	ActionQuarantined EventAction = "quarantined"
+	// ActionLaunchRetry: an operator cleared a fleet's launch failures.
+	ActionLaunchRetry EventAction = "launch_retry"
 )
 
 // Reasons the state interprets or writes itself. They are values of the

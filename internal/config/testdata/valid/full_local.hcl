@@ -32,6 +32,7 @@ fleet "worker" {
     healthy_delay       = "30s"
     flap_threshold      = 0
     flap_window         = "1h"
+    max_launch_failures = 3
     quarantine {
       max     = 2
       ttl     = "12h"
