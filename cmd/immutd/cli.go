@@ -182,12 +182,16 @@ func renderFleets(w io.Writer, fleets []api.Fleet) {
 			status = "draining (removed from the fleet files)"
 		case f.Unconfigured:
 			status = "NOT CONFIGURED: kept running; `immutd fleet drain " + c(f.Name) + "` to remove"
+		case f.Reverted != "":
+			status = fmt.Sprintf("REVERTED to version %d (file: %d)", f.Version, f.FileVersion)
 		case len(f.Blocked) > 0:
 			var cs []string
 			for _, b := range f.Blocked {
 				cs = append(cs, c(b.Cause))
 			}
 			status = "BLOCKED: " + strings.Join(cs, ", ")
+		case f.Rollout != "":
+			status = "rolling " + c(f.Rollout)
 		case f.States["healthy"] < f.Desired:
 			status = "converging"
 		}
@@ -195,6 +199,9 @@ func renderFleets(w io.Writer, fleets []api.Fleet) {
 	}
 	tw.Flush()
 	for _, f := range fleets {
+		if f.Reverted != "" {
+			fmt.Fprintf(w, "  %s reverted: %s\n", c(f.Name), c(f.Reverted))
+		}
 		for _, b := range f.Blocked {
 			fmt.Fprintf(w, "  %s blocked (%s): %s\n", c(f.Name), c(b.Cause), c(b.Detail))
 		}

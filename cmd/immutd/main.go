@@ -124,6 +124,47 @@ cap start afresh.`,
 		setup: setupFleet("retry"),
 	},
 	{
+		name: "rollout status", args: "[FLEET]", maxArgs: 1,
+		summary: "the fleets' versions, their rollouts and how they ended, and reverts",
+		about: `Show each fleet's kept versions (image, digest, launch template, when it
+became desired and rolled out, how its rollout ended), the rollout in
+progress, and a revert in force with how the fleet differs from its file.`,
+		setup: setupRolloutStatus,
+	},
+	{
+		name: "rollout pause", args: "FLEET", minArgs: 1, maxArgs: 1,
+		summary: "pause a fleet's rollout: no outdated instance is replaced (healing goes on)",
+		about: `Pause the rollout in progress of FLEET: instances of the old version
+are no longer replaced; failing instances still are.`,
+		setup: setupRolloutStep("pause"),
+	},
+	{
+		name: "rollout resume", args: "FLEET", minArgs: 1, maxArgs: 1,
+		summary: "resume a paused or failed rollout, or end a revert: roll to the file's version",
+		about: `Resume the paused (or failed) rollout of FLEET, or end a revert in force:
+the fleet rolls to the version its file names, with a fresh progress
+deadline.`,
+		setup: setupRolloutStep("resume"),
+	},
+	{
+		name: "rollout abort", args: "FLEET", minArgs: 1, maxArgs: 1,
+		summary: "abort the rollout in progress: back to the last stable version",
+		about: `Abort the rollout in progress of FLEET: it goes back to its last stable
+version (a revert), fast: no canary, no analysis.`,
+		setup: setupRolloutStep("abort"),
+	},
+	{
+		name: "rollout revert", args: "FLEET [VERSION]", minArgs: 1, maxArgs: 2,
+		summary: "run an older stable version (the last one, or VERSION), also after a rollout completed",
+		about: `Make FLEET run VERSION (default: its last stable version other than the
+one it runs) instead of its file's version, fast: instances of other
+versions are replaced within the usual bounds. Only a stable version (its
+rollout completed and baked healthy) can be reverted to. The fleet file
+stays the source of truth: the revert ends when the file names another
+version, or with immutd rollout resume.`,
+		setup: setupRolloutStep("revert"),
+	},
+	{
 		name: "plan", args: "[FLEET]", maxArgs: 1,
 		summary: "dry run: what the leader would do now, and what holds the rest back",
 		about: `Ask the leader to plan on the state as it is and on what its last pass

@@ -244,3 +244,56 @@ func (a *Agent) Unpause(ctx context.Context, req api.UnpauseRequest) ([]string, 
 func printable(s string) bool {
 	return strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) < 0
 }
+
+// Rollouts implements api.Backend, from the replicated state.
+func (a *Agent) Rollouts(ctx context.Context, fleet string) ([]api.Rollout, error) {
+	if fleet != "" && checkFleetName(fleet) != nil {
+		return nil, fmt.Errorf("%v: %w", checkFleetName(fleet), api.ErrBadRequest)
+	}
+	out := []api.Rollout{}
+	a.node.Read(func(st *state.State) {
+		for _, n := range st.FleetNames() {
+			if fleet == "" || n == fleet {
+				out = append(out, api.RolloutOf(st.Fleets[n]))
+			}
+		}
+	})
+	if fleet != "" && len(out) == 0 {
+		return nil, fmt.Errorf("fleet %q is not known: %w", fleet, api.ErrNotFound)
+	}
+	return out, nil
+}
+
+// rolloutRequest is a RolloutStep forwarded to the leader.
+type rolloutRequest struct {
+	Fleet string             `json:"fleet"`
+	Req   api.RolloutRequest `json:"req"`
+}
+
+// RolloutStep implements api.Backend: an operator's pause, resume, abort
+// or revert, journaled by the leader.
+func (a *Agent) RolloutStep(ctx context.Context, fleet string, req api.RolloutRequest) error {
+	req.Reason, req.By = strings.TrimSpace(req.Reason), strings.TrimSpace(req.By)
+	switch {
+	case checkFleetName(fleet) != nil:
+		return fmt.Errorf("%v: %w", checkFleetName(fleet), api.ErrBadRequest)
+	case !slices.Contains([]string{state.StepPause, state.StepResume, state.StepAbort, state.StepRevert}, req.Step):
+		return fmt.Errorf("step %.40q is not pause, resume, abort or revert: %w", req.Step, api.ErrBadRequest)
+	case req.To < 0 || req.To > 1<<30 || req.To != 0 && req.Step != state.StepRevert:
+		return fmt.Errorf("only a revert names a version, and a version is a positive number: %w", api.ErrBadRequest)
+	case len(req.Reason) > state.MaxPauseReason || !printable(req.Reason) || len(req.By) > maxNodeNameLen || !printable(req.By):
+		return fmt.Errorf("reason or by is too long or not printable: %w", api.ErrBadRequest)
+	}
+	return a.onLeader(ctx, http.MethodPost, "/cluster/v1/rollout", rolloutRequest{Fleet: fleet, Req: req}, nil, func() error {
+		res, err := a.node.Apply(ctx, &state.RolloutStep{Fleet: fleet, Step: req.Step, To: req.To, Detail: req.Reason, By: req.By, At: time.Now(), Node: a.cfg.NodeName})
+		if err != nil {
+			return err
+		}
+		if err := res.Error(); err != nil {
+			return conflict(err)
+		}
+		a.log.Warn("rollout "+req.Step, zap.String("fleet", fleet), zap.Int("to", req.To), zap.String("reason", req.Reason))
+		a.Wake()
+		return nil
+	})
+}

@@ -59,6 +59,8 @@ type metrics struct {
 	clusterStorm     prometheus.Gauge
 	pauses           *prometheus.GaugeVec
 	quarantineMax    *prometheus.GaugeVec
+	reverted         *prometheus.GaugeVec
+	rolloutPaused    *prometheus.GaugeVec
 }
 
 // trafficStates are the traffic states immutd_traffic_instances exports.
@@ -130,7 +132,11 @@ func newMetrics() *metrics {
 		Help: "Operators' pauses in force, by fleet (\"\" for pauses of every fleet), from the replicated state."}, []string{"fleet"})
 	m.quarantineMax = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_quarantine_max",
 		Help: "The most instances of the fleet its remediation.quarantine keeps at once (0: no quarantine); immutd_fleet_instances{state=\"quarantined\"} counts them (leader only)."}, []string{"fleet"})
-	reg.MustRegister(m.clusterStorm, m.pauses, m.quarantineMax)
+	m.reverted = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_fleet_reverted",
+		Help: "1 while a revert makes the fleet run another version than its file's (from the replicated state)."}, []string{"fleet"})
+	m.rolloutPaused = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_rollout_paused",
+		Help: "1 while the fleet's rollout is paused, by an operator or because it failed (from the replicated state)."}, []string{"fleet"})
+	reg.MustRegister(m.clusterStorm, m.pauses, m.quarantineMax, m.reverted, m.rolloutPaused)
 	reg.MustRegister(m.fleetInstances, m.fleetDesired, m.drifted, m.replacements, m.blocked, m.reconcileDur, m.providerCall,
 		m.reloadOK, m.reloadTime, m.reloadFailures, m.isLeader, m.intentsOpen, m.intentsFinished, m.desiredGen, buildInfo,
 		m.configDiverged, m.autopilotHealthy, m.failureTolerance, m.imageRefMoved, m.dataDirWritable, m.dataDirFree, m.passes,
@@ -164,7 +170,7 @@ func (m *metrics) initFleet(fleet string) {
 
 // forgetFleet removes a fleet's series.
 func (m *metrics) forgetFleet(fleet string) {
-	for _, v := range []*prometheus.GaugeVec{m.fleetInstances, m.fleetDesired, m.drifted, m.blocked, m.imageRefMoved, m.pauses, m.quarantineMax} {
+	for _, v := range []*prometheus.GaugeVec{m.fleetInstances, m.fleetDesired, m.drifted, m.blocked, m.imageRefMoved, m.pauses, m.quarantineMax, m.reverted, m.rolloutPaused} {
 		v.DeletePartialMatch(prometheus.Labels{"fleet": fleet})
 	}
 	m.replacements.DeletePartialMatch(prometheus.Labels{"fleet": fleet})

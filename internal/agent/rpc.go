@@ -138,6 +138,9 @@ func (a *Agent) rpcHandler() http.Handler {
 		}
 		return struct{}{}, conflict(a.Retry(ctx, req.Fleet))
 	}))
+	mux.HandleFunc("POST /cluster/v1/rollout", rpcPost(a, true, maxSmallBody, func(ctx context.Context, req *rolloutRequest) (any, error) {
+		return struct{}{}, a.RolloutStep(ctx, req.Fleet, req.Req)
+	}))
 	mux.HandleFunc("POST /cluster/v1/plan", rpcPost(a, true, maxSmallBody, func(ctx context.Context, req *planRequest) (any, error) {
 		if req.Fleet != "" && checkFleetName(req.Fleet) != nil {
 			return nil, rpcFail(http.StatusBadRequest, "%v", checkFleetName(req.Fleet))

@@ -35,6 +35,8 @@ func (a *Agent) publishDesired() {
 		}
 		for name, f := range st.Fleets {
 			sizes[name] = f.Spec.Size
+			a.m.reverted.WithLabelValues(name).Set(boolGauge(f.Revert != nil))
+			a.m.rolloutPaused.WithLabelValues(name).Set(boolGauge(f.Rollout != nil && f.Rollout.Paused))
 			if f.Draining {
 				sizes[name] = 0
 			}
@@ -61,6 +63,13 @@ func (a *Agent) publishDesired() {
 			a.m.initFleet(name)
 		}
 	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Status implements api.Backend. A leader serves its last pass; any other

@@ -163,6 +163,21 @@ func (c *Client) Explain(ctx context.Context, id string) (Explanation, error) {
 	return e, c.do(ctx, http.MethodGet, "/v1/instances/"+url.PathEscape(id)+"/explain", &e)
 }
 
+// Rollouts fetches the fleets' versions and rollouts.
+func (c *Client) Rollouts(ctx context.Context, fleet string) ([]Rollout, error) {
+	var rs []Rollout
+	path := "/v1/rollouts"
+	if fleet != "" {
+		path += "?fleet=" + url.QueryEscape(fleet)
+	}
+	return rs, c.do(ctx, http.MethodGet, path, &rs)
+}
+
+// RolloutStep pauses, resumes, aborts or reverts a fleet's rollout.
+func (c *Client) RolloutStep(ctx context.Context, fleet string, req RolloutRequest) error {
+	return c.send(ctx, http.MethodPost, "/v1/fleets/"+url.PathEscape(fleet)+"/rollout", req, nil)
+}
+
 // Pause adds a pause; it returns its id.
 func (c *Client) Pause(ctx context.Context, req PauseRequest) ([]string, error) {
 	var out map[string][]string

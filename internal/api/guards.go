@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/immutd/immutd/internal/reconcile"
@@ -55,4 +56,66 @@ type UnpauseRequest struct {
 	All   bool   `json:"all,omitempty"`
 	Fleet string `json:"fleet,omitempty"`
 	By    string `json:"by,omitempty"`
+}
+
+// Rollout is GET /v1/rollouts: a fleet's versions, its rollout and its
+// revert.
+type Rollout struct {
+	Fleet string `json:"fleet"`
+	// FileVersion is the version the fleet file names, Target the one the
+	// fleet runs (another while a revert is in force).
+	FileVersion int                 `json:"file_version"`
+	Target      int                 `json:"target"`
+	Versions    []Version           `json:"versions"`
+	Rollout     *state.RolloutState `json:"rollout,omitempty"`
+	Revert      *state.Revert       `json:"revert,omitempty"`
+	// Divergence says, while a revert is in force, how the fleet differs
+	// from its file and how that ends.
+	Divergence string `json:"divergence,omitempty"`
+}
+
+// Version is one kept version of a fleet (its launch settings, which may
+// hold secrets in the environment, are not shown).
+type Version struct {
+	N            int       `json:"n"`
+	Image        string    `json:"image"`
+	ImageDigest  string    `json:"image_digest"`
+	TemplateHash string    `json:"template_hash"`
+	At           time.Time `json:"at"`
+	RolledOutAt  time.Time `json:"rolled_out_at,omitzero"`
+	Outcome      string    `json:"outcome"`
+	EndedAt      time.Time `json:"ended_at,omitzero"`
+	Detail       string    `json:"detail,omitempty"`
+}
+
+// RolloutRequest is POST /v1/fleets/NAME/rollout: step is pause, resume,
+// abort or revert (to a version, or the last stable one).
+type RolloutRequest struct {
+	Step   string `json:"step"`
+	To     int    `json:"to,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	By     string `json:"by,omitempty"`
+}
+
+// RolloutOf is a fleet's rollout as the API shows it.
+func RolloutOf(d *state.DesiredFleet) Rollout {
+	r := Rollout{Fleet: d.Spec.Name, Target: d.Target().Version, Versions: []Version{}, Rollout: d.Rollout, Revert: d.Revert}
+	for _, v := range d.Versions {
+		r.Versions = append(r.Versions, Version{N: v.N, Image: v.Image, ImageDigest: v.ImageDigest, TemplateHash: v.TemplateHash,
+			At: v.At, RolledOutAt: v.RolledOutAt, Outcome: v.Outcome, EndedAt: v.EndedAt, Detail: v.Detail})
+	}
+	if n := len(d.Versions); n > 0 {
+		r.FileVersion = d.Versions[n-1].N
+	}
+	if rv := d.Revert; rv != nil {
+		r.Divergence = DivergenceOf(d.Spec.Name, rv)
+	}
+	return r
+}
+
+// DivergenceOf says how a reverted fleet differs from its file, and the
+// two ways it ends.
+func DivergenceOf(fleet string, rv *state.Revert) string {
+	return fmt.Sprintf("runs version %d instead of its file's version %d (reverted at %s: %s); the file stays the source of truth: edit it (to version %d's image, or a fixed one) to end the revert, or `immutd rollout resume %s` to roll to version %d again",
+		rv.To, rv.From, rv.At.UTC().Format(time.RFC3339), rv.Reason, rv.To, fleet, rv.From)
 }

@@ -38,6 +38,10 @@ type Backend interface {
 	// ids of the pauses added or removed.
 	Pause(ctx context.Context, req PauseRequest) ([]string, error)
 	Unpause(ctx context.Context, req UnpauseRequest) ([]string, error)
+	// Rollouts are the fleets' versions and rollouts (of one fleet, or
+	// all); RolloutStep pauses, resumes, aborts or reverts one.
+	Rollouts(ctx context.Context, fleet string) ([]Rollout, error)
+	RolloutStep(ctx context.Context, fleet string, req RolloutRequest) error
 	// Ready returns nil when the agent can serve its purpose: raft has a
 	// leader and, on the leader, leadership is established.
 	Ready() error
@@ -156,6 +160,17 @@ func (s *Server) Handler() http.Handler {
 		e, err := s.b.Explain(r.Context(), r.PathValue("id"))
 		s.answer(w, e, err)
 	})
+	mux.HandleFunc("GET /v1/rollouts", func(w http.ResponseWriter, r *http.Request) {
+		rs, err := s.b.Rollouts(r.Context(), r.URL.Query().Get("fleet"))
+		s.answer(w, rs, err)
+	})
+	mux.HandleFunc("POST /v1/fleets/{name}/rollout", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		var req RolloutRequest
+		if !decodeRequest(w, r, &req) {
+			return
+		}
+		s.answer(w, map[string]string{"result": req.Step}, s.b.RolloutStep(r.Context(), r.PathValue("name"), req))
+	}))
 	mux.HandleFunc("POST /v1/pause", s.auth(func(w http.ResponseWriter, r *http.Request) {
 		var req PauseRequest
 		if !decodeRequest(w, r, &req) {

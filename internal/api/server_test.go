@@ -50,6 +50,8 @@ func (f *fakeBackend) Pause(_ context.Context, req PauseRequest) ([]string, erro
 	return []string{"p1"}, nil
 }
 func (f *fakeBackend) Unpause(context.Context, UnpauseRequest) ([]string, error) { return nil, nil }
+func (f *fakeBackend) Rollouts(context.Context, string) ([]Rollout, error)       { return nil, nil }
+func (f *fakeBackend) RolloutStep(context.Context, string, RolloutRequest) error { return nil }
 func (f *fakeBackend) Token() string                                             { return f.token }
 func (f *fakeBackend) TokenFile() string                                         { return "/data/api-token" }
 

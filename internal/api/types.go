@@ -4,6 +4,7 @@
 package api
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/immutd/immutd/internal/instance"
@@ -95,6 +96,14 @@ type Fleet struct {
 	LaunchFailures int            `json:"launch_failures"`
 	BackoffUntil   time.Time      `json:"backoff_until,omitempty"`
 	Instances      []Instance     `json:"instances"`
+	// Version is the version the fleet runs (its target), FileVersion the
+	// one its file names (0 before the leader recorded it); Reverted, set
+	// while a revert is in force, says how they differ and how that ends.
+	// Rollout sums up the rollout in progress.
+	Version     int    `json:"version,omitempty"`
+	FileVersion int    `json:"file_version,omitempty"`
+	Reverted    string `json:"reverted,omitempty"`
+	Rollout     string `json:"rollout,omitempty"`
 }
 
 // Instance is one instance.
@@ -176,8 +185,21 @@ func InstanceOf(id, fleet string, rec *state.Instance, o *instance.Observed) Ins
 // FleetHeader is a fleet's row as the desired state alone gives it,
 // before any instance is added.
 func FleetHeader(d *state.DesiredFleet, st state.FleetStats) Fleet {
-	return Fleet{Name: d.Spec.Name, Provider: d.Spec.Provider, Image: d.Spec.Image, ImageDigest: d.ImageDigest,
+	ro := RolloutOf(d)
+	f := Fleet{Name: d.Spec.Name, Provider: d.Spec.Provider, Image: d.Spec.Image, ImageDigest: d.ImageDigest,
 		ResolveError: d.ResolveError, Generation: d.Generation, Size: d.Spec.Size, Desired: d.Spec.Size,
 		Unconfigured: d.Unconfigured, Draining: d.Draining, LaunchFailures: st.LaunchFailures,
-		States: map[string]int{}, Drifted: map[string]int{}, Blocked: []Block{}, Instances: []Instance{}}
+		States: map[string]int{}, Drifted: map[string]int{}, Blocked: []Block{}, Instances: []Instance{},
+		Version: ro.Target, FileVersion: ro.FileVersion, Reverted: ro.Divergence}
+	if r := d.Rollout; r != nil {
+		switch {
+		case r.Paused:
+			f.Rollout = fmt.Sprintf("to version %d paused: %s", r.Version, r.PauseReason)
+		case !r.CompletedAt.IsZero():
+			f.Rollout = fmt.Sprintf("to version %d complete, baking", r.Version)
+		default:
+			f.Rollout = fmt.Sprintf("to version %d, %d instances of it available", r.Version, r.Available)
+		}
+	}
+	return f
 }

@@ -65,6 +65,8 @@ const (
 	DefaultStormCooldown      = time.Minute
 	DefaultFlapThreshold      = 3
 	DefaultMaxLaunchFailures  = 10
+	DefaultProgressDeadline   = 10 * time.Minute
+	DefaultOnFailure          = "pause"
 	DefaultFlapWindow         = 10 * time.Minute
 	// MaxFlapThreshold is the most failures an agent remembers per
 	// instance.
@@ -218,7 +220,8 @@ func defaultRemediation() Remediation {
 }
 
 func defaultRollout() Rollout {
-	return Rollout{MaxSurge: quantity.Count(DefaultMaxSurge), MaxUnavailable: quantity.Count(DefaultMaxUnavailable)}
+	return Rollout{MaxSurge: quantity.Count(DefaultMaxSurge), MaxUnavailable: quantity.Count(DefaultMaxUnavailable),
+		ProgressDeadline: DefaultProgressDeadline, OnFailure: DefaultOnFailure}
 }
 
 func (o WatchOptions) withDefaults() WatchOptions {

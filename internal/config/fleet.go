@@ -696,6 +696,18 @@ func (s *section) rollout() (Rollout, *section) {
 	rs := s.child(b)
 	surge := rs.quantity("max_surge", &r.MaxSurge)
 	unavailable := rs.quantity("max_unavailable", &r.MaxUnavailable)
+	rs.duration("progress_deadline", time.Second, 7*24*time.Hour, &r.ProgressDeadline)
+	rs.duration("bake", 0, 7*24*time.Hour, &r.Bake)
+	onFailure := rs.oneOf("on_failure", &r.OnFailure, "pause", "revert")
+	var autoRevert bool
+	if rs.boolean("auto_revert", &autoRevert) == valid {
+		switch {
+		case onFailure == valid && autoRevert != (r.OnFailure == "revert"):
+			rs.fail("auto_revert", "contradicts on_failure = %q: set one of them (auto_revert = true is on_failure = \"revert\")", r.OnFailure)
+		case autoRevert:
+			r.OnFailure = "revert"
+		}
+	}
 	rs.done()
 	if surge == invalid || unavailable == invalid {
 		return r, nil

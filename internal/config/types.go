@@ -377,6 +377,16 @@ type Rollout struct {
 	MaxSurge Quantity `json:"max_surge"`
 	// MaxUnavailable is how many healthy instances below size are allowed. Default 0; percent rounds down.
 	MaxUnavailable Quantity `json:"max_unavailable"`
+	// ProgressDeadline: the rollout fails when no instance of the new
+	// version became available for this long. Default 10m.
+	ProgressDeadline time.Duration `json:"progress_deadline"`
+	// Bake: a completed rollout's version is stable (a revert target)
+	// once it stayed healthy this long. Default 0s.
+	Bake time.Duration `json:"bake"`
+	// OnFailure is "pause" (default: no more outdated instances are
+	// replaced) or "revert" (back to the last stable version);
+	// auto_revert = true is on_failure = "revert".
+	OnFailure string `json:"on_failure"`
 }
 
 // Quantity is a count ("3", 3) or a percentage of the fleet size ("25%").

@@ -89,6 +89,7 @@ func (t *Term) pass(ctx context.Context, now time.Time) (PassResult, error) {
 	t.syncTraffic(ctx, v, t.Judged())
 	t.recordBlocks(ctx, plan, now)
 	t.recordStorms(ctx, v, plan, now)
+	t.trackRollouts(ctx, v, plan, now)
 	t.keepPlan(plan, now)
 	t.publish(v, in, plan, started, now)
 	if err != nil {

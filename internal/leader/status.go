@@ -77,7 +77,8 @@ func instanceRow(d *state.DesiredFleet, x reconcile.Inst, s reconcile.InstanceSt
 	ai.State = string(s)
 	ai.Orphan = x.Record == nil && x.Open == nil
 	if o := x.Observed; o != nil {
-		ai.UpToDate = o.ImageDigest == d.ImageDigest && o.TemplateHash == d.TemplateHash
+		t := d.Target()
+		ai.UpToDate = o.ImageDigest == t.ImageDigest && o.TemplateHash == t.TemplateHash
 	}
 	ai.HealthSince = j.Since
 	ai.Health, ai.Evidence, ai.FailingOn, ai.HealthyOn = string(j.Health), j.Evidence, j.FailingOn, j.HealthyOn

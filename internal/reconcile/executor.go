@@ -152,9 +152,10 @@ func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fl
 		case ActQuarantine:
 			quarantine = append(quarantine, state.QuarantineEntry{Fleet: a.Fleet, InstanceID: a.InstanceID, Reason: string(a.Reason), Evidence: a.Evidence})
 		case ActLaunch:
+			t := d.Target()
 			intents = append(intents, &state.Intent{OpID: randHex(8), Kind: state.Launch, Fleet: a.Fleet, InstanceID: NewID(a.Fleet),
 				Reason: string(a.Reason), Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node,
-				ImageDigest: d.ImageDigest, TemplateHash: d.TemplateHash, Image: d.Spec.Image})
+				ImageDigest: t.ImageDigest, TemplateHash: t.TemplateHash, Image: t.Image})
 		case ActTerminate, ActAdmit, ActDrain:
 			kind := map[Kind]state.IntentKind{ActTerminate: state.Terminate, ActAdmit: state.Admit, ActDrain: state.Drain}[a.Kind]
 			it := &state.Intent{OpID: randHex(8), Kind: kind, Fleet: a.Fleet, InstanceID: a.InstanceID,
@@ -252,7 +253,9 @@ func (e *Executor) drive(ctx context.Context, it *state.Intent, d *state.Desired
 	}
 	switch it.Kind {
 	case state.Launch:
-		req := instance.LaunchRequest{InstanceID: it.InstanceID, Fleet: it.Fleet, ImageDigest: it.ImageDigest, TemplateHash: it.TemplateHash, Launch: d.Spec.Launch}
+		// The launch settings of the version the intent was decided for (a
+		// revert launches an older one).
+		req := instance.LaunchRequest{InstanceID: it.InstanceID, Fleet: it.Fleet, ImageDigest: it.ImageDigest, TemplateHash: it.TemplateHash, Launch: d.LaunchFor(it.TemplateHash)}
 		var obs instance.Observed
 		err := e.retry(ctx, log, "launch", func(ctx context.Context) error {
 			var err error

@@ -281,6 +281,17 @@ type Action struct {
 	Running bool `json:"running,omitempty"`
 }
 
+// RolloutStatus is a fleet's instances against its target version:
+// available on it, failing on it (ids), and running another one.
+type RolloutStatus struct {
+	Version      int      `json:"version"`
+	ImageDigest  string   `json:"image_digest"`
+	TemplateHash string   `json:"template_hash"`
+	Available    int      `json:"available"`
+	Failing      []string `json:"failing,omitempty"`
+	Outdated     int      `json:"outdated"`
+}
+
 // Held is an action the plan would take but a guard holds back.
 type Held struct {
 	Action
@@ -316,6 +327,9 @@ type FleetStatus struct {
 	Guarded bool `json:"-"`
 	// QuarantineMax is the fleet's quarantine quota (0: no quarantine).
 	QuarantineMax int `json:"quarantine_max,omitempty"`
+	// Rollout counts the instances by where they are with the target
+	// version.
+	Rollout RolloutStatus `json:"rollout"`
 	// Instances is the classification of every instance of the fleet, by
 	// id, orphans the policy ignores included. States counts it.
 	Instances map[string]InstanceStatus `json:"-"`
@@ -465,6 +479,10 @@ type class struct {
 	reason   Reason
 	evidence []string
 	created  time.Time
+	// outdated: runs another version than the target, kept because the
+	// rollout is paused; reverting: runs another version than the one a
+	// revert went back to.
+	outdated, reverting bool
 	// reported: would go for its health or an in-place change, but
 	// remediation only reports it; remedy is why it would go.
 	reported bool
@@ -550,6 +568,8 @@ func tally(fi *FleetInput, now time.Time) *fleetPlan {
 	if q := spec.Remediation.Quarantine; q != nil {
 		fp.st.QuarantineMax = q.Max
 	}
+	t := d.Target()
+	fp.st.Rollout = RolloutStatus{Version: t.Version, ImageDigest: t.ImageDigest, TemplateHash: t.TemplateHash}
 	rem := spec.Remediation.Effective()
 	for i := range fi.Instances {
 		c := classify(withHistory(&fi.Instances[i], &rem, now), d, &fp.st, fp.gated, now)
@@ -580,7 +600,7 @@ func tally(fi *FleetInput, now time.Time) *fleetPlan {
 		}
 		// A quarantined instance is out of the fleet: it counts toward
 		// neither the breaker nor the storm and rate guards.
-		if c.failing() && !c.quarantined {
+		if c.failing() && !c.quarantined && !c.reverting {
 			fp.sick++
 		}
 		if c.inst.Observed != nil && c.inst.Observed.Phase == instance.Running && !c.quarantined {
@@ -603,7 +623,7 @@ func tally(fi *FleetInput, now time.Time) *fleetPlan {
 	case fi.ObserveError != "":
 		fp.block(CauseProviderUnreachable, fi.ObserveError)
 		fp.frozen = true
-	case d.ImageDigest == "":
+	case d.Target().ImageDigest == "":
 		fp.block(CauseNoImage, "no golden image is pinned yet: "+d.ResolveError)
 	}
 	return fp
@@ -617,7 +637,7 @@ func (fp *fleetPlan) block(cause Cause, detail string) {
 // size, never above size + max_surge live instances, not while launches
 // back off after repeated failures.
 func (fp *fleetPlan) wants(now time.Time) {
-	if fp.frozen || fp.d.ImageDigest == "" {
+	if fp.frozen || fp.d.Target().ImageDigest == "" {
 		return
 	}
 	fp.keepSlots(now)
@@ -862,6 +882,8 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) cho
 			forHealth = true
 		case fp.gated && !c.admitted && c.inst.Health == Healthy:
 			surplus-- // takes no traffic: removing it costs no availability
+		case c.reverting && !c.available:
+			surplus-- // serves nothing: removing it costs no availability
 		case c.available && budget > 0:
 			budget--
 			surplus--
@@ -1151,11 +1173,21 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now 
 	}
 
 	c.live = true
-	// What a rollout replaces, and what remediation replaces.
+	// What a rollout replaces, and what remediation replaces. A paused
+	// rollout replaces nothing: outdated instances keep their slots.
 	rollout, rolloutEv := rolloutOf(in.Observed, d, st)
+	if rollout != "" && d.Rollout != nil && d.Rollout.Paused && d.Revert == nil {
+		rollout, rolloutEv, c.outdated = "", nil, true
+	}
 	remedy, remedyEv := remedyOf(in, d, st, orphan)
 	c.available = in.Health == Healthy && (!gated || c.admitted) && in.Open == nil
 	switch {
+	case rollout != "" && d.Revert != nil:
+		// A revert is fast-tracked: an instance of another version goes
+		// as a rollout replacement whatever its health, so no breaker,
+		// storm or kill rate holds it, and one that is not available goes
+		// without the availability budget.
+		c.reason, c.evidence, c.reverting = rollout, append(rolloutEv, "the fleet is reverted to version "+fmt.Sprint(d.Revert.To)), true
 	case remedy != "" && (d.Draining || !d.Spec.Remediation.Reports(string(remedy))):
 		c.reason, c.evidence = remedy, remedyEv
 		c.sick = remedy == ReasonUnhealthy || remedy == ReasonNeverHealthy
@@ -1168,11 +1200,32 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now 
 	}
 	if c.reason == "" {
 		c.counted = true
-		if !c.reported {
+		if !c.reported && !c.outdated {
 			st.UpToDate++
 		}
 	}
+	st.rolloutOf(c)
 	return c
+}
+
+// rolloutOf counts an instance into the fleet's rollout status.
+func (st *FleetStatus) rolloutOf(c *class) {
+	if c.outdated {
+		st.Rollout.Outdated++
+		return
+	}
+	switch {
+	case c.reason == ReasonDriftImage || c.reason == ReasonDriftTemplate:
+		st.Rollout.Outdated++
+	case c.available && c.reason == "":
+		st.Rollout.Available++
+	case c.sick && c.reason != "" && (c.reason == ReasonUnhealthy || c.reason == ReasonNeverHealthy) && onTarget(c.inst, st):
+		st.Rollout.Failing = append(st.Rollout.Failing, c.inst.ID)
+	}
+}
+
+func onTarget(in *Inst, st *FleetStatus) bool {
+	return in.Observed != nil && in.Observed.ImageDigest == st.Rollout.ImageDigest && in.Observed.TemplateHash == st.Rollout.TemplateHash
 }
 
 // withHistory is the instance with flap detection and healthy_delay
@@ -1234,13 +1287,14 @@ func (c *class) trafficOf(gated bool) TrafficState {
 // rolloutOf is why a rollout replaces a running instance: it runs
 // another image or launch template than desired ("" when current).
 func rolloutOf(o *instance.Observed, d *state.DesiredFleet, st *FleetStatus) (Reason, []string) {
+	t := d.Target()
 	switch {
-	case d.ImageDigest != "" && o.ImageDigest != d.ImageDigest:
+	case t.ImageDigest != "" && o.ImageDigest != t.ImageDigest:
 		st.Drifted[instance.DriftImage]++
-		return ReasonDriftImage, []string{"runs image " + o.ImageDigest, "desired image " + d.ImageDigest}
-	case o.TemplateHash != d.TemplateHash:
+		return ReasonDriftImage, []string{"runs image " + o.ImageDigest, "desired image " + t.ImageDigest}
+	case o.TemplateHash != t.TemplateHash:
 		st.Drifted[instance.DriftTemplate]++
-		return ReasonDriftTemplate, []string{"launch template " + o.TemplateHash, "desired launch template " + d.TemplateHash}
+		return ReasonDriftTemplate, []string{"launch template " + o.TemplateHash, "desired launch template " + t.TemplateHash}
 	}
 	return "", nil
 }

@@ -71,6 +71,10 @@ func (s *State) Apply(c Command) Result {
 		return s.quarantine(c)
 	case *RetryFleet:
 		return s.retryFleet(c)
+	case *RecordVersion:
+		return s.recordVersion(c)
+	case *RolloutStep:
+		return s.rolloutStep(c)
 	case *RecordStorms:
 		return s.recordStorms(c)
 	case *RecordEvents:
@@ -102,6 +106,10 @@ func (s *State) setDesired(c *SetDesired) Result {
 		nf := *f
 		nf.Generation = next
 		nf.UpdatedAt = c.At
+		if old != nil {
+			// Kept by the state, never proposed (see RecordVersion).
+			nf.Versions, nf.Rollout, nf.Revert = old.Versions, old.Rollout, old.Revert
+		}
 		if st := s.Stats[name]; st != nil && old != nil && (old.ImageDigest != f.ImageDigest || !reflect.DeepEqual(old.Spec, f.Spec)) {
 			// A changed fleet file is a fresh start for the launch
 			// backoff and its cap.

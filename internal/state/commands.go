@@ -31,10 +31,13 @@ const (
 	TypeUnpause        CommandType = 12
 	TypeQuarantine     CommandType = 13
 	TypeRetryFleet     CommandType = 14
+	TypeRolloutStep    CommandType = 16
 	// Events are informational: an older node may skip them.
 	TypeRecordEvents = Ignorable | 8
 	// Storm bookkeeping only feeds guards older releases do not have.
 	TypeRecordStorms = Ignorable | 10
+	// Version bookkeeping likewise: what a revert could go back to.
+	TypeRecordVersion = Ignorable | 15
 )
 
 // Command is a typed, versioned change to the state.
@@ -84,6 +87,8 @@ var registry = map[CommandType]Command{
 	TypeUnpause:        &Unpause{},
 	TypeQuarantine:     &Quarantine{},
 	TypeRetryFleet:     &RetryFleet{},
+	TypeRecordVersion:  &RecordVersion{},
+	TypeRolloutStep:    &RolloutStep{},
 	TypeRecordStorms:   &RecordStorms{},
 }
 
@@ -240,6 +245,20 @@ type RetryFleet struct {
 	Node  string    `json:"node"`
 }
 
+// RecordVersion records that a fleet's pinned image and launch template
+// are a new version (see DesiredFleet.Versions) and starts its rollout.
+// The leader journals it whenever the fleet's target differs from its
+// newest version, so a crash between a SetDesired and it, or an upgrade
+// from a release without versions, is made up for by the next pass; a
+// stale one (the fleet moved on since) changes nothing.
+type RecordVersion struct {
+	Fleet        string    `json:"fleet"`
+	ImageDigest  string    `json:"image_digest"`
+	TemplateHash string    `json:"template_hash"`
+	At           time.Time `json:"at"`
+	Node         string    `json:"node"`
+}
+
 // QuarantineEntry is one instance to quarantine and why.
 type QuarantineEntry struct {
 	Fleet      string   `json:"fleet"`
@@ -277,6 +296,7 @@ func (*AddPause) Type() CommandType       { return TypePause }
 func (*Unpause) Type() CommandType        { return TypeUnpause }
 func (*Quarantine) Type() CommandType     { return TypeQuarantine }
 func (*RetryFleet) Type() CommandType     { return TypeRetryFleet }
+func (*RecordVersion) Type() CommandType  { return TypeRecordVersion }
 func (*RecordStorms) Type() CommandType   { return TypeRecordStorms }
 
 // SetDesired is at version 3 and CommitIntents at version 2: a version-2
@@ -297,6 +317,7 @@ func (*AddPause) Version() uint8       { return 1 }
 func (*Unpause) Version() uint8        { return 1 }
 func (*Quarantine) Version() uint8     { return 1 }
 func (*RetryFleet) Version() uint8     { return 1 }
+func (*RecordVersion) Version() uint8  { return 1 }
 func (*RecordStorms) Version() uint8   { return 1 }
 
 func (c *SetDesired) encodedVersion() uint8 {
@@ -305,7 +326,7 @@ func (c *SetDesired) encodedVersion() uint8 {
 		if f == nil {
 			continue
 		}
-		if f.Spec.Remediation.Guarded() {
+		if f.Spec.Remediation.Guarded() || f.Spec.Rollout.Set() {
 			return 3
 		}
 		if f.Spec.Traffic != nil {

@@ -228,11 +228,33 @@ func (r RemediationSpec) Effective() RemediationSpec {
 	return r
 }
 
-// RolloutSpec bounds replacement when the desired image or template changes.
+// RolloutSpec bounds replacement when the desired image or template
+// changes, and says when a rollout has failed and what then. The zero
+// ProgressDeadline and OnFailure mean the defaults.
 type RolloutSpec struct {
 	MaxSurge       quantity.Q `json:"max_surge"`
 	MaxUnavailable quantity.Q `json:"max_unavailable"`
+	// ProgressDeadline: a rollout fails when no instance of its version
+	// became available for this long (zero: the default, 10m).
+	ProgressDeadline time.Duration `json:"progress_deadline,omitempty"`
+	// Bake is how long a completed rollout must stay healthy before its
+	// version is stable (a revert target).
+	Bake time.Duration `json:"bake,omitempty"`
+	// OnFailure is "pause" ("": the default) or "revert".
+	OnFailure string `json:"on_failure,omitempty"`
 }
+
+// Deadline is the rollout's progress deadline.
+func (r *RolloutSpec) Deadline() time.Duration {
+	if r.ProgressDeadline == 0 {
+		return config.DefaultProgressDeadline
+	}
+	return r.ProgressDeadline
+}
+
+// Set says whether the spec sets a rollout policy releases before them
+// did not know.
+func (r *RolloutSpec) Set() bool { return r.ProgressDeadline != 0 || r.Bake != 0 || r.OnFailure != "" }
 
 // Orphan policies (DriftSpec.Orphans).
 const (
@@ -257,7 +279,7 @@ func SpecOf(f *config.Fleet) FleetSpec {
 		},
 		Drift:       DriftSpec{Interval: f.Drift.Interval, IgnorePaths: slices.Clone(f.Drift.IgnorePaths), Orphans: f.Drift.Orphans},
 		Remediation: remediationOf(&f.Remediation),
-		Rollout:     RolloutSpec{MaxSurge: f.Rollout.MaxSurge, MaxUnavailable: f.Rollout.MaxUnavailable},
+		Rollout:     rolloutOf(&f.Rollout),
 	}
 	if len(f.Launch.Env) > 0 {
 		s.Launch.Env = make(map[string]string, len(f.Launch.Env))
@@ -290,6 +312,19 @@ func SpecOf(f *config.Fleet) FleetSpec {
 			sc.Consul = &ConsulCheck{Address: x.Address, TokenFile: x.TokenFile, CAFile: x.CAFile, CertFile: x.CertFile, KeyFile: x.KeyFile, TLSServerName: x.TLSServerName}
 		}
 		s.Health.Checks = append(s.Health.Checks, sc)
+	}
+	return s
+}
+
+// rolloutOf keeps of the rollout policy only what differs from the
+// defaults.
+func rolloutOf(r *config.Rollout) RolloutSpec {
+	s := RolloutSpec{MaxSurge: r.MaxSurge, MaxUnavailable: r.MaxUnavailable, Bake: r.Bake}
+	if r.ProgressDeadline != config.DefaultProgressDeadline {
+		s.ProgressDeadline = r.ProgressDeadline
+	}
+	if r.OnFailure != config.DefaultOnFailure {
+		s.OnFailure = r.OnFailure
 	}
 	return s
 }

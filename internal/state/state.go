@@ -39,6 +39,15 @@ type DesiredFleet struct {
 	ResolveError string `json:"resolve_error,omitempty"`
 	// UpdatedAt is when the spec was last committed.
 	UpdatedAt time.Time `json:"updated_at"`
+	// Versions are the fleet's desired versions, oldest first, at most
+	// MaxVersions; Rollout is the rollout to the newest until it is
+	// stable; Revert, when set, makes the fleet run an older version.
+	// None of them is ever proposed: the state keeps them over a
+	// SetDesired, and the leader's RecordVersion and rollout commands
+	// change them.
+	Versions []Version     `json:"versions,omitempty"`
+	Rollout  *RolloutState `json:"rollout,omitempty"`
+	Revert   *Revert       `json:"revert,omitempty"`
 }
 
 // Instance is the record of an instance immutd launched or adopted.
@@ -214,6 +223,17 @@ const (
 	ActionQuarantined EventAction = "quarantined"
 	// ActionLaunchRetry: an operator cleared a fleet's launch failures.
 	ActionLaunchRetry EventAction = "launch_retry"
+
+	// Rollouts and reverts.
+	ActionVersionRecorded EventAction = "version_recorded"
+	ActionRolloutProgress EventAction = "rollout_progress"
+	ActionRolloutComplete EventAction = "rollout_complete"
+	ActionRolloutStable   EventAction = "rollout_stable"
+	ActionRolloutFailed   EventAction = "rollout_failed"
+	ActionRolloutPaused   EventAction = "rollout_paused"
+	ActionRolloutResumed  EventAction = "rollout_resumed"
+	ActionReverted        EventAction = "reverted"
+	ActionRevertEnded     EventAction = "revert_ended"
 )
 
 // Reasons the state interprets or writes itself. They are values of the

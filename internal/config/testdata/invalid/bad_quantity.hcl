@@ -9,7 +9,11 @@ fleet "web" {
     max_unhealthy = "half"
   }
   rollout {
-    max_surge       = "150%"
-    max_unavailable = -1
+    max_surge         = "150%"
+    max_unavailable   = -1
+    progress_deadline = "0s"
+    on_failure        = "pause"
+    auto_revert       = true
+    bake              = "8d"
   }
 }

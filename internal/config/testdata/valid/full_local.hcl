@@ -41,7 +41,10 @@ fleet "worker" {
   }
 
   rollout {
-    max_surge       = 0
-    max_unavailable = "50%"
+    max_surge         = 0
+    max_unavailable   = "50%"
+    progress_deadline = "5m"
+    bake              = "1m"
+    auto_revert       = true
   }
 }

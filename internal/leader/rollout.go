@@ -1,0 +1,97 @@
+package leader
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/immutd/immutd/internal/reconcile"
+	"github.com/immutd/immutd/internal/state"
+)
+
+// trackRollouts journals what the pass saw of each fleet's rollout: a
+// pinned image or launch template that is no version yet becomes one
+// (its rollout starts); an instance of the rollout's version that fails,
+// or no progress within progress_deadline, fails it (the state applies
+// the fleet's on_failure); more of its instances available is progress;
+// all of them is completion, and completion that lasted the bake makes
+// the version stable.
+func (t *Term) trackRollouts(ctx context.Context, v view, plan reconcile.Result, now time.Time) {
+	byFleet := make(map[string]reconcile.FleetStatus, len(plan.Fleets))
+	for _, st := range plan.Fleets {
+		byFleet[st.Fleet] = st
+	}
+	var cmds []state.Command
+	for _, name := range slices.Sorted(maps.Keys(v.fleets)) {
+		f := v.fleets[name]
+		if f.NeedsVersion() {
+			cmds = append(cmds, &state.RecordVersion{Fleet: name, ImageDigest: f.ImageDigest, TemplateHash: f.TemplateHash, At: now, Node: t.cfg.Node})
+			continue
+		}
+		st, ok := byFleet[name]
+		if !ok || !st.Guarded {
+			continue // nothing is judged of a fleet nothing is done for
+		}
+		if c := rolloutStepOf(f, st, now); c != nil {
+			c.Fleet, c.At, c.Node = name, now, t.cfg.Node
+			cmds = append(cmds, c)
+		}
+	}
+	for _, c := range cmds {
+		res, err := t.cfg.Journal.Apply(ctx, c)
+		if err != nil {
+			if ctx.Err() == nil {
+				t.log.Warn("could not record a rollout step", zap.Error(err))
+			}
+			return
+		}
+		if rs, ok := c.(*state.RolloutStep); ok {
+			t.logStep(rs, res)
+		}
+	}
+}
+
+func (t *Term) logStep(c *state.RolloutStep, res state.Result) {
+	switch {
+	case res.Err != "":
+		t.log.Warn("rollout step refused", zap.String("fleet", c.Fleet), zap.String("step", c.Step), zap.String("reason", res.Err))
+	case c.Step == state.StepFailed:
+		t.log.Warn("rollout failed", zap.String("fleet", c.Fleet), zap.Int("version", c.Of), zap.String("reason", c.Detail))
+	case c.Step != state.StepProgress:
+		t.log.Info("rollout "+c.Step, zap.String("fleet", c.Fleet), zap.Int("version", c.Of))
+	}
+}
+
+// rolloutStepOf is the step a pass's status of a fleet means for its
+// rollout, nil when none.
+func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Time) *state.RolloutStep {
+	r := f.Rollout
+	if r == nil || r.Paused || f.Revert != nil || st.Rollout.Version != r.Version {
+		return nil
+	}
+	size := f.Spec.Size
+	if f.Draining {
+		size = 0
+	}
+	rs := st.Rollout
+	step := func(s, detail string) *state.RolloutStep {
+		return &state.RolloutStep{Step: s, Of: r.Version, Available: rs.Available, Detail: detail}
+	}
+	switch {
+	case len(rs.Failing) > 0:
+		return step(state.StepFailed, fmt.Sprintf("instance %s of version %d failed its health checks during the rollout", rs.Failing[0], r.Version))
+	case r.CompletedAt.IsZero() && now.Sub(r.LastProgressAt) > f.Spec.Rollout.Deadline():
+		return step(state.StepFailed, fmt.Sprintf("no instance of version %d became available for %s (progress_deadline)", r.Version, f.Spec.Rollout.Deadline()))
+	case r.CompletedAt.IsZero() && rs.Available >= size && rs.Outdated == 0:
+		return step(state.StepComplete, "")
+	case r.CompletedAt.IsZero() && rs.Available > r.Available:
+		return step(state.StepProgress, "")
+	case !r.CompletedAt.IsZero() && now.Sub(r.CompletedAt) >= f.Spec.Rollout.Bake && rs.Available >= size:
+		return step(state.StepStable, "")
+	}
+	return nil
+}
