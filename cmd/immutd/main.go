@@ -147,6 +147,15 @@ deadline.`,
 		setup: setupRolloutStep("resume"),
 	},
 	{
+		name: "rollout promote", args: "FLEET", minArgs: 1, maxArgs: 1,
+		summary: "promote a canary rollout: the old instances are replaced from now on",
+		about: `Promote the canary rollout of FLEET (strategy = "canary"): its canaries
+proved themselves, and the old instances are replaced, surge-first, from
+now on. Without promote_after this is the only way a canary rollout goes
+on.`,
+		setup: setupRolloutStep("promote"),
+	},
+	{
 		name: "rollout abort", args: "FLEET", minArgs: 1, maxArgs: 1,
 		summary: "abort the rollout in progress: back to the last stable version",
 		about: `Abort the rollout in progress of FLEET: it goes back to its last stable

@@ -50,6 +50,8 @@ func renderRollout(w io.Writer, ro api.Rollout, now time.Time) {
 		state = "REVERTED: " + c(ro.Divergence)
 	case r != nil && r.Paused:
 		state = fmt.Sprintf("rollout to version %d PAUSED (%s): no outdated instance is replaced; `immutd rollout resume %s` goes on", r.Version, c(r.PauseReason), c(ro.Fleet))
+	case r != nil && !r.Promoted && ro.Canary > 0:
+		state = fmt.Sprintf("canary rollout to version %d: %d canaries next to the old instances, waiting for promotion (promote_after, or `immutd rollout promote %s`)", r.Version, ro.Canary, c(ro.Fleet))
 	case r != nil && !r.CompletedAt.IsZero():
 		state = fmt.Sprintf("rollout to version %d complete %s ago, baking", r.Version, ago(now, r.CompletedAt))
 	case r != nil:
@@ -93,10 +95,11 @@ func setupRolloutStep(step string) func(fs *flag.FlagSet) runFunc {
 				return r.explain(err)
 			}
 			msg := map[string]string{
-				"pause":  "rollout paused: no outdated instance is replaced until `immutd rollout resume %s`",
-				"resume": "rollout resumed: %s rolls to its file's version",
-				"abort":  "rollout aborted: %s goes back to its last stable version",
-				"revert": "reverted: %s goes back to the version asked for; `immutd rollout status` shows the divergence from the file",
+				"pause":   "rollout paused: no outdated instance is replaced until `immutd rollout resume %s`",
+				"promote": "rollout promoted: the old instances of %s are replaced from now on",
+				"resume":  "rollout resumed: %s rolls to its file's version",
+				"abort":   "rollout aborted: %s goes back to its last stable version",
+				"revert":  "reverted: %s goes back to the version asked for; `immutd rollout status` shows the divergence from the file",
 			}[step]
 			fmt.Fprintf(w.out, msg+"\n", clean(args[0]))
 			return nil

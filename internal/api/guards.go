@@ -69,6 +69,8 @@ type Rollout struct {
 	Versions    []Version           `json:"versions"`
 	Rollout     *state.RolloutState `json:"rollout,omitempty"`
 	Revert      *state.Revert       `json:"revert,omitempty"`
+	// Canary is the canaries a canary rollout runs (0: rolling).
+	Canary int `json:"canary,omitempty"`
 	// Divergence says, while a revert is in force, how the fleet differs
 	// from its file and how that ends.
 	Divergence string `json:"divergence,omitempty"`
@@ -100,6 +102,9 @@ type RolloutRequest struct {
 // RolloutOf is a fleet's rollout as the API shows it.
 func RolloutOf(d *state.DesiredFleet) Rollout {
 	r := Rollout{Fleet: d.Spec.Name, Target: d.Target().Version, Versions: []Version{}, Rollout: d.Rollout, Revert: d.Revert}
+	if c := d.Spec.Rollout.Canary; c != nil {
+		r.Canary = max(c.Count.Resolve(d.Spec.Size, true), 1)
+	}
 	for _, v := range d.Versions {
 		r.Versions = append(r.Versions, Version{N: v.N, Image: v.Image, ImageDigest: v.ImageDigest, TemplateHash: v.TemplateHash,
 			At: v.At, RolledOutAt: v.RolledOutAt, Outcome: v.Outcome, EndedAt: v.EndedAt, Detail: v.Detail})

@@ -221,7 +221,7 @@ func defaultRemediation() Remediation {
 
 func defaultRollout() Rollout {
 	return Rollout{MaxSurge: quantity.Count(DefaultMaxSurge), MaxUnavailable: quantity.Count(DefaultMaxUnavailable),
-		ProgressDeadline: DefaultProgressDeadline, OnFailure: DefaultOnFailure}
+		ProgressDeadline: DefaultProgressDeadline, OnFailure: DefaultOnFailure, Strategy: StrategyRolling, Canary: quantity.Count(1)}
 }
 
 func (o WatchOptions) withDefaults() WatchOptions {

@@ -708,9 +708,37 @@ func (s *section) rollout() (Rollout, *section) {
 			r.OnFailure = "revert"
 		}
 	}
+	rs.canary(&r)
 	rs.done()
 	if surge == invalid || unavailable == invalid {
 		return r, nil
 	}
 	return r, rs
 }
+
+// canary decodes a rollout block's strategy settings.
+func (s *section) canary(r *Rollout) {
+	strategy := s.oneOf("strategy", &r.Strategy, StrategyRolling, StrategyCanary)
+	canaryGot := s.quantity("canary", &r.Canary)
+	promoteGot := s.duration("promote_after", time.Second, 7*24*time.Hour, &r.PromoteAfter)
+	if r.Strategy == StrategyCanary {
+		if canaryGot == valid && r.Canary.Value == 0 {
+			s.fail("canary", "must be at least 1 (or a percentage above 0%%) for strategy = %q", StrategyCanary)
+		}
+		return
+	}
+	for _, a := range []struct {
+		name string
+		g    got
+	}{{"canary", canaryGot}, {"promote_after", promoteGot}} {
+		if a.g == valid && strategy != invalid {
+			s.fail(a.name, "is for strategy = %q only", StrategyCanary)
+		}
+	}
+}
+
+// Rollout strategies.
+const (
+	StrategyRolling = "rolling"
+	StrategyCanary  = "canary"
+)

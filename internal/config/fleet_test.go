@@ -114,7 +114,7 @@ func TestLoadFleetsValid(t *testing.T) {
 	defaultRemediation := Remediation{Enabled: true, MaxUnhealthy: quantity.Percent(50), MaxParallel: 1, Mode: "act",
 		Rate: quantity.Rate{N: 10, Per: 10 * time.Minute}, SecondaryRate: quantity.Rate{N: 1, Per: 10 * time.Minute},
 		UnhealthyThreshold: &share25, StormCooldown: time.Minute, StormGuard: true, FlapThreshold: 3, FlapWindow: 10 * time.Minute, MaxLaunchFailures: 10}
-	defaultRollout := Rollout{MaxSurge: quantity.Count(1), MaxUnavailable: quantity.Count(0), ProgressDeadline: 10 * time.Minute, OnFailure: "pause"}
+	defaultRollout := Rollout{MaxSurge: quantity.Count(1), MaxUnavailable: quantity.Count(0), ProgressDeadline: 10 * time.Minute, OnFailure: "pause", Strategy: "rolling", Canary: quantity.Count(1)}
 	defaultTCP := func(name string) Check {
 		return Check{Name: name, Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second,
 			HealthyThreshold: 1, UnhealthyThreshold: 3, StartupTimeout: 60 * time.Second}
@@ -165,7 +165,7 @@ func TestLoadFleetsValid(t *testing.T) {
 			Remediation: Remediation{Enabled: false, MaxUnhealthy: quantity.Count(4), MaxParallel: 2, Mode: "report",
 				Rate: defaultRemediation.Rate, SecondaryRate: defaultRemediation.SecondaryRate, UnhealthyThreshold: &share25,
 				StormCooldown: time.Minute, StormGuard: true, FlapThreshold: 3, FlapWindow: 10 * time.Minute, MaxLaunchFailures: 10},
-			Rollout: Rollout{MaxSurge: quantity.Percent(25), MaxUnavailable: quantity.Percent(10), ProgressDeadline: 10 * time.Minute, OnFailure: "pause"},
+			Rollout: Rollout{MaxSurge: quantity.Percent(25), MaxUnavailable: quantity.Percent(10), ProgressDeadline: 10 * time.Minute, OnFailure: "pause", Strategy: "rolling", Canary: quantity.Count(1)},
 		}}},
 		{"full_local.hcl", []*Fleet{{
 			Name: "worker", Pos: pos("full_local.hcl", 1), Size: 4, Provider: "local",
@@ -183,7 +183,7 @@ func TestLoadFleetsValid(t *testing.T) {
 				SecondaryRate: quantity.Rate{N: 0, Per: time.Hour}, UnhealthyThreshold: &share40, StormCooldown: 5 * time.Minute,
 				HealthyDelay: 30 * time.Second, FlapThreshold: 0, FlapWindow: time.Hour, MaxLaunchFailures: 3,
 				Quarantine: &Quarantine{Max: 2, TTL: 12 * time.Hour, Reasons: []string{"unhealthy"}}},
-			Rollout: Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50), ProgressDeadline: 5 * time.Minute, Bake: time.Minute, OnFailure: "revert"},
+			Rollout: Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50), ProgressDeadline: 5 * time.Minute, Bake: time.Minute, OnFailure: "revert", Strategy: "canary", Canary: quantity.Percent(50), PromoteAfter: 30 * time.Second},
 		}}},
 		{"several.hcl", []*Fleet{
 			{
@@ -192,7 +192,7 @@ func TestLoadFleetsValid(t *testing.T) {
 				Health:      defaultChecks(defaultTCP("port")),
 				Drift:       defaultDrift,
 				Remediation: defaultRemediation,
-				Rollout:     Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Count(0), ProgressDeadline: 10 * time.Minute, OnFailure: "pause"},
+				Rollout:     Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Count(0), ProgressDeadline: 10 * time.Minute, OnFailure: "pause", Strategy: "rolling", Canary: quantity.Count(1)},
 			},
 			{
 				Name: "m-1", Pos: pos("several.hcl", 25), Size: 1, Provider: "docker", Image: "localhost:5000/m1:latest",

@@ -387,6 +387,14 @@ type Rollout struct {
 	// replaced) or "revert" (back to the last stable version);
 	// auto_revert = true is on_failure = "revert".
 	OnFailure string `json:"on_failure"`
+	// Strategy is "rolling" (default: surge-first replacement) or
+	// "canary": Canary instances of the new version run next to the old
+	// ones, which keep serving, until the rollout is promoted — by itself
+	// once every canary has been available for PromoteAfter, or by
+	// `immutd rollout promote` when PromoteAfter is 0.
+	Strategy     string        `json:"strategy"`
+	Canary       Quantity      `json:"canary"`
+	PromoteAfter time.Duration `json:"promote_after"`
 }
 
 // Quantity is a count ("3", 3) or a percentage of the fleet size ("25%").

@@ -70,3 +70,54 @@ func sameKeys(a, b map[string]bool) bool {
 	}
 	return len(a) == len(b)
 }
+
+// TestBrokenCanaryAutoRevertsOldInstancesServing: a canary of version 2
+// that fails 5s after it starts reverts the fleet to version 1, and the
+// version-1 instances serve throughout: none is terminated, all stay
+// healthy, and the canary is the only instance replaced.
+func TestBrokenCanaryAutoRevertsOldInstancesServing(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	policy := func(bake string) string {
+		return "  rollout {\n    strategy = \"canary\"\n    canary = 1\n    promote_after = \"1m\"\n    bake = \"" + bake + "\"\n    on_failure = \"revert\"\n  }\n"
+	}
+	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", policy("1s")))
+	e.start()
+	first := e.waitHealthy("web", 2, "", 60*time.Second)
+	e.waitEvent(0, 60*time.Second, func(ev state.Event) bool { return ev.Action == state.ActionRolloutStable && ev.Fleet == "web" })
+	mark := e.lastSeq()
+	old := ids(first)
+
+	v2 := fleetFile("web", 2, "v2", policy("10m"))
+	v2 = strings.Replace(v2, `stop_grace = "2s"`, "stop_grace = \"2s\"\n    args = [\"-fail-after\", \"5s\"]", 1)
+	e.writeFleet("web.hcl", v2)
+	// The canary comes up next to the two old instances.
+	var canary string
+	e.waitFor("the canary to run next to the old instances", 60*time.Second, func() (bool, string) {
+		f := e.fleet("web")
+		for _, in := range f.Instances {
+			if !old[in.ID] && in.State == "healthy" {
+				canary = in.ID
+			}
+		}
+		return canary != "" && len(f.Instances) == 3, describe(f)
+	})
+	reverted := e.waitEvent(mark, 90*time.Second, func(ev state.Event) bool { return ev.Action == state.ActionReverted && ev.Fleet == "web" })
+	if reverted.Reason != "auto_revert" {
+		t.Fatalf("revert %+v", reverted)
+	}
+	e.waitTerminated("web", canary)
+	after := e.waitHealthy("web", 2, first.ImageDigest, 60*time.Second)
+	if !sameKeys(ids(after), old) {
+		t.Fatalf("the old instances did not survive the broken canary: before %v, after %v", old, ids(after))
+	}
+	for _, k := range kills(e.eventsAfter(mark), "web") {
+		if old[k.InstanceID] {
+			t.Fatalf("an old instance was terminated during the canary: %+v", k)
+		}
+	}
+	for _, ev := range e.eventsAfter(mark) {
+		if ev.Action == state.ActionRolloutPromoted {
+			t.Fatalf("the broken canary was promoted: %+v", ev)
+		}
+	}
+}

@@ -66,6 +66,14 @@ func (t *Term) logStep(c *state.RolloutStep, res state.Result) {
 	}
 }
 
+// canaryPromote says whether a canary rollout promotes itself now: every
+// canary has been available for promote_after (0: only an operator
+// promotes).
+func canaryPromote(f *state.DesiredFleet, rs reconcile.RolloutStatus, now time.Time) bool {
+	after := f.Spec.Rollout.Canary.PromoteAfter
+	return after > 0 && !rs.ReadySince.IsZero() && now.Sub(rs.ReadySince) >= after
+}
+
 // rolloutStepOf is the step a pass's status of a fleet means for its
 // rollout, nil when none.
 func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Time) *state.RolloutStep {
@@ -84,6 +92,8 @@ func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Tim
 	switch {
 	case len(rs.Failing) > 0:
 		return step(state.StepFailed, fmt.Sprintf("instance %s of version %d failed its health checks during the rollout", rs.Failing[0], r.Version))
+	case rs.Canary > 0 && rs.Available >= rs.Canary && canaryPromote(f, rs, now):
+		return step(state.StepPromote, fmt.Sprintf("%d canaries available for promote_after %s", rs.Available, f.Spec.Rollout.Canary.PromoteAfter))
 	case r.CompletedAt.IsZero() && now.Sub(r.LastProgressAt) > f.Spec.Rollout.Deadline():
 		return step(state.StepFailed, fmt.Sprintf("no instance of version %d became available for %s (progress_deadline)", r.Version, f.Spec.Rollout.Deadline()))
 	case r.CompletedAt.IsZero() && rs.Available >= size && rs.Outdated == 0:

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/immutd/immutd/internal/quantity"
 	"github.com/immutd/immutd/internal/reconcile"
 	"github.com/immutd/immutd/internal/state"
 )
@@ -18,6 +19,15 @@ func TestRolloutStepOf(t *testing.T) {
 	}
 	status := func(avail, outdated int, failing ...string) reconcile.FleetStatus {
 		return reconcile.FleetStatus{Rollout: reconcile.RolloutStatus{Version: 2, Available: avail, Outdated: outdated, Failing: failing}}
+	}
+	canary := func(r *state.RolloutState, after time.Duration) *state.DesiredFleet {
+		f := fleet(r, 0)
+		f.Spec.Rollout.Canary = &state.CanarySpec{Count: quantity.Count(1), PromoteAfter: after}
+		f.Spec.Rollout.ProgressDeadline = 10 * time.Minute
+		return f
+	}
+	canaryStatus := func(avail int, ready time.Time) reconcile.FleetStatus {
+		return reconcile.FleetStatus{Rollout: reconcile.RolloutStatus{Version: 2, Available: avail, Outdated: 2, Canary: 1, ReadySince: ready}}
 	}
 	completed := rolling()
 	completed.CompletedAt = t0
@@ -39,6 +49,9 @@ func TestRolloutStepOf(t *testing.T) {
 		{"baking", fleet(completed, time.Minute), status(2, 0), t0.Add(30 * time.Second), ""},
 		{"baked: stable", fleet(completed, time.Minute), status(2, 0), t0.Add(time.Minute), state.StepStable},
 		{"failing while baking fails it", fleet(completed, time.Minute), status(1, 0, "web-x"), t0.Add(30 * time.Second), state.StepFailed},
+		{"canaries available for promote_after: promote", canary(rolling(), time.Minute), canaryStatus(1, t0), t0.Add(time.Minute), state.StepPromote},
+		{"canaries not available long enough", canary(rolling(), time.Minute), canaryStatus(1, t0), t0.Add(59 * time.Second), ""},
+		{"manual promotion only", canary(rolling(), 0), canaryStatus(1, t0), t0.Add(time.Hour), state.StepFailed},
 		{"a status of another version is ignored", fleet(rolling(), 0), reconcile.FleetStatus{Rollout: reconcile.RolloutStatus{Version: 1, Failing: []string{"x"}}}, t0, ""},
 	}
 	for _, tc := range cases {

@@ -290,6 +290,21 @@ type RolloutStatus struct {
 	Available    int      `json:"available"`
 	Failing      []string `json:"failing,omitempty"`
 	Outdated     int      `json:"outdated"`
+	// Canary is how many canaries the rollout runs next to the old
+	// instances (0 when it is not in a canary phase); ReadySince is since
+	// when every available instance of the target has been available.
+	Canary     int       `json:"canary,omitempty"`
+	ReadySince time.Time `json:"ready_since,omitzero"`
+}
+
+// canaries is how many canaries a fleet's rollout runs now: in a canary
+// rollout not promoted (nor paused, reverted), from an earlier version.
+func canaries(d *state.DesiredFleet) int {
+	c, r := d.Spec.Rollout.Canary, d.Rollout
+	if c == nil || r == nil || r.Promoted || d.Revert != nil || len(d.Versions) < 2 {
+		return 0
+	}
+	return max(c.Count.Resolve(d.Spec.Size, true), 1)
 }
 
 // Held is an action the plan would take but a guard holds back.
@@ -570,6 +585,12 @@ func tally(fi *FleetInput, now time.Time) *fleetPlan {
 	}
 	t := d.Target()
 	fp.st.Rollout = RolloutStatus{Version: t.Version, ImageDigest: t.ImageDigest, TemplateHash: t.TemplateHash}
+	if c := canaries(d); c > 0 && !d.Draining {
+		// The canaries run next to the old instances, which keep their
+		// slots (classify) until the rollout is promoted.
+		fp.st.Rollout.Canary = c
+		fp.size += c
+	}
 	rem := spec.Remediation.Effective()
 	for i := range fi.Instances {
 		c := classify(withHistory(&fi.Instances[i], &rem, now), d, &fp.st, fp.gated, now)
@@ -1176,7 +1197,7 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now 
 	// What a rollout replaces, and what remediation replaces. A paused
 	// rollout replaces nothing: outdated instances keep their slots.
 	rollout, rolloutEv := rolloutOf(in.Observed, d, st)
-	if rollout != "" && d.Rollout != nil && d.Rollout.Paused && d.Revert == nil {
+	if rollout != "" && d.Revert == nil && d.Rollout != nil && (d.Rollout.Paused || st.Rollout.Canary > 0) {
 		rollout, rolloutEv, c.outdated = "", nil, true
 	}
 	remedy, remedyEv := remedyOf(in, d, st, orphan)
@@ -1219,6 +1240,13 @@ func (st *FleetStatus) rolloutOf(c *class) {
 		st.Rollout.Outdated++
 	case c.available && c.reason == "":
 		st.Rollout.Available++
+		ready := c.inst.HealthySince
+		if c.inst.Record != nil && c.inst.Record.AdmittedAt.After(ready) {
+			ready = c.inst.Record.AdmittedAt
+		}
+		if ready.After(st.Rollout.ReadySince) {
+			st.Rollout.ReadySince = ready
+		}
 	case c.sick && c.reason != "" && (c.reason == ReasonUnhealthy || c.reason == ReasonNeverHealthy) && onTarget(c.inst, st):
 		st.Rollout.Failing = append(st.Rollout.Failing, c.inst.ID)
 	}

@@ -80,3 +80,31 @@ func TestRevertIsFastTracked(t *testing.T) {
 		t.Fatalf("revert of failing instances: %s (blocked %+v)", got, res.Fleets[0].Blocked)
 	}
 }
+
+func canaryOf(n int) func(*state.DesiredFleet) {
+	return func(d *state.DesiredFleet) {
+		d.Spec.Rollout.Canary = &state.CanarySpec{Count: quantity.Count(n), PromoteAfter: time.Minute}
+	}
+}
+
+func TestCanaryRunsNextToTheOldInstances(t *testing.T) {
+	d := desired(3, versioned, canaryOf(1))
+	old := []Inst{inst("a", oldImage), inst("b", oldImage), inst("c", oldImage)}
+	res := Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: d, Instances: old}}})
+	if got := strings.Join(brief(res.Actions), " "); got != "launch:scale_up" {
+		t.Fatalf("canary phase: %s", got)
+	}
+	// With its canary up, nothing more: the old instances keep serving.
+	withCanary := append(append([]Inst(nil), old...), inst("n", healthyFor(2*time.Minute)))
+	res = Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: d, Instances: withCanary}}})
+	st := res.Fleets[0]
+	if len(res.Actions) != 0 || st.Rollout.Canary != 1 || st.Rollout.Available != 1 || st.Rollout.Outdated != 3 || st.Rollout.ReadySince.IsZero() {
+		t.Fatalf("canary up: %v, rollout %+v", brief(res.Actions), st.Rollout)
+	}
+	// Promoted: the old instances are replaced, the canary's surplus goes.
+	d.Rollout.Promoted = true
+	res = Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: d, Instances: withCanary}}})
+	if got := strings.Join(brief(res.Actions), " "); got != "terminate:a:drift_image" {
+		t.Fatalf("promoted: %s", got)
+	}
+}

@@ -63,6 +63,9 @@ type RolloutState struct {
 	// CompletedAt is when every instance ran it healthy; the bake runs
 	// from it.
 	CompletedAt time.Time `json:"completed_at,omitzero"`
+	// Promoted: a canary rollout's canaries proved themselves (or an
+	// operator said so): the old instances are replaced from now on.
+	Promoted bool `json:"promoted,omitempty"`
 	// Paused: no outdated instance is replaced (healing goes on).
 	Paused      bool   `json:"paused,omitempty"`
 	PauseReason string `json:"pause_reason,omitempty"`
@@ -203,6 +206,7 @@ const (
 	StepResume   = "resume"
 	StepRevert   = "revert"
 	StepAbort    = "abort"
+	StepPromote  = "promote"
 )
 
 // Rollout failure policies (RolloutSpec.OnFailure).
@@ -253,6 +257,8 @@ func (s *State) rolloutStep(c *RolloutStep) Result {
 		err = s.pauseRollout(&nf, c)
 	case StepRevert, StepAbort:
 		err = s.revert(&nf, c)
+	case StepPromote:
+		err = s.promote(&nf, c)
 	default:
 		err = fmt.Sprintf("unknown rollout step %q", c.Step)
 	}
@@ -395,6 +401,30 @@ func (s *State) revert(f *DesiredFleet, c *RolloutStep) string {
 	f.Revert = &Revert{To: to, From: cur.N, Reason: reason, By: c.By, At: c.At}
 	s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionReverted, Reason: c.Step, Node: c.Node,
 		Evidence: byWhom(c, fmt.Sprintf("back to version %d from %d", to, from), reason)})
+	return ""
+}
+
+// promote ends a canary rollout's canary phase: the old instances are
+// replaced from now on.
+func (s *State) promote(f *DesiredFleet, c *RolloutStep) string {
+	r := f.Rollout
+	switch {
+	case f.Spec.Rollout.Canary == nil:
+		return "the fleet's rollout strategy is rolling: there are no canaries to promote"
+	case r == nil || f.Revert != nil:
+		return "no rollout is in progress"
+	case r.Promoted:
+		return fmt.Sprintf("the rollout to version %d is promoted already", r.Version)
+	case c.Of != 0 && c.Of != r.Version:
+		return "" // the leader's, about an older rollout: stale
+	}
+	r.Promoted = true
+	reason := "operator"
+	if c.By == "" && c.Detail != "" {
+		reason = "promote_after"
+	}
+	s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionRolloutPromoted, Reason: reason, Node: c.Node,
+		Evidence: byWhom(c, fmt.Sprintf("version %d: the old instances are replaced from now on", r.Version), c.Detail)})
 	return ""
 }
 

@@ -242,6 +242,16 @@ type RolloutSpec struct {
 	Bake time.Duration `json:"bake,omitempty"`
 	// OnFailure is "pause" ("": the default) or "revert".
 	OnFailure string `json:"on_failure,omitempty"`
+	// Canary, when set, is the canary strategy: that many instances of
+	// a new version run next to the old ones until the rollout is
+	// promoted, by itself after PromoteAfter (zero: by an operator).
+	Canary *CanarySpec `json:"canary,omitempty"`
+}
+
+// CanarySpec is the canary strategy.
+type CanarySpec struct {
+	Count        quantity.Q    `json:"count"`
+	PromoteAfter time.Duration `json:"promote_after,omitempty"`
 }
 
 // Deadline is the rollout's progress deadline.
@@ -254,7 +264,9 @@ func (r *RolloutSpec) Deadline() time.Duration {
 
 // Set says whether the spec sets a rollout policy releases before them
 // did not know.
-func (r *RolloutSpec) Set() bool { return r.ProgressDeadline != 0 || r.Bake != 0 || r.OnFailure != "" }
+func (r *RolloutSpec) Set() bool {
+	return r.ProgressDeadline != 0 || r.Bake != 0 || r.OnFailure != "" || r.Canary != nil
+}
 
 // Orphan policies (DriftSpec.Orphans).
 const (
@@ -325,6 +337,9 @@ func rolloutOf(r *config.Rollout) RolloutSpec {
 	}
 	if r.OnFailure != config.DefaultOnFailure {
 		s.OnFailure = r.OnFailure
+	}
+	if r.Strategy == config.StrategyCanary {
+		s.Canary = &CanarySpec{Count: r.Canary, PromoteAfter: r.PromoteAfter}
 	}
 	return s
 }

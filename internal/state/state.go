@@ -232,6 +232,7 @@ const (
 	ActionRolloutFailed   EventAction = "rollout_failed"
 	ActionRolloutPaused   EventAction = "rollout_paused"
 	ActionRolloutResumed  EventAction = "rollout_resumed"
+	ActionRolloutPromoted EventAction = "rollout_promoted"
 	ActionReverted        EventAction = "reverted"
 	ActionRevertEnded     EventAction = "revert_ended"
 )

@@ -15,5 +15,6 @@ fleet "web" {
     on_failure        = "pause"
     auto_revert       = true
     bake              = "8d"
+    canary            = 2
   }
 }

@@ -46,5 +46,8 @@ fleet "worker" {
     progress_deadline = "5m"
     bake              = "1m"
     auto_revert       = true
+    strategy          = "canary"
+    canary            = "50%"
+    promote_after     = "30s"
   }
 }
