@@ -9,6 +9,12 @@
 //	                 500 "failing" once failing
 //	POST /fail       make /healthz, / and /slow fail (500) from now on
 //	POST /recover    make them pass again
+//	GET  /metrics    sampleapp_requests_total and sampleapp_errors_total
+//	                 (answers of 500 or above), Prometheus text format
+//
+// -error-after D makes / and /slow fail after D while /healthz still
+// passes: a version broken in a way its health check does not see, which
+// only its error metrics tell.
 //
 // With -grpc-health it also serves the standard gRPC health service,
 // grpc.health.v1.Health, on the same port, as HTTP/2 without TLS next to
@@ -65,6 +71,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address when $PORT is not set")
 	failAfter := fs.Duration("fail-after", 0, "start failing /healthz after this long (0: never)")
+	errorAfter := fs.Duration("error-after", 0, "start failing / and /slow (not /healthz) after this long (0: never)")
 	readyAfter := fs.Duration("ready-after", 0, "answer /healthz with 503 until this long after the start, like an app warming up")
 	ignoreTerm := fs.Bool("ignore-sigterm", false, "log and ignore SIGTERM (stop only on SIGINT or SIGKILL)")
 	grpcHealth := fs.Bool("grpc-health", false, "also serve grpc.health.v1.Health on the same port (HTTP/2 without TLS), SERVING while /healthz passes")
@@ -109,6 +116,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		t := time.AfterFunc(*readyAfter, func() {
 			app.setWarming(false)
 			logger.Printf("ready (-ready-after %s)", *readyAfter)
+		})
+		defer t.Stop()
+	}
+	if *errorAfter > 0 {
+		t := time.AfterFunc(*errorAfter, func() {
+			app.erring.Store(true)
+			logger.Printf("erring now (-error-after %s)", *errorAfter)
 		})
 		defer t.Stop()
 	}
@@ -171,6 +185,9 @@ type app struct {
 	image    string
 	failing  atomic.Bool
 	warming  atomic.Bool // true until -ready-after has passed
+	erring   atomic.Bool // / and /slow fail, /healthz passes (-error-after)
+	// requests and errors count the answers, errors those of 500 or above.
+	requests, errors atomic.Int64
 
 	// With -grpc-health: the gRPC server of the health service, and the
 	// service, whose status follows failing and warming (under mu).
@@ -248,20 +265,54 @@ func (a *app) handler() http.Handler {
 		a.setFailing(false)
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("GET /metrics", a.metrics)
+	counted := a.count(mux)
 	if a.grpc == nil {
-		return mux
+		return counted
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 			a.grpc.ServeHTTP(w, r)
 			return
 		}
-		mux.ServeHTTP(w, r)
+		counted.ServeHTTP(w, r)
 	})
 }
 
+// count counts every answer but those of /metrics.
+func (a *app) count(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(sw, r)
+		a.requests.Add(1)
+		if sw.code >= 500 {
+			a.errors.Add(1)
+		}
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (a *app) metrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	fmt.Fprintf(w, "# HELP sampleapp_requests_total Requests answered (but /metrics).\n# TYPE sampleapp_requests_total counter\nsampleapp_requests_total %d\n", a.requests.Load())
+	fmt.Fprintf(w, "# HELP sampleapp_errors_total Requests answered with a status of 500 or above.\n# TYPE sampleapp_errors_total counter\nsampleapp_errors_total %d\n", a.errors.Load())
+}
+
 func (a *app) index(w http.ResponseWriter, r *http.Request) {
-	if a.failing.Load() { // a broken instance fails its requests, not only its check
+	if a.failing.Load() || a.erring.Load() { // a broken instance fails its requests, not only its check
 		http.Error(w, "failing", http.StatusInternalServerError)
 		return
 	}
@@ -298,7 +349,7 @@ func (a *app) slow(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("ms must be a whole number of milliseconds from 0 to %d", maxSlow.Milliseconds()), http.StatusBadRequest)
 		return
 	}
-	if a.failing.Load() {
+	if a.failing.Load() || a.erring.Load() {
 		http.Error(w, "failing", http.StatusInternalServerError)
 		return
 	}

@@ -271,3 +271,30 @@ func TestSlowHoldsTheRequest(t *testing.T) {
 		}
 	}
 }
+
+func TestMetricsCountErrors(t *testing.T) {
+	a := &app{version: "test"}
+	srv := httptest.NewServer(a.handler())
+	defer srv.Close()
+	get := func(path string) string {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	get("/")
+	get("/healthz")
+	a.erring.Store(true)
+	if got := get("/healthz"); got != "ok\n" {
+		t.Fatalf("/healthz while erring: %q", got)
+	}
+	get("/")
+	get("/slow?ms=1")
+	m := get("/metrics")
+	if !strings.Contains(m, "sampleapp_requests_total 5\n") || !strings.Contains(m, "sampleapp_errors_total 2\n") {
+		t.Fatalf("metrics:\n%s", m)
+	}
+}

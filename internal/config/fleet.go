@@ -709,6 +709,9 @@ func (s *section) rollout() (Rollout, *section) {
 		}
 	}
 	rs.canary(&r)
+	if ab := rs.block("analysis"); ab != nil {
+		r.Analysis = rs.child(ab).analysis()
+	}
 	rs.done()
 	if surge == invalid || unavailable == invalid {
 		return r, nil

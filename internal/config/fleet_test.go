@@ -183,7 +183,12 @@ func TestLoadFleetsValid(t *testing.T) {
 				SecondaryRate: quantity.Rate{N: 0, Per: time.Hour}, UnhealthyThreshold: &share40, StormCooldown: 5 * time.Minute,
 				HealthyDelay: 30 * time.Second, FlapThreshold: 0, FlapWindow: time.Hour, MaxLaunchFailures: 3,
 				Quarantine: &Quarantine{Max: 2, TTL: 12 * time.Hour, Reasons: []string{"unhealthy"}}},
-			Rollout: Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50), ProgressDeadline: 5 * time.Minute, Bake: time.Minute, OnFailure: "revert", Strategy: "canary", Canary: quantity.Percent(50), PromoteAfter: 30 * time.Second},
+			Rollout: Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50), ProgressDeadline: 5 * time.Minute, Bake: time.Minute, OnFailure: "revert", Strategy: "canary", Canary: quantity.Percent(50), PromoteAfter: 30 * time.Second,
+				Analysis: &Analysis{Prometheus: "http://127.0.0.1:9090", Interval: 5 * time.Second, Metrics: []AnalysisMetric{
+					{Name: "errors", Query: `sum(rate(errors_total{image_digest="{{image_digest}}"}[1m]))`, Success: "result < 0.01", Failure: "result >= 0.05",
+						Count: 3, FailureLimit: 1, ConsecutiveErrorLimit: 4, ConsecutiveSuccess: 2},
+					{Name: "latency", Query: "histogram_quantile(0.99, rate(latency_bucket[1m]))", Success: "result < 0.5", ConsecutiveErrorLimit: 4, DryRun: true},
+				}}},
 		}}},
 		{"several.hcl", []*Fleet{
 			{

@@ -395,6 +395,8 @@ type Rollout struct {
 	Strategy     string        `json:"strategy"`
 	Canary       Quantity      `json:"canary"`
 	PromoteAfter time.Duration `json:"promote_after"`
+	// Analysis, when set, gates the rollout on Prometheus queries.
+	Analysis *Analysis `json:"analysis,omitempty"`
 }
 
 // Quantity is a count ("3", 3) or a percentage of the fleet size ("25%").

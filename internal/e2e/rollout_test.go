@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/immutd/immutd/internal/analysis/promtest"
+	"github.com/immutd/immutd/internal/api"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -118,6 +124,98 @@ func TestBrokenCanaryAutoRevertsOldInstancesServing(t *testing.T) {
 	for _, ev := range e.eventsAfter(mark) {
 		if ev.Action == state.ActionRolloutPromoted {
 			t.Fatalf("the broken canary was promoted: %+v", ev)
+		}
+	}
+}
+
+// TestAnalysisAbortsACanaryWhoseErrorsRise: a real Prometheus scrapes the
+// instances immutd admits (through the fleet's file_sd traffic backend);
+// version 2's canary passes its health checks but answers errors 3s
+// after it starts, and the analysis on its error counter fails the
+// rollout, which reverts while the old instances serve throughout.
+func TestAnalysisAbortsACanaryWhoseErrorsRise(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	targets := filepath.Join(e.dir, "targets", "web.json")
+	must(t, os.MkdirAll(filepath.Dir(targets), 0o755))
+	must(t, os.WriteFile(targets, []byte("[]\n"), 0o644))
+	prom := promtest.StartFileSD(t, targets)
+	policy := func(bake string) string {
+		return fmt.Sprintf(`  traffic {
+    min_ready = "500ms"
+    file "targets" {
+      path = %q
+    }
+  }
+  rollout {
+    strategy      = "canary"
+    canary        = 1
+    promote_after = "1m"
+    bake          = %q
+    on_failure    = "revert"
+    analysis {
+      prometheus = %q
+      interval   = "1s"
+      metric "errors" {
+        query   = "sum(increase(sampleapp_errors_total{image_digest=\"{{image_digest}}\"}[15s])) or vector(0)"
+        success = "result < 1"
+        failure = "result >= 1"
+      }
+    }
+  }
+`, targets, bake, prom)
+	}
+	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", policy("1s")))
+	e.start()
+	first := e.waitHealthy("web", 2, "", 60*time.Second)
+	e.waitEvent(0, 60*time.Second, func(ev state.Event) bool { return ev.Action == state.ActionRolloutStable && ev.Fleet == "web" })
+	mark := e.lastSeq()
+	old := ids(first)
+
+	v2 := fleetFile("web", 2, "v2", policy("10m"))
+	v2 = strings.Replace(v2, `stop_grace = "2s"`, "stop_grace = \"2s\"\n    args = [\"-error-after\", \"3s\"]", 1)
+	e.writeFleet("web.hcl", v2)
+	var canary api.Instance
+	e.waitFor("the canary admitted next to the old instances", 60*time.Second, func() (bool, string) {
+		f := e.fleet("web")
+		for _, in := range f.Instances {
+			if !old[in.ID] && in.Traffic == "admitted" {
+				canary = in
+			}
+		}
+		return canary.ID != "", describe(f)
+	})
+	// Requests to the canary: its errors are what the analysis sees. The
+	// loop is bounded and ends with the test.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c := http.Client{Timeout: time.Second}
+		for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if resp, err := c.Get("http://" + canary.Address + "/"); err == nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	failed := e.waitEvent(mark, 120*time.Second, func(ev state.Event) bool { return ev.Action == state.ActionRolloutFailed && ev.Fleet == "web" })
+	if !strings.Contains(strings.Join(failed.Evidence, " "), "analysis metric errors is failed") {
+		t.Fatalf("the rollout failed, but not for its analysis: %+v", failed)
+	}
+	e.waitEvent(mark, 30*time.Second, func(ev state.Event) bool { return ev.Action == state.ActionReverted && ev.Reason == "auto_revert" })
+	e.waitTerminated("web", canary.ID)
+	after := e.waitHealthy("web", 2, first.ImageDigest, 60*time.Second)
+	if !sameKeys(ids(after), old) {
+		t.Fatalf("the old instances did not survive: before %v, after %v", old, ids(after))
+	}
+	for _, ev := range e.eventsAfter(mark) {
+		if ev.Action == state.ActionRolloutPromoted || (ev.Action == state.ActionTerminatePlanned || ev.Action == state.ActionDrainPlanned) && old[ev.InstanceID] {
+			t.Fatalf("during the broken canary: %+v", ev)
 		}
 	}
 }

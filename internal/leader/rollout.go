@@ -89,10 +89,15 @@ func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Tim
 	step := func(s, detail string) *state.RolloutStep {
 		return &state.RolloutStep{Step: s, Of: r.Version, Available: rs.Available, Detail: detail}
 	}
+	verdict, why, passed := analysisVerdict(f)
 	switch {
 	case len(rs.Failing) > 0:
 		return step(state.StepFailed, fmt.Sprintf("instance %s of version %d failed its health checks during the rollout", rs.Failing[0], r.Version))
-	case rs.Canary > 0 && rs.Available >= rs.Canary && canaryPromote(f, rs, now):
+	case verdict == state.StepFailed:
+		return step(state.StepFailed, why)
+	case verdict != "":
+		return step(state.StepPause, why) // inconclusive: a human decides
+	case rs.Canary > 0 && rs.Available >= rs.Canary && passed && canaryPromote(f, rs, now):
 		return step(state.StepPromote, fmt.Sprintf("%d canaries available for promote_after %s", rs.Available, f.Spec.Rollout.Canary.PromoteAfter))
 	case r.CompletedAt.IsZero() && now.Sub(r.LastProgressAt) > f.Spec.Rollout.Deadline():
 		return step(state.StepFailed, fmt.Sprintf("no instance of version %d became available for %s (progress_deadline)", r.Version, f.Spec.Rollout.Deadline()))
@@ -100,7 +105,7 @@ func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Tim
 		return step(state.StepComplete, "")
 	case r.CompletedAt.IsZero() && rs.Available > r.Available:
 		return step(state.StepProgress, "")
-	case !r.CompletedAt.IsZero() && now.Sub(r.CompletedAt) >= f.Spec.Rollout.Bake && rs.Available >= size:
+	case !r.CompletedAt.IsZero() && now.Sub(r.CompletedAt) >= f.Spec.Rollout.Bake && rs.Available >= size && passed:
 		return step(state.StepStable, "")
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/immutd/immutd/internal/analysis"
 	"github.com/immutd/immutd/internal/quantity"
 	"github.com/immutd/immutd/internal/reconcile"
 	"github.com/immutd/immutd/internal/state"
@@ -62,5 +63,40 @@ func TestRolloutStepOf(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%s: step %q, want %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+func TestAnalysisVerdict(t *testing.T) {
+	spec := &state.AnalysisSpec{Prometheus: "http://127.0.0.1:9090", Interval: time.Second, Metrics: []state.AnalysisMetric{
+		{Name: "errors", Query: "e", Success: "result < 1", Failure: "result >= 1", ConsecutiveErrorLimit: 4},
+		{Name: "latency", Query: "l", Success: "result < 1", ConsecutiveErrorLimit: 4, DryRun: true},
+	}}
+	fleet := func(t map[string]analysis.Tally) *state.DesiredFleet {
+		return &state.DesiredFleet{Spec: state.FleetSpec{Rollout: state.RolloutSpec{Analysis: spec}}, Rollout: &state.RolloutState{Version: 2, Analysis: t}}
+	}
+	ok := analysis.Tally{}.Add(analysis.PhaseSuccessful, "0")
+	bad := analysis.Tally{}.Add(analysis.PhaseFailed, "3")
+	unsure := analysis.Tally{}.Add(analysis.PhaseInconclusive, "?")
+	cases := []struct {
+		name    string
+		tallies map[string]analysis.Tally
+		verdict string
+		passed  bool
+	}{
+		{"nothing measured yet: not passed", nil, "", false},
+		{"measured, no count: passes", map[string]analysis.Tally{"errors": ok}, "", true},
+		{"a failure fails it", map[string]analysis.Tally{"errors": bad}, state.StepFailed, false},
+		{"inconclusive pauses it", map[string]analysis.Tally{"errors": unsure}, "inconclusive", false},
+		{"a dry-run failure decides nothing", map[string]analysis.Tally{"errors": ok, "latency": bad}, "", true},
+	}
+	for _, tc := range cases {
+		v, why, passed := analysisVerdict(fleet(tc.tallies))
+		if v != tc.verdict || passed != tc.passed || (v != "" && why == "") {
+			t.Errorf("%s: verdict %q (%s), passed %v; want %q, %v", tc.name, v, why, passed, tc.verdict, tc.passed)
+		}
+	}
+	if got := expandQuery(`x{image_digest="{{image_digest}}",fleet="{{fleet}}",v="{{version}}"}`, &state.DesiredFleet{Spec: state.FleetSpec{Name: "web"}, ImageDigest: "sha256:a",
+		Versions: []state.Version{{N: 7, ImageDigest: "sha256:a"}}}); got != `x{image_digest="sha256:a",fleet="web",v="7"}` {
+		t.Errorf("expandQuery: %s", got)
 	}
 }

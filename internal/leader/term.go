@@ -263,6 +263,7 @@ func (t *Term) Run(ctx context.Context) {
 	t.readyOnce.Do(func() { close(t.ready) })
 	t.log.Info("leadership established", zap.Uint64("term", t.cfg.Journal.Term()), zap.Float64("duration_seconds", now.Sub(t.start).Seconds()))
 	t.goRun(func() { t.inspectDrift(ctx) })
+	t.goRun(func() { t.analyze(ctx) })
 	t.cfg.Notify()
 	for {
 		timer := time.NewTimer(t.cfg.Settings().Interval)

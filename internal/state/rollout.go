@@ -2,9 +2,12 @@ package state
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/immutd/immutd/internal/analysis"
 	"github.com/immutd/immutd/internal/instance"
 )
 
@@ -69,6 +72,10 @@ type RolloutState struct {
 	// Paused: no outdated instance is replaced (healing goes on).
 	Paused      bool   `json:"paused,omitempty"`
 	PauseReason string `json:"pause_reason,omitempty"`
+	// Analysis tallies each metric's measurements (by metric name);
+	// MeasuredAt is when the last measurement was taken.
+	Analysis   map[string]analysis.Tally `json:"analysis,omitempty"`
+	MeasuredAt time.Time                 `json:"measured_at,omitzero"`
 }
 
 // Revert makes a fleet run version To instead of its file's version From.
@@ -207,6 +214,7 @@ const (
 	StepRevert   = "revert"
 	StepAbort    = "abort"
 	StepPromote  = "promote"
+	StepMeasure  = "measure"
 )
 
 // Rollout failure policies (RolloutSpec.OnFailure).
@@ -225,12 +233,14 @@ type RolloutStep struct {
 	// Of is the version the observation is about.
 	Of int `json:"version,omitempty"`
 	// Available is the instances of version Of available (progress).
-	Available int       `json:"available,omitempty"`
-	To        int       `json:"to,omitempty"`
-	Detail    string    `json:"detail,omitempty"`
-	By        string    `json:"by,omitempty"`
-	At        time.Time `json:"at"`
-	Node      string    `json:"node"`
+	Available int `json:"available,omitempty"`
+	// Measurements are one round of the analysis (measure), by metric.
+	Measurements []Measurement `json:"measurements,omitempty"`
+	To           int           `json:"to,omitempty"`
+	Detail       string        `json:"detail,omitempty"`
+	By           string        `json:"by,omitempty"`
+	At           time.Time     `json:"at"`
+	Node         string        `json:"node"`
 }
 
 func (*RolloutStep) Type() CommandType { return TypeRolloutStep }
@@ -253,6 +263,8 @@ func (s *State) rolloutStep(c *RolloutStep) Result {
 	switch c.Step {
 	case StepProgress, StepComplete, StepStable, StepFailed:
 		err = s.observeRollout(&nf, c)
+	case StepMeasure:
+		err = s.measure(&nf, c)
 	case StepPause, StepResume:
 		err = s.pauseRollout(&nf, c)
 	case StepRevert, StepAbort:
@@ -340,8 +352,15 @@ func (s *State) pauseRollout(f *DesiredFleet, c *RolloutStep) string {
 	case c.Step == StepPause && f.Rollout == nil:
 		return "no rollout is in progress"
 	case c.Step == StepPause:
+		if f.Rollout.Paused {
+			return ""
+		}
 		f.Rollout.Paused, f.Rollout.PauseReason = true, c.Detail
-		s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionRolloutPaused, Reason: "operator", Node: c.Node, Evidence: byWhom(c, "reason: "+c.Detail)})
+		reason := "operator"
+		if c.By == "" && c.Of != 0 {
+			reason = "analysis_inconclusive" // the leader's
+		}
+		s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionRolloutPaused, Reason: reason, Node: c.Node, Evidence: byWhom(c, "reason: "+c.Detail)})
 		return ""
 	case cur == nil:
 		return "the fleet has no version yet"
@@ -401,6 +420,31 @@ func (s *State) revert(f *DesiredFleet, c *RolloutStep) string {
 	f.Revert = &Revert{To: to, From: cur.N, Reason: reason, By: c.By, At: c.At}
 	s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionReverted, Reason: c.Step, Node: c.Node,
 		Evidence: byWhom(c, fmt.Sprintf("back to version %d from %d", to, from), reason)})
+	return ""
+}
+
+// Measurement is one metric's measurement of an analysis round.
+type Measurement struct {
+	Metric string         `json:"metric"`
+	Phase  analysis.Phase `json:"phase"`
+	Detail string         `json:"detail,omitempty"`
+}
+
+// measure adds an analysis round to the rollout's tallies (of the
+// analysis's metrics only).
+func (s *State) measure(f *DesiredFleet, c *RolloutStep) string {
+	r, a := f.Rollout, f.Spec.Rollout.Analysis
+	if r == nil || r.Version != c.Of || a == nil {
+		return "" // stale
+	}
+	tallies := make(map[string]analysis.Tally, len(a.Metrics))
+	maps.Copy(tallies, r.Analysis)
+	for _, m := range c.Measurements {
+		if slices.ContainsFunc(a.Metrics, func(am AnalysisMetric) bool { return am.Name == m.Metric }) {
+			tallies[m.Metric] = tallies[m.Metric].Add(m.Phase, m.Detail)
+		}
+	}
+	r.Analysis, r.MeasuredAt = tallies, c.At
 	return ""
 }
 

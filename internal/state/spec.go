@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/immutd/immutd/internal/analysis"
 	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/instance"
 	"github.com/immutd/immutd/internal/quantity"
@@ -246,6 +247,52 @@ type RolloutSpec struct {
 	// a new version run next to the old ones until the rollout is
 	// promoted, by itself after PromoteAfter (zero: by an operator).
 	Canary *CanarySpec `json:"canary,omitempty"`
+	// Analysis, when set, gates the rollout on Prometheus queries.
+	Analysis *AnalysisSpec `json:"analysis,omitempty"`
+}
+
+// AnalysisSpec is a rollout's metric analysis (see config.Analysis).
+type AnalysisSpec struct {
+	Prometheus string           `json:"prometheus"`
+	Interval   time.Duration    `json:"interval"`
+	Metrics    []AnalysisMetric `json:"metrics"`
+}
+
+// AnalysisMetric is one metric of an analysis; the conditions are kept
+// as written and parsed where they are used.
+type AnalysisMetric struct {
+	Name                  string `json:"name"`
+	Query                 string `json:"query"`
+	Success               string `json:"success,omitempty"`
+	Failure               string `json:"failure,omitempty"`
+	Count                 int    `json:"count,omitempty"`
+	FailureLimit          int    `json:"failure_limit,omitempty"`
+	InconclusiveLimit     int    `json:"inconclusive_limit,omitempty"`
+	ConsecutiveErrorLimit int    `json:"consecutive_error_limit"`
+	ConsecutiveSuccess    int    `json:"consecutive_success,omitempty"`
+	DryRun                bool   `json:"dry_run,omitempty"`
+}
+
+// Judged are the analysis's metrics as the analysis package judges
+// them; a condition that does not parse (no committed spec has one: the
+// config rules refuse it) is left out.
+func (a *AnalysisSpec) Judged() []analysis.Metric {
+	out := make([]analysis.Metric, 0, len(a.Metrics))
+	for _, m := range a.Metrics {
+		am := analysis.Metric{Name: m.Name, Query: m.Query, Count: m.Count, FailureLimit: m.FailureLimit, InconclusiveLimit: m.InconclusiveLimit,
+			ConsecutiveErrorLimit: m.ConsecutiveErrorLimit, ConsecutiveSuccessLimit: m.ConsecutiveSuccess, DryRun: m.DryRun}
+		var err error
+		if m.Success != "" {
+			am.Success, err = analysis.ParseCondition(m.Success)
+			am.HasSuccess = err == nil
+		}
+		if m.Failure != "" {
+			am.Failure, err = analysis.ParseCondition(m.Failure)
+			am.HasFailure = err == nil
+		}
+		out = append(out, am)
+	}
+	return out
 }
 
 // CanarySpec is the canary strategy.
@@ -265,7 +312,7 @@ func (r *RolloutSpec) Deadline() time.Duration {
 // Set says whether the spec sets a rollout policy releases before them
 // did not know.
 func (r *RolloutSpec) Set() bool {
-	return r.ProgressDeadline != 0 || r.Bake != 0 || r.OnFailure != "" || r.Canary != nil
+	return r.ProgressDeadline != 0 || r.Bake != 0 || r.OnFailure != "" || r.Canary != nil || r.Analysis != nil
 }
 
 // Orphan policies (DriftSpec.Orphans).
@@ -340,6 +387,14 @@ func rolloutOf(r *config.Rollout) RolloutSpec {
 	}
 	if r.Strategy == config.StrategyCanary {
 		s.Canary = &CanarySpec{Count: r.Canary, PromoteAfter: r.PromoteAfter}
+	}
+	if a := r.Analysis; a != nil {
+		s.Analysis = &AnalysisSpec{Prometheus: a.Prometheus, Interval: a.Interval}
+		for _, m := range a.Metrics {
+			s.Analysis.Metrics = append(s.Analysis.Metrics, AnalysisMetric{Name: m.Name, Query: m.Query, Success: m.Success, Failure: m.Failure,
+				Count: m.Count, FailureLimit: m.FailureLimit, InconclusiveLimit: m.InconclusiveLimit, ConsecutiveErrorLimit: m.ConsecutiveErrorLimit,
+				ConsecutiveSuccess: m.ConsecutiveSuccess, DryRun: m.DryRun})
+		}
 	}
 	return s
 }

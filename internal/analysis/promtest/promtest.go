@@ -47,6 +47,28 @@ const (
 // skips the test.
 func Start(t testing.TB, scrapeTargets []string) (address string) {
 	t.Helper()
+	return startWith(t, func(path string) error { return writeConfig(path, scrapeTargets) })
+}
+
+// StartFileSD starts Prometheus scraping the targets a file_sd JSON file
+// lists (as immutd's file traffic backend writes them), read again every
+// second, as Start does.
+func StartFileSD(t testing.TB, sdFile string) (address string) {
+	t.Helper()
+	return startWith(t, func(path string) error {
+		c := config{Global: global{ScrapeInterval: "1s", ScrapeTimeout: "1s", EvaluationInterval: "1s"},
+			ScrapeConfigs: []scrapeConfig{{JobName: "file_sd", Scheme: "http", MetricsPath: "/metrics",
+				FileSDConfigs: []fileSDConfig{{Files: []string{sdFile}, RefreshInterval: "1s"}}}}}
+		b, err := json.MarshalIndent(c, "", "  ")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(path, append(b, '\n'), 0o644)
+	})
+}
+
+func startWith(t testing.TB, write func(path string) error) (address string) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("promtest: starts a real Prometheus; skipped under -short")
 	}
@@ -56,7 +78,7 @@ func Start(t testing.TB, scrapeTargets []string) (address string) {
 	}
 	dir := t.TempDir()
 	configFile := filepath.Join(dir, "prometheus.yml")
-	if err := writeConfig(configFile, scrapeTargets); err != nil {
+	if err := write(configFile); err != nil {
 		t.Fatalf("promtest: %v", err)
 	}
 	for attempt := 1; ; attempt++ {
@@ -232,7 +254,13 @@ type scrapeConfig struct {
 	JobName       string         `json:"job_name"`
 	Scheme        string         `json:"scheme"`
 	MetricsPath   string         `json:"metrics_path"`
-	StaticConfigs []staticConfig `json:"static_configs"`
+	StaticConfigs []staticConfig `json:"static_configs,omitempty"`
+	FileSDConfigs []fileSDConfig `json:"file_sd_configs,omitempty"`
+}
+
+type fileSDConfig struct {
+	Files           []string `json:"files"`
+	RefreshInterval string   `json:"refresh_interval"`
 }
 
 type staticConfig struct {

@@ -49,5 +49,22 @@ fleet "worker" {
     strategy          = "canary"
     canary            = "50%"
     promote_after     = "30s"
+    analysis {
+      prometheus = "http://127.0.0.1:9090"
+      interval   = "5s"
+      metric "errors" {
+        query               = "sum(rate(errors_total{image_digest=\"{{image_digest}}\"}[1m]))"
+        success             = "result < 0.01"
+        failure             = "result >= 0.05"
+        count               = 3
+        failure_limit       = 1
+        consecutive_success = 2
+      }
+      metric "latency" {
+        query   = "histogram_quantile(0.99, rate(latency_bucket[1m]))"
+        success = "result < 0.5"
+        dry_run = true
+      }
+    }
   }
 }
