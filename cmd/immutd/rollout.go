@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -69,6 +71,14 @@ func renderRollout(w io.Writer, ro api.Rollout, now time.Time) {
 			v.At.Local().Format("2006-01-02 15:04:05"), rolled, dash(c(v.Detail)))
 	}
 	tw.Flush()
+	if r := ro.Rollout; r != nil && len(r.Analysis) > 0 {
+		fmt.Fprintf(w, "  analysis (last measured %s ago):\n", ago(now, r.MeasuredAt))
+		for _, name := range slices.Sorted(maps.Keys(r.Analysis)) {
+			t := r.Analysis[name]
+			fmt.Fprintf(w, "    %s: %d measured, %d successful, %d failed, %d inconclusive, %d errors; last %s: %s\n", c(name), t.Measured, t.Successful,
+				t.Failed, t.Inconclusive, t.Errors, c(string(t.LastPhase)), dash(c(t.Last)))
+		}
+	}
 }
 
 // setupRolloutStep is `immutd rollout pause|resume|abort FLEET` and

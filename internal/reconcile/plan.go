@@ -576,65 +576,11 @@ func tally(fi *FleetInput, now time.Time) *fleetPlan {
 	for _, k := range DriftKinds {
 		fp.st.Drifted[k] = 0
 	}
-	if d.Draining {
-		fp.size = 0
-		fp.st.Desired = 0
-	}
-	if q := spec.Remediation.Quarantine; q != nil {
-		fp.st.QuarantineMax = q.Max
-	}
-	t := d.Target()
-	fp.st.Rollout = RolloutStatus{Version: t.Version, ImageDigest: t.ImageDigest, TemplateHash: t.TemplateHash}
-	if c := canaries(d); c > 0 && !d.Draining {
-		// The canaries run next to the old instances, which keep their
-		// slots (classify) until the rollout is promoted.
-		fp.st.Rollout.Canary = c
-		fp.size += c
-	}
+	fp.sizeAndRollout()
 	rem := spec.Remediation.Effective()
 	for i := range fi.Instances {
-		c := classify(withHistory(&fi.Instances[i], &rem, now), d, &fp.st, fp.gated, now)
-		if c == nil {
-			continue
-		}
-		if c.admitted && c.live && c.inst.Open == nil {
-			fp.members++
-		}
-		if c.quarantined {
-			fp.quarantined++
-		}
-		if c.reportOnly() {
-			fp.reported++
-		}
-		fp.cls = append(fp.cls, c)
-		if c.live {
-			fp.live++
-		}
-		if c.counted {
-			fp.counted++
-			if !c.available {
-				fp.coming++
-			}
-		}
-		if c.available {
-			fp.available++
-		}
-		// A quarantined instance is out of the fleet: it counts toward
-		// neither the breaker nor the storm and rate guards.
-		if c.failing() && !c.quarantined && !c.reverting {
-			fp.sick++
-		}
-		if c.inst.Observed != nil && c.inst.Observed.Phase == instance.Running && !c.quarantined {
-			fp.running++
-		}
-		switch {
-		case c.inst.Open != nil && (c.inst.Open.Kind == state.Terminate || c.inst.Open.Kind == state.Drain):
-			fp.killsInFlight++
-		case c.inst.Open != nil && c.inst.Open.Kind == state.Launch:
-			fp.launchesOpen++
-			fp.free++
-		case c.live:
-			fp.free++
+		if c := classify(withHistory(&fi.Instances[i], &rem, now), d, &fp.st, fp.gated, now); c != nil {
+			fp.count(c)
 		}
 	}
 	switch {
@@ -648,6 +594,71 @@ func tally(fi *FleetInput, now time.Time) *fleetPlan {
 		fp.block(CauseNoImage, "no golden image is pinned yet: "+d.ResolveError)
 	}
 	return fp
+}
+
+// sizeAndRollout sets the size the fleet is planned for (0 while it
+// drains, size + canaries in a canary phase) and its rollout status.
+func (fp *fleetPlan) sizeAndRollout() {
+	d := fp.d
+	if d.Draining {
+		fp.size = 0
+		fp.st.Desired = 0
+	}
+	if q := fp.spec.Remediation.Quarantine; q != nil {
+		fp.st.QuarantineMax = q.Max
+	}
+	t := d.Target()
+	fp.st.Rollout = RolloutStatus{Version: t.Version, ImageDigest: t.ImageDigest, TemplateHash: t.TemplateHash}
+	if c := canaries(d); c > 0 && !d.Draining {
+		// The canaries run next to the old instances, which keep their
+		// slots (classify) until the rollout is promoted.
+		fp.st.Rollout.Canary = c
+		fp.size += c
+	}
+}
+
+// count adds a classified instance to the fleet's tallies.
+func (fp *fleetPlan) count(c *class) {
+	fp.cls = append(fp.cls, c)
+	if c.admitted && c.live && c.inst.Open == nil {
+		fp.members++
+	}
+	if c.quarantined {
+		fp.quarantined++
+	}
+	if c.reportOnly() {
+		fp.reported++
+	}
+	if c.live {
+		fp.live++
+	}
+	if c.counted {
+		fp.counted++
+		if !c.available {
+			fp.coming++
+		}
+	}
+	if c.available {
+		fp.available++
+	}
+	// A quarantined instance is out of the fleet, and one a revert
+	// replaces goes whatever its health: neither counts toward the
+	// breaker, the storm or the rates.
+	if c.failing() && !c.quarantined && !c.reverting {
+		fp.sick++
+	}
+	if c.inst.Observed != nil && c.inst.Observed.Phase == instance.Running && !c.quarantined {
+		fp.running++
+	}
+	switch {
+	case c.inst.Open != nil && (c.inst.Open.Kind == state.Terminate || c.inst.Open.Kind == state.Drain):
+		fp.killsInFlight++
+	case c.inst.Open != nil && c.inst.Open.Kind == state.Launch:
+		fp.launchesOpen++
+		fp.free++
+	case c.live:
+		fp.free++
+	}
 }
 
 func (fp *fleetPlan) block(cause Cause, detail string) {
@@ -849,14 +860,12 @@ type choice struct {
 func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) choice {
 	spec := fp.spec
 	var k choice
-	slots := spec.Remediation.MaxParallel - fp.killsInFlight
-	budget := fp.available - max(fp.size-fp.unavail, 0)
-	surplus := fp.free - (fp.size + fp.surge)
-	// The replacement of an unhealthy instance comes first when one is
-	// launched now or is on its way (launching or starting); with no room
-	// to launch one, the unhealthy instance goes first.
-	noRoom := fp.size+fp.surge-fp.live <= 0 || fp.limited
-	replacing := fp.launch > 0 || fp.coming > 0
+	b := &room{slots: spec.Remediation.MaxParallel - fp.killsInFlight, budget: fp.available - max(fp.size-fp.unavail, 0),
+		surplus: fp.free - (fp.size + fp.surge),
+		// The replacement of an unhealthy instance comes first when one is
+		// launched now or is on its way (launching or starting); with no
+		// room to launch one, the unhealthy instance goes first.
+		noRoom: fp.size+fp.surge-fp.live <= 0 || fp.limited, replacing: fp.launch > 0 || fp.coming > 0}
 	members := fp.members
 	var healthDrains []Action
 	for _, cand := range removalCandidates(fp.cls, fp.size, fp.counted, fp.d.Draining) {
@@ -868,55 +877,15 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) cho
 		if c.admitted {
 			act.Kind = ActDrain
 		}
-		hold := func(g Cause, detail string) { k.held = append(k.held, Held{Action: act, Guard: g, Detail: detail}) }
-		if slots <= 0 {
-			hold(GuardMaxParallel, fmt.Sprintf("max_parallel %d terminations are in flight or chosen", spec.Remediation.MaxParallel))
-			continue
-		}
-		forHealth, scaleDown := false, false
-		switch {
-		case c.sick && surplus > 0:
-			// Beyond size + max_surge: no verdict is needed to remove it,
-			// and no kill rate holds a scale-down.
-			surplus--
-			scaleDown = true
-		case c.sick && fp.guard.stops() != "":
-			// A storm explains more than the breaker does.
-			hold(fp.guard.count(fp.guard.stops()), fp.kept[c.inst.ID].detail)
-			continue
-		case c.sick && breaker:
-			hold(CauseTooManyUnhealthy, "")
-			continue
-		case fp.kept[c.inst.ID].guard != "":
-			k := fp.kept[c.inst.ID]
-			hold(fp.guard.count(k.guard), k.detail)
-			continue
-		case c.sick:
-			// Surge-first: an unhealthy instance waits for its replacement.
-			// That holds the kill, not the drain: traffic to a failing
-			// instance fails anyway, and a drained instance still runs
-			// until its replacement is in.
-			if cand.reason == ReasonUnhealthy && budget < 0 && (replacing || !noRoom) && !c.admitted {
-				hold(GuardReplacementFirst, "an unhealthy instance goes once its replacement is available")
-				continue
-			}
-			forHealth = true
-		case fp.gated && !c.admitted && c.inst.Health == Healthy:
-			surplus-- // takes no traffic: removing it costs no availability
-		case c.reverting && !c.available:
-			surplus-- // serves nothing: removing it costs no availability
-		case c.available && budget > 0:
-			budget--
-			surplus--
-		default:
-			hold(GuardAvailability, fmt.Sprintf("goes once %d instances are available without it (size %d - max_unavailable %d)", max(fp.size-fp.unavail, 0), fp.size, fp.unavail))
-			continue
-		}
+		forHealth, scaleDown, g, detail := fp.gate(cand, b, breaker)
 		// The terminate that follows a drain is the kill the drain began:
 		// the rates counted it then.
 		remedial := isRemediation(cand.reason) && !c.drained && !scaleDown
-		if g, detail := fp.guard.allows(remedial, forHealth, k.spent); g != "" {
-			hold(g, detail)
+		if g == "" {
+			g, detail = fp.guard.allows(remedial, forHealth, k.spent)
+		}
+		if g != "" {
+			k.held = append(k.held, Held{Action: act, Guard: g, Detail: detail})
 			continue
 		}
 		if remedial {
@@ -927,7 +896,7 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) cho
 			act.Kind = ActQuarantine
 			k.quarantines++
 		}
-		slots--
+		b.slots--
 		if c.admitted {
 			members--
 			if forHealth {
@@ -941,6 +910,59 @@ func (fp *fleetPlan) choose(breaker bool, keepMin int, held map[string]bool) cho
 	k.acts = append(k.acts, kept...)
 	k.refused = refused
 	return k
+}
+
+// room is what a pass may still remove: terminations in flight allowed
+// (max_parallel), healthy instances the availability budget can spare,
+// instances beyond size + max_surge, and whether a replacement comes
+// first.
+type room struct {
+	slots, budget, surplus int
+	noRoom, replacing      bool
+}
+
+// gate decides whether a removal candidate may go in this pass, spending
+// what it uses of the room: the guard that holds it (with why), or
+// whether it goes for its health or as a scale-down.
+func (fp *fleetPlan) gate(cand candidate, b *room, breaker bool) (forHealth, scaleDown bool, g Cause, detail string) {
+	c := cand.c
+	switch {
+	case b.slots <= 0:
+		return false, false, GuardMaxParallel, fmt.Sprintf("max_parallel %d terminations are in flight or chosen", fp.spec.Remediation.MaxParallel)
+	case c.sick && b.surplus > 0:
+		// Beyond size + max_surge: no verdict is needed to remove it,
+		// and no kill rate holds a scale-down.
+		b.surplus--
+		return false, true, "", ""
+	case c.sick && fp.guard.stops() != "":
+		// A storm explains more than the breaker does.
+		return false, false, fp.guard.count(fp.guard.stops()), fp.kept[c.inst.ID].detail
+	case c.sick && breaker:
+		return false, false, CauseTooManyUnhealthy, ""
+	case fp.kept[c.inst.ID].guard != "":
+		k := fp.kept[c.inst.ID]
+		return false, false, fp.guard.count(k.guard), k.detail
+	case c.sick:
+		// Surge-first: an unhealthy instance waits for its replacement.
+		// That holds the kill, not the drain: traffic to a failing
+		// instance fails anyway, and a drained instance still runs until
+		// its replacement is in.
+		if cand.reason == ReasonUnhealthy && b.budget < 0 && (b.replacing || !b.noRoom) && !c.admitted {
+			return false, false, GuardReplacementFirst, "an unhealthy instance goes once its replacement is available"
+		}
+		return true, false, "", ""
+	case fp.gated && !c.admitted && c.inst.Health == Healthy:
+		b.surplus-- // takes no traffic: removing it costs no availability
+	case c.reverting && !c.available:
+		b.surplus-- // serves nothing: removing it costs no availability
+	case c.available && b.budget > 0:
+		b.budget--
+		b.surplus--
+	default:
+		return false, false, GuardAvailability, fmt.Sprintf("goes once %d instances are available without it (size %d - max_unavailable %d)",
+			max(fp.size-fp.unavail, 0), fp.size, fp.unavail)
+	}
+	return false, false, "", ""
 }
 
 // keepMembers keeps the drains for health that leave at least keepMin
@@ -1169,6 +1191,19 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now 
 		c.quarantineOf(d, now)
 		return c
 	}
+	if !c.settled() {
+		return c
+	}
+	c.running(d, st, gated, orphan)
+	st.rolloutOf(c)
+	return c
+}
+
+// settled classifies an instance that has an intent in flight (an
+// admission aside), or that is gone or exited; it reports whether the
+// instance runs with nothing in flight, to be judged further.
+func (c *class) settled() bool {
+	in := c.inst
 	// Intents in flight. An admission leaves the instance as it is, only
 	// not available yet and not a candidate for removal.
 	if in.Open != nil && in.Open.Kind != state.Admit {
@@ -1179,20 +1214,24 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now 
 			// Still occupies capacity until it is really gone.
 			c.live = in.Observed != nil && in.Observed.Phase == instance.Running
 		}
-		return c
+		return false
 	}
-	if in.Observed == nil {
+	switch {
+	case in.Observed == nil:
 		// A record the provider no longer lists: the instance is gone.
-		c.reason = ReasonGone
-		c.evidence = []string{"the provider no longer lists this instance"}
-		return c
+		c.reason, c.evidence = ReasonGone, []string{"the provider no longer lists this instance"}
+		return false
+	case in.Observed.Phase != instance.Running:
+		c.reason, c.evidence = ReasonExited, []string{"exited: " + in.Observed.ExitReason}
+		return false
 	}
-	if in.Observed.Phase != instance.Running {
-		c.reason = ReasonExited
-		c.evidence = []string{"exited: " + in.Observed.ExitReason}
-		return c
-	}
+	return true
+}
 
+// running classifies a running instance with nothing in flight: whether
+// a rollout replaces it, or remediation, or it stays.
+func (c *class) running(d *state.DesiredFleet, st *FleetStatus, gated, orphan bool) {
+	in := c.inst
 	c.live = true
 	// What a rollout replaces, and what remediation replaces. A paused
 	// rollout replaces nothing: outdated instances keep their slots.
@@ -1225,8 +1264,6 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now 
 			st.UpToDate++
 		}
 	}
-	st.rolloutOf(c)
-	return c
 }
 
 // rolloutOf counts an instance into the fleet's rollout status.
@@ -1247,7 +1284,7 @@ func (st *FleetStatus) rolloutOf(c *class) {
 		if ready.After(st.Rollout.ReadySince) {
 			st.Rollout.ReadySince = ready
 		}
-	case c.sick && c.reason != "" && (c.reason == ReasonUnhealthy || c.reason == ReasonNeverHealthy) && onTarget(c.inst, st):
+	case c.sick && (c.reason == ReasonUnhealthy || c.reason == ReasonNeverHealthy) && onTarget(c.inst, st):
 		st.Rollout.Failing = append(st.Rollout.Failing, c.inst.ID)
 	}
 }
