@@ -52,6 +52,12 @@ func renderRollout(w io.Writer, ro api.Rollout, now time.Time) {
 		state = "REVERTED: " + c(ro.Divergence)
 	case r != nil && r.Paused:
 		state = fmt.Sprintf("rollout to version %d PAUSED (%s): no outdated instance is replaced; `immutd rollout resume %s` goes on", r.Version, c(r.PauseReason), c(ro.Fleet))
+	case r != nil && ro.BlueGreen && !r.Switched:
+		state = fmt.Sprintf("blue-green rollout to version %d: the new set is made ready next to the old one, without traffic; it switches once all of it is ready", r.Version)
+	case r != nil && ro.BlueGreen && r.CompletedAt.IsZero():
+		state = fmt.Sprintf("blue-green rollout to version %d switched %s ago: the old set is being drained", r.Version, ago(now, r.SwitchedAt))
+	case r != nil && ro.BlueGreen:
+		state = fmt.Sprintf("blue-green rollout to version %d switched %s ago; the drained old set is kept for the bake (a revert switches back to it)", r.Version, ago(now, r.SwitchedAt))
 	case r != nil && !r.Promoted && ro.Canary > 0:
 		state = fmt.Sprintf("canary rollout to version %d: %d canaries next to the old instances, waiting for promotion (promote_after, or `immutd rollout promote %s`)", r.Version, ro.Canary, c(ro.Fleet))
 	case r != nil && !r.CompletedAt.IsZero():

@@ -69,8 +69,10 @@ type Rollout struct {
 	Versions    []Version           `json:"versions"`
 	Rollout     *state.RolloutState `json:"rollout,omitempty"`
 	Revert      *state.Revert       `json:"revert,omitempty"`
-	// Canary is the canaries a canary rollout runs (0: rolling).
-	Canary int `json:"canary,omitempty"`
+	// Canary is the canaries a canary rollout runs (0: rolling);
+	// BlueGreen is set for the blue-green strategy.
+	Canary    int  `json:"canary,omitempty"`
+	BlueGreen bool `json:"blue_green,omitempty"`
 	// Divergence says, while a revert is in force, how the fleet differs
 	// from its file and how that ends.
 	Divergence string `json:"divergence,omitempty"`
@@ -105,6 +107,7 @@ func RolloutOf(d *state.DesiredFleet) Rollout {
 	if c := d.Spec.Rollout.Canary; c != nil {
 		r.Canary = max(c.Count.Resolve(d.Spec.Size, true), 1)
 	}
+	r.BlueGreen = d.Spec.Rollout.BlueGreen
 	for _, v := range d.Versions {
 		r.Versions = append(r.Versions, Version{N: v.N, Image: v.Image, ImageDigest: v.ImageDigest, TemplateHash: v.TemplateHash,
 			At: v.At, RolledOutAt: v.RolledOutAt, Outcome: v.Outcome, EndedAt: v.EndedAt, Detail: v.Detail})

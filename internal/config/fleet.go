@@ -368,6 +368,10 @@ func (d *decoder) fleet(b *hclsyntax.Block, absDir, displayDir string) *Fleet {
 	f.Traffic = s.traffic(absDir)
 	s.done()
 
+	if rollout != nil && f.Rollout.Strategy == StrategyBlueGreen && f.Traffic == nil {
+		d.errorf(rollout.exprRange("strategy"), rollout.path+".strategy",
+			"strategy = %q switches traffic from the old set to the new one: the fleet needs a traffic { ... } block", StrategyBlueGreen)
+	}
 	if rollout != nil && sizeGot == valid && f.Size > 0 {
 		surge := f.Rollout.MaxSurge.Resolve(f.Size, true)
 		unavailable := f.Rollout.MaxUnavailable.Resolve(f.Size, false)
@@ -721,7 +725,7 @@ func (s *section) rollout() (Rollout, *section) {
 
 // canary decodes a rollout block's strategy settings.
 func (s *section) canary(r *Rollout) {
-	strategy := s.oneOf("strategy", &r.Strategy, StrategyRolling, StrategyCanary)
+	strategy := s.oneOf("strategy", &r.Strategy, StrategyRolling, StrategyCanary, StrategyBlueGreen)
 	canaryGot := s.quantity("canary", &r.Canary)
 	promoteGot := s.duration("promote_after", time.Second, 7*24*time.Hour, &r.PromoteAfter)
 	if r.Strategy == StrategyCanary {
@@ -742,6 +746,7 @@ func (s *section) canary(r *Rollout) {
 
 // Rollout strategies.
 const (
-	StrategyRolling = "rolling"
-	StrategyCanary  = "canary"
+	StrategyRolling   = "rolling"
+	StrategyCanary    = "canary"
+	StrategyBlueGreen = "blue_green"
 )

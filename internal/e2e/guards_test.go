@@ -66,7 +66,12 @@ func TestFleetWideFailureKillsNothing(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	// The breaker alone would stop this too: max_unhealthy 100% leaves the
 	// storm guard the only thing that can.
-	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", "  remediation {\n    max_unhealthy = \"100%\"\n    max_parallel = 3\n    storm_cooldown = \"2s\"\n  }\n"))
+	// unhealthy_threshold 5 at 300ms: a settle window of 1.5s against a
+	// spread of one interval (300ms) between the instances' probes, so
+	// that a loaded host delaying probes does not make the failure look
+	// like single ones.
+	src := fleetFile("web", 3, "v1", "  remediation {\n    max_unhealthy = \"100%\"\n    max_parallel = 3\n    storm_cooldown = \"2s\"\n  }\n")
+	e.writeFleet("web.hcl", strings.Replace(src, "unhealthy_threshold = 2", "unhealthy_threshold = 5", 1))
 	e.start()
 	f := e.waitHealthy("web", 3, "", 60*time.Second)
 	before := ids(f)

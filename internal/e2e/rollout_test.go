@@ -84,7 +84,7 @@ func sameKeys(a, b map[string]bool) bool {
 func TestBrokenCanaryAutoRevertsOldInstancesServing(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	policy := func(bake string) string {
-		return "  rollout {\n    strategy = \"canary\"\n    canary = 1\n    promote_after = \"1m\"\n    bake = \"" + bake + "\"\n    on_failure = \"revert\"\n  }\n"
+		return "  rollout {\n    strategy = \"canary\"\n    canary = 1\n    promote_after = \"1h\"\n    bake = \"" + bake + "\"\n    on_failure = \"revert\"\n  }\n"
 	}
 	e.writeFleet("web.hcl", fleetFile("web", 2, "v1", policy("1s")))
 	e.start()
@@ -149,7 +149,7 @@ func TestAnalysisAbortsACanaryWhoseErrorsRise(t *testing.T) {
   rollout {
     strategy      = "canary"
     canary        = 1
-    promote_after = "1m"
+    promote_after = "1h"
     bake          = %q
     on_failure    = "revert"
     analysis {

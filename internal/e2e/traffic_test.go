@@ -398,3 +398,50 @@ func TestTrafficHAProxyReloadIsRepaired(t *testing.T) {
 		t.Fatalf("instances changed: %s, before %s", describe(again), describe(f))
 	}
 }
+
+// TestBlueGreenSwitchDropsNoRequest rolls a 3-instance fleet behind a
+// real HAProxy from v1 to v2 with strategy = "blue_green" while requests
+// flow: the whole v2 set is launched and made ready without traffic,
+// admitted in one step, then the whole v1 set is drained in one step and
+// kept running for the bake, then terminated. No request fails, no v1
+// instance is drained before every v2 one is admitted, and none is
+// terminated before the version is stable.
+func TestBlueGreenSwitchDropsNoRequest(t *testing.T) {
+	h, e, v1 := behindHAProxy(t)
+	l := startLoad(t, h.Addr, 4)
+	mark := e.lastSeq()
+	bg := "  rollout {\n    strategy = \"blue_green\"\n    bake     = \"3s\"\n  }\n"
+	e.writeFleet("web.hcl", fleetFile("web", 3, "v2", trafficBlock(h.Socket)+bg))
+	e.waitEvent(mark, 2*time.Minute, func(ev state.Event) bool { return ev.Action == state.ActionRolloutSwitched })
+	stable := e.waitEvent(mark, 2*time.Minute, func(ev state.Event) bool {
+		return ev.Action == state.ActionRolloutStable && ev.Fleet == "web"
+	})
+	v2 := e.fleet("web").ImageDigest
+	admittedFleet(t, e.trystatus, h, "web", 3, shortDigest(v2))
+	for id := range ids(v1) {
+		e.waitTerminated("web", id)
+	}
+	checkNoFailures(t, "blue-green switch v1 to v2", l)
+	old := ids(v1)
+	var lastAdmit, firstDrain time.Time
+	admits := 0
+	for _, ev := range e.eventsAfter(mark) {
+		switch {
+		case ev.Action == state.ActionAdmitted && !old[ev.InstanceID]:
+			admits++
+			lastAdmit = ev.Time
+		case ev.Action == state.ActionDrainPlanned && old[ev.InstanceID]:
+			if ev.Reason != "switch" {
+				t.Errorf("old instance %s drained for %s, not the switch", ev.InstanceID, ev.Reason)
+			}
+			if firstDrain.IsZero() {
+				firstDrain = ev.Time
+			}
+		case ev.Action == state.ActionTerminatePlanned && old[ev.InstanceID] && ev.Seq < stable.Seq:
+			t.Errorf("old instance %s terminated before the version was stable: %+v", ev.InstanceID, ev)
+		}
+	}
+	if admits != 3 || firstDrain.IsZero() || firstDrain.Before(lastAdmit) {
+		t.Fatalf("%d new instances admitted, the last at %s; the first old one drained at %s", admits, lastAdmit, firstDrain)
+	}
+}

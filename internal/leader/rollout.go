@@ -66,6 +66,16 @@ func (t *Term) logStep(c *state.RolloutStep, res state.Result) {
 	}
 }
 
+// progressOf is how many instances of a rollout's version count as
+// progress: available ones, or in a blue-green rollout before its switch
+// ready ones (they are not admitted until then).
+func progressOf(rs reconcile.RolloutStatus) int {
+	if rs.BlueGreen {
+		return max(rs.Available, rs.Ready)
+	}
+	return rs.Available
+}
+
 // canaryPromote says whether a canary rollout promotes itself now: every
 // canary has been available for promote_after (0: only an operator
 // promotes).
@@ -99,12 +109,16 @@ func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Tim
 		return step(state.StepPause, why) // inconclusive: a human decides
 	case rs.Canary > 0 && rs.Available >= rs.Canary && passed && canaryPromote(f, rs, now):
 		return step(state.StepPromote, fmt.Sprintf("%d canaries available for promote_after %s", rs.Available, f.Spec.Rollout.Canary.PromoteAfter))
+	case rs.BlueGreen && !r.Switched && rs.Ready >= size && passed:
+		return step(state.StepSwitch, fmt.Sprintf("%d instances of version %d ready for min_ready", rs.Ready, r.Version))
 	case r.CompletedAt.IsZero() && now.Sub(r.LastProgressAt) > f.Spec.Rollout.Deadline():
 		return step(state.StepFailed, fmt.Sprintf("no instance of version %d became available for %s (progress_deadline)", r.Version, f.Spec.Rollout.Deadline()))
-	case r.CompletedAt.IsZero() && rs.Available >= size && rs.Outdated == 0:
+	case r.CompletedAt.IsZero() && rs.Available >= size && (rs.Outdated == 0 || rs.BlueGreen && r.Switched && rs.OldAdmitted == 0):
 		return step(state.StepComplete, "")
-	case r.CompletedAt.IsZero() && rs.Available > r.Available:
-		return step(state.StepProgress, "")
+	case r.CompletedAt.IsZero() && progressOf(rs) > r.Available:
+		s := step(state.StepProgress, "")
+		s.Available = progressOf(rs)
+		return s
 	case !r.CompletedAt.IsZero() && now.Sub(r.CompletedAt) >= f.Spec.Rollout.Bake && rs.Available >= size && passed:
 		return step(state.StepStable, "")
 	}

@@ -74,6 +74,8 @@ const (
 	ReasonDrain         Reason = "drain"
 	// ReasonReady: healthy for the fleet's min_ready (an admission).
 	ReasonReady Reason = "ready"
+	// ReasonSwitch: a blue-green switch drains the old set.
+	ReasonSwitch Reason = "switch"
 	// ReasonQuarantineExpired: a quarantined instance's TTL has passed (or
 	// its fleet has no quarantine any more).
 	ReasonQuarantineExpired Reason = "quarantine_expired"
@@ -295,6 +297,14 @@ type RolloutStatus struct {
 	// when every available instance of the target has been available.
 	Canary     int       `json:"canary,omitempty"`
 	ReadySince time.Time `json:"ready_since,omitzero"`
+	// BlueGreen: a blue-green rollout runs (Switched: its traffic moved to
+	// the new set). Ready counts the target's instances healthy for
+	// min_ready (admitted or not), OldAdmitted the other versions'
+	// instances still admitted.
+	BlueGreen   bool `json:"blue_green,omitempty"`
+	Switched    bool `json:"switched,omitempty"`
+	Ready       int  `json:"ready,omitempty"`
+	OldAdmitted int  `json:"old_admitted,omitempty"`
 }
 
 // canaries is how many canaries a fleet's rollout runs now: in a canary
@@ -305,6 +315,21 @@ func canaries(d *state.DesiredFleet) int {
 		return 0
 	}
 	return max(c.Count.Resolve(d.Spec.Size, true), 1)
+}
+
+// strategyPending: the fleet's image or template changed, but the leader
+// has not recorded the new version yet (it does in the pass that sees
+// it). A canary or blue-green rollout replaces nothing until then, lest
+// one pass plan it as a rolling one.
+func strategyPending(d *state.DesiredFleet) bool {
+	return d.NeedsVersion() && len(d.Versions) > 0 && (d.Spec.Rollout.Canary != nil || d.Spec.Rollout.BlueGreen)
+}
+
+// blueGreen says whether a fleet's rollout is a blue-green one in
+// progress (from an earlier version, not reverted): the new set runs next
+// to the old one, which keeps its slots until the version is stable.
+func blueGreen(d *state.DesiredFleet) bool {
+	return d.Spec.Rollout.BlueGreen && d.Rollout != nil && d.Revert == nil && len(d.Versions) >= 2
 }
 
 // Held is an action the plan would take but a guard holds back.
@@ -615,6 +640,11 @@ func (fp *fleetPlan) sizeAndRollout() {
 		fp.st.Rollout.Canary = c
 		fp.size += c
 	}
+	if blueGreen(d) && !d.Draining {
+		// So does a blue-green rollout's whole new set, until stable.
+		fp.st.Rollout.BlueGreen, fp.st.Rollout.Switched = true, d.Rollout.Switched
+		fp.size += d.Spec.Size
+	}
 }
 
 // count adds a classified instance to the fleet's tallies.
@@ -839,6 +869,33 @@ func (fp *fleetPlan) kills() {
 		}
 	}
 	fp.guardBlocks()
+	fp.switchDrains()
+}
+
+// switchDrains is a blue-green switch's second half: once every instance
+// of the new set is admitted, every admitted instance of the old set is
+// drained in the same pass (no max_parallel: the switch is one step). The
+// drained old set keeps running until the version is stable.
+func (fp *fleetPlan) switchDrains() {
+	rs := fp.st.Rollout
+	if !rs.BlueGreen || !rs.Switched {
+		return
+	}
+	admitted := 0
+	for _, c := range fp.cls {
+		if c.admitted && c.live && !c.outdated && c.reason == "" {
+			admitted++
+		}
+	}
+	if admitted < fp.spec.Size {
+		return
+	}
+	for _, c := range fp.cls {
+		if c.outdated && c.admitted && c.live && c.inst.Open == nil {
+			fp.acts = append(fp.acts, Action{Kind: ActDrain, Fleet: fp.spec.Name, InstanceID: c.inst.ID, Reason: ReasonSwitch, Running: true,
+				Evidence: []string{fmt.Sprintf("blue-green switch to version %d: all %d instances of it are admitted", rs.Version, admitted)}})
+		}
+	}
 }
 
 // choice is what choose picked: actions, actions held by a guard, the
@@ -1027,10 +1084,16 @@ func (fp *fleetPlan) admissions(now time.Time) {
 			acted[a.InstanceID] = true
 		}
 	}
+	bg := fp.st.Rollout.BlueGreen
 	for _, c := range fp.cls {
 		in := c.inst
 		if acted[in.ID] || c.admitted || !c.live || in.Open != nil || (in.Record == nil && !adopted[in.ID]) || c.reason != "" || in.Health != Healthy ||
 			in.HealthySince.IsZero() || now.Sub(in.HealthySince) < minReady {
+			continue
+		}
+		// Blue-green: the new set waits for the switch, and the old set,
+		// once switched away from, is not admitted again.
+		if bg && (!fp.st.Rollout.Switched && !c.outdated || fp.st.Rollout.Switched && c.outdated) {
 			continue
 		}
 		fp.acts = append(fp.acts, Action{Kind: ActAdmit, Fleet: fp.spec.Name, InstanceID: in.ID, Reason: ReasonReady,
@@ -1195,7 +1258,11 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now 
 		return c
 	}
 	c.running(d, st, gated, orphan)
-	st.rolloutOf(c)
+	var minReady time.Duration
+	if gated {
+		minReady = d.Spec.Traffic.MinReady
+	}
+	st.rolloutOf(c, minReady, now)
 	return c
 }
 
@@ -1211,8 +1278,11 @@ func (c *class) settled() bool {
 		case state.Launch:
 			c.live, c.counted = true, true
 		case state.Terminate, state.Drain:
-			// Still occupies capacity until it is really gone.
+			// Still occupies capacity until it is really gone. A blue-green
+			// switch drains the old set to keep it (for the bake): it keeps
+			// its slot too.
 			c.live = in.Observed != nil && in.Observed.Phase == instance.Running
+			c.counted = c.live && in.Open.Kind == state.Drain && in.Open.Reason == string(ReasonSwitch)
 		}
 		return false
 	}
@@ -1236,7 +1306,7 @@ func (c *class) running(d *state.DesiredFleet, st *FleetStatus, gated, orphan bo
 	// What a rollout replaces, and what remediation replaces. A paused
 	// rollout replaces nothing: outdated instances keep their slots.
 	rollout, rolloutEv := rolloutOf(in.Observed, d, st)
-	if rollout != "" && d.Revert == nil && d.Rollout != nil && (d.Rollout.Paused || st.Rollout.Canary > 0) {
+	if rollout != "" && d.Revert == nil && (d.Rollout != nil && (d.Rollout.Paused || st.Rollout.Canary > 0 || st.Rollout.BlueGreen) || strategyPending(d)) {
 		rollout, rolloutEv, c.outdated = "", nil, true
 	}
 	remedy, remedyEv := remedyOf(in, d, st, orphan)
@@ -1267,7 +1337,15 @@ func (c *class) running(d *state.DesiredFleet, st *FleetStatus, gated, orphan bo
 }
 
 // rolloutOf counts an instance into the fleet's rollout status.
-func (st *FleetStatus) rolloutOf(c *class) {
+func (st *FleetStatus) rolloutOf(c *class, minReady time.Duration, now time.Time) {
+	if c.outdated || c.reason == ReasonDriftImage || c.reason == ReasonDriftTemplate {
+		if c.admitted && c.live {
+			st.Rollout.OldAdmitted++
+		}
+	}
+	if c.reason == "" && !c.outdated && c.live && c.inst.Health == Healthy && !c.inst.HealthySince.IsZero() && now.Sub(c.inst.HealthySince) >= minReady {
+		st.Rollout.Ready++
+	}
 	if c.outdated {
 		st.Rollout.Outdated++
 		return

@@ -1,9 +1,12 @@
 package reconcile
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"pgregory.net/rapid"
 
 	"github.com/immutd/immutd/internal/quantity"
 	"github.com/immutd/immutd/internal/state"
@@ -107,4 +110,106 @@ func TestCanaryRunsNextToTheOldInstances(t *testing.T) {
 	if got := strings.Join(brief(res.Actions), " "); got != "terminate:a:drift_image" {
 		t.Fatalf("promoted: %s", got)
 	}
+}
+
+func TestBlueGreenSwitchesInOneStep(t *testing.T) {
+	bg := func(switched bool) *state.DesiredFleet {
+		d := gatedFleet(3, versioned, func(d *state.DesiredFleet) {
+			d.Spec.Rollout.BlueGreen = true
+			d.Rollout.Switched = switched
+		})
+		return d
+	}
+	old := []Inst{inst("a", oldImage, admitted), inst("b", oldImage, admitted), inst("c", oldImage, admitted)}
+	plan := func(d *state.DesiredFleet, insts ...Inst) Result {
+		return Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: d, Instances: append(append([]Inst(nil), old...), insts...)}}})
+	}
+	// Preview: the whole new set is launched next to the old one.
+	if got := strings.Join(brief(plan(bg(false)).Actions), " "); got != "launch:scale_up launch:scale_up launch:scale_up" {
+		t.Fatalf("preview: %s", got)
+	}
+	ready := []Inst{inst("x", healthyFor(time.Minute)), inst("y", healthyFor(time.Minute)), inst("z", healthyFor(time.Minute))}
+	// Ready but not switched: nothing is admitted, the set is ready.
+	res := plan(bg(false), ready...)
+	if len(res.Actions) != 0 || res.Fleets[0].Rollout.Ready != 3 || res.Fleets[0].Rollout.OldAdmitted != 3 {
+		t.Fatalf("ready before the switch: %v %+v", brief(res.Actions), res.Fleets[0].Rollout)
+	}
+	// Switched: the new set is admitted, all of it in one pass.
+	if got := strings.Join(brief(plan(bg(true), ready...).Actions), " "); got != "admit:x:ready admit:y:ready admit:z:ready" {
+		t.Fatalf("switch, admissions: %s", got)
+	}
+	// The new set admitted: the old set is drained, all of it in one pass.
+	in := []Inst{inst("x", admitted), inst("y", admitted), inst("z", admitted)}
+	if got := strings.Join(brief(plan(bg(true), in...).Actions), " "); got != "drain:a:switch drain:b:switch drain:c:switch" {
+		t.Fatalf("switch, drains: %s", got)
+	}
+	// Drained, the old set is kept running during the bake.
+	old = []Inst{inst("a", oldImage, drained), inst("b", oldImage, drained), inst("c", oldImage, drained)}
+	res = plan(bg(true), in...)
+	if len(res.Actions) != 0 || res.Fleets[0].Rollout.OldAdmitted != 0 || res.Fleets[0].Rollout.Available != 3 {
+		t.Fatalf("bake: %v %+v", brief(res.Actions), res.Fleets[0].Rollout)
+	}
+}
+
+// TestBlueGreenNeverMixesAfterTheSwitch: after a blue-green switch, no
+// instance of the old set is ever admitted again, and once the whole new
+// set is admitted every old instance still in traffic is drained in the
+// same pass; before the switch no new instance is admitted.
+func TestBlueGreenNeverMixesAfterTheSwitch(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		switched := rapid.Bool().Draw(t, "switched")
+		size := rapid.IntRange(1, 5).Draw(t, "size")
+		d := gatedFleet(size, versioned, func(d *state.DesiredFleet) {
+			d.Spec.Rollout.BlueGreen = true
+			d.Rollout.Switched = switched
+			d.Spec.Traffic.MinReady = 0
+		})
+		var insts []Inst
+		for i := range rapid.IntRange(0, 2*size).Draw(t, "instances") {
+			in := inst(fmt.Sprintf("i%d", i), healthyFor(time.Minute))
+			if rapid.Bool().Draw(t, "old") {
+				oldImage(&in)
+			}
+			switch rapid.IntRange(0, 2).Draw(t, "traffic") {
+			case 0:
+				admitted(&in)
+			case 1:
+				drained(&in)
+			}
+			insts = append(insts, in)
+		}
+		res := Plan(Input{Now: t0, Fleets: []FleetInput{{Desired: d, Instances: insts}}})
+		byID := map[string]*Inst{}
+		for i := range insts {
+			byID[insts[i].ID] = &insts[i]
+		}
+		newAdmitted, oldInTraffic, drainedOld := 0, 0, 0
+		for _, in := range insts {
+			isOld := in.Observed.ImageDigest == imgOld
+			switch {
+			case !isOld && in.Record.Admitted:
+				newAdmitted++
+			case isOld && in.Record.Admitted:
+				oldInTraffic++
+			}
+		}
+		for _, a := range res.Actions {
+			in := byID[a.InstanceID]
+			if in == nil {
+				continue
+			}
+			isOld := in.Observed.ImageDigest == imgOld
+			switch {
+			case a.Kind == ActAdmit && isOld && switched:
+				t.Fatalf("switched, yet old instance %s admitted: %v", a.InstanceID, brief(res.Actions))
+			case a.Kind == ActAdmit && !isOld && !switched:
+				t.Fatalf("not switched, yet new instance %s admitted: %v", a.InstanceID, brief(res.Actions))
+			case a.Kind == ActDrain && isOld:
+				drainedOld++
+			}
+		}
+		if switched && newAdmitted >= size && drainedOld != oldInTraffic {
+			t.Fatalf("the whole new set is admitted but %d of %d old instances in traffic are drained: %v", drainedOld, oldInTraffic, brief(res.Actions))
+		}
+	})
 }

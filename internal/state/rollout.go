@@ -69,6 +69,10 @@ type RolloutState struct {
 	// Promoted: a canary rollout's canaries proved themselves (or an
 	// operator said so): the old instances are replaced from now on.
 	Promoted bool `json:"promoted,omitempty"`
+	// Switched: a blue-green rollout's new set took the traffic (at
+	// SwitchedAt); the old set is drained and kept until stable.
+	Switched   bool      `json:"switched,omitempty"`
+	SwitchedAt time.Time `json:"switched_at,omitzero"`
 	// Paused: no outdated instance is replaced (healing goes on).
 	Paused      bool   `json:"paused,omitempty"`
 	PauseReason string `json:"pause_reason,omitempty"`
@@ -215,6 +219,7 @@ const (
 	StepAbort    = "abort"
 	StepPromote  = "promote"
 	StepMeasure  = "measure"
+	StepSwitch   = "switch"
 )
 
 // Rollout failure policies (RolloutSpec.OnFailure).
@@ -271,6 +276,8 @@ func (s *State) rolloutStep(c *RolloutStep) Result {
 		err = s.revert(&nf, c)
 	case StepPromote:
 		err = s.promote(&nf, c)
+	case StepSwitch:
+		err = s.switchTraffic(&nf, c)
 	default:
 		err = fmt.Sprintf("unknown rollout step %q", c.Step)
 	}
@@ -420,6 +427,24 @@ func (s *State) revert(f *DesiredFleet, c *RolloutStep) string {
 	f.Revert = &Revert{To: to, From: cur.N, Reason: reason, By: c.By, At: c.At}
 	s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionReverted, Reason: c.Step, Node: c.Node,
 		Evidence: byWhom(c, fmt.Sprintf("back to version %d from %d", to, from), reason)})
+	return ""
+}
+
+// switchTraffic marks a blue-green rollout switched: its new set takes
+// the traffic, the old one is drained and kept until stable.
+func (s *State) switchTraffic(f *DesiredFleet, c *RolloutStep) string {
+	r := f.Rollout
+	switch {
+	case !f.Spec.Rollout.BlueGreen:
+		return "the fleet's rollout strategy is not blue_green"
+	case r == nil || f.Revert != nil || r.Version != c.Of:
+		return "" // stale
+	case r.Switched:
+		return ""
+	}
+	r.Switched, r.SwitchedAt = true, c.At
+	s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionRolloutSwitched, Reason: "blue_green", Node: c.Node,
+		Evidence: []string{fmt.Sprintf("version %d: its whole set is ready; traffic moves to it and the old set is drained and kept for the bake", r.Version), c.Detail}})
 	return ""
 }
 

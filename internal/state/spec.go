@@ -249,6 +249,9 @@ type RolloutSpec struct {
 	Canary *CanarySpec `json:"canary,omitempty"`
 	// Analysis, when set, gates the rollout on Prometheus queries.
 	Analysis *AnalysisSpec `json:"analysis,omitempty"`
+	// BlueGreen is the blue-green strategy: a whole new set, traffic
+	// switched to it in one step, the old set kept drained for the bake.
+	BlueGreen bool `json:"blue_green,omitempty"`
 }
 
 // AnalysisSpec is a rollout's metric analysis (see config.Analysis).
@@ -312,7 +315,7 @@ func (r *RolloutSpec) Deadline() time.Duration {
 // Set says whether the spec sets a rollout policy releases before them
 // did not know.
 func (r *RolloutSpec) Set() bool {
-	return r.ProgressDeadline != 0 || r.Bake != 0 || r.OnFailure != "" || r.Canary != nil || r.Analysis != nil
+	return r.ProgressDeadline != 0 || r.Bake != 0 || r.OnFailure != "" || r.Canary != nil || r.Analysis != nil || r.BlueGreen
 }
 
 // Orphan policies (DriftSpec.Orphans).
@@ -388,6 +391,7 @@ func rolloutOf(r *config.Rollout) RolloutSpec {
 	if r.Strategy == config.StrategyCanary {
 		s.Canary = &CanarySpec{Count: r.Canary, PromoteAfter: r.PromoteAfter}
 	}
+	s.BlueGreen = r.Strategy == config.StrategyBlueGreen
 	if a := r.Analysis; a != nil {
 		s.Analysis = &AnalysisSpec{Prometheus: a.Prometheus, Interval: a.Interval}
 		for _, m := range a.Metrics {

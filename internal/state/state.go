@@ -233,6 +233,7 @@ const (
 	ActionRolloutPaused   EventAction = "rollout_paused"
 	ActionRolloutResumed  EventAction = "rollout_resumed"
 	ActionRolloutPromoted EventAction = "rollout_promoted"
+	ActionRolloutSwitched EventAction = "rollout_switched"
 	ActionReverted        EventAction = "reverted"
 	ActionRevertEnded     EventAction = "revert_ended"
 )
