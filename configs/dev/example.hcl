@@ -29,9 +29,13 @@ fleet "web" {
     max_parallel  = 1
   }
 
+  # A rollout whose new instances fail goes back to the last stable
+  # version; a version is stable once it ran healthy for the bake.
   rollout {
     max_surge       = 1
     max_unavailable = 0
+    bake            = "10s"
+    on_failure      = "revert"
   }
 
   # Traffic follows health: an instance is listed in run/targets/web.json

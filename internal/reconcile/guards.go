@@ -125,6 +125,11 @@ func (fp *fleetPlan) guardsOf(in Input, cg *clusterGuard) *guards {
 	if until := ended.Add(g.cooldown); !g.storm && !g.clusterStorm && !ended.IsZero() && in.Now.Before(until) {
 		g.cooldownUntil = until
 	}
+	if fp.size == 0 {
+		// A fleet that wants no instance removes them all: no storm of
+		// its own or the cluster's holds that, nor a cooldown.
+		g.clusterStorm, g.cooldownUntil = false, time.Time{}
+	}
 	return g
 }
 
