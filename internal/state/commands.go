@@ -34,10 +34,14 @@ const (
 	TypeRolloutStep    CommandType = 16
 	// Events are informational: an older node may skip them.
 	TypeRecordEvents = Ignorable | 8
-	// Storm bookkeeping only feeds guards older releases do not have.
-	TypeRecordStorms = Ignorable | 10
-	// Version bookkeeping likewise: what a revert could go back to.
-	TypeRecordVersion = Ignorable | 15
+	// Storm and version bookkeeping are not ignorable although an older
+	// release has no use for them: a node that skipped them would, once
+	// upgraded, hold another state than its peers (no storm to cool down
+	// from, no version to revert to). An older node stops at them instead,
+	// saying to upgrade; upgrading the followers first and the leader last
+	// means none ever sees one.
+	TypeRecordStorms  CommandType = 10
+	TypeRecordVersion CommandType = 15
 )
 
 // Command is a typed, versioned change to the state.
