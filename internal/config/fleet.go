@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/immutd/immutd/internal/quantity"
 	"github.com/immutd/immutd/internal/secretfile"
 )
 
@@ -716,6 +717,7 @@ func (s *section) rollout() (Rollout, *section) {
 	if ab := rs.block("analysis"); ab != nil {
 		r.Analysis = rs.child(ab).analysis()
 	}
+	rs.checkpoints(&r)
 	rs.done()
 	if surge == invalid || unavailable == invalid {
 		return r, nil
@@ -741,6 +743,31 @@ func (s *section) canary(r *Rollout) {
 		if a.g == valid && strategy != invalid {
 			s.fail(a.name, "is for strategy = %q only", StrategyCanary)
 		}
+	}
+}
+
+// checkpoints decodes a rollout's checkpoints: rising percentages.
+func (s *section) checkpoints(r *Rollout) {
+	var raw []string
+	if s.strList("checkpoints", &raw, func(v string) error {
+		q, err := quantity.Parse(v)
+		if err != nil || !q.Percent || q.Value == 0 || q.Value >= 100 {
+			return fmt.Errorf("must be a percentage from 1%% to 99%%, got %q", v)
+		}
+		return nil
+	}) == valid {
+		for i, v := range raw {
+			q, _ := quantity.Parse(v)
+			if i > 0 && q.Value <= r.Checkpoints[i-1].Value {
+				s.fail("checkpoints", "must rise, got %s after %s", q, r.Checkpoints[i-1])
+				break
+			}
+			r.Checkpoints = append(r.Checkpoints, q)
+		}
+	}
+	s.duration("checkpoint_pause", 0, 7*24*time.Hour, &r.CheckpointPause)
+	if len(r.Checkpoints) > 0 && r.Strategy == StrategyBlueGreen {
+		s.fail("checkpoints", "are not for strategy = %q: it switches the whole set in one step", StrategyBlueGreen)
 	}
 }
 

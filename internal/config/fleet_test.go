@@ -184,6 +184,7 @@ func TestLoadFleetsValid(t *testing.T) {
 				HealthyDelay: 30 * time.Second, FlapThreshold: 0, FlapWindow: time.Hour, MaxLaunchFailures: 3,
 				Quarantine: &Quarantine{Max: 2, TTL: 12 * time.Hour, Reasons: []string{"unhealthy"}}},
 			Rollout: Rollout{MaxSurge: quantity.Count(0), MaxUnavailable: quantity.Percent(50), ProgressDeadline: 5 * time.Minute, Bake: time.Minute, OnFailure: "revert", Strategy: "canary", Canary: quantity.Percent(50), PromoteAfter: 30 * time.Second,
+				Checkpoints: []Quantity{quantity.Percent(50), quantity.Percent(75)}, CheckpointPause: time.Minute,
 				Analysis: &Analysis{Prometheus: "http://127.0.0.1:9090", Interval: 5 * time.Second, Metrics: []AnalysisMetric{
 					{Name: "errors", Query: `sum(rate(errors_total{image_digest="{{image_digest}}"}[1m]))`, Success: "result < 0.01", Failure: "result >= 0.05",
 						Count: 3, FailureLimit: 1, ConsecutiveErrorLimit: 4, ConsecutiveSuccess: 2},

@@ -397,6 +397,11 @@ type Rollout struct {
 	PromoteAfter time.Duration `json:"promote_after"`
 	// Analysis, when set, gates the rollout on Prometheus queries.
 	Analysis *Analysis `json:"analysis,omitempty"`
+	// Checkpoints are percentages of the fleet on the new version at
+	// which the rollout pauses, for CheckpointPause or (0, the default)
+	// until `immutd rollout resume`.
+	Checkpoints     []Quantity    `json:"checkpoints,omitempty"`
+	CheckpointPause time.Duration `json:"checkpoint_pause"`
 }
 
 // Quantity is a count ("3", 3) or a percentage of the fleet size ("25%").

@@ -66,6 +66,17 @@ func (t *Term) logStep(c *state.RolloutStep, res state.Result) {
 	}
 }
 
+// checkpointReached says whether a rolling (or promoted canary) rollout
+// reached its next checkpoint: that share of the fleet's size runs the new
+// version, available, and the rollout is not complete.
+func checkpointReached(f *state.DesiredFleet, rs reconcile.RolloutStatus, size int) bool {
+	r, cps := f.Rollout, f.Spec.Rollout.Checkpoints
+	if r.Checkpoints >= len(cps) || !r.CompletedAt.IsZero() || rs.BlueGreen || rs.Canary > 0 || size == 0 || rs.Outdated == 0 {
+		return false
+	}
+	return rs.Available*100 >= cps[r.Checkpoints].Value*size
+}
+
 // progressOf is how many instances of a rollout's version count as
 // progress: available ones, or in a blue-green rollout before its switch
 // ready ones (they are not admitted until then).
@@ -88,6 +99,9 @@ func canaryPromote(f *state.DesiredFleet, rs reconcile.RolloutStatus, now time.T
 // rollout, nil when none.
 func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Time) *state.RolloutStep {
 	r := f.Rollout
+	if r != nil && r.Paused && !r.PausedUntil.IsZero() && !now.Before(r.PausedUntil) && f.Revert == nil {
+		return &state.RolloutStep{Step: state.StepResume, Of: r.Version, Detail: "checkpoint_pause over"}
+	}
 	if r == nil || r.Paused || f.Revert != nil || st.Rollout.Version != r.Version {
 		return nil
 	}
@@ -109,6 +123,9 @@ func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Tim
 		return step(state.StepPause, why) // inconclusive: a human decides
 	case rs.Canary > 0 && rs.Available >= rs.Canary && passed && canaryPromote(f, rs, now):
 		return step(state.StepPromote, fmt.Sprintf("%d canaries available for promote_after %s", rs.Available, f.Spec.Rollout.Canary.PromoteAfter))
+	case checkpointReached(f, rs, size):
+		cp := f.Spec.Rollout.Checkpoints[r.Checkpoints]
+		return step(state.StepCheckpoint, fmt.Sprintf("%d of %d instances run it (checkpoint %s)", rs.Available, size, cp))
 	case rs.BlueGreen && !r.Switched && rs.Ready >= size && passed:
 		return step(state.StepSwitch, fmt.Sprintf("%d instances of version %d ready for min_ready", rs.Ready, r.Version))
 	case r.CompletedAt.IsZero() && now.Sub(r.LastProgressAt) > f.Spec.Rollout.Deadline():

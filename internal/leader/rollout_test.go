@@ -30,6 +30,18 @@ func TestRolloutStepOf(t *testing.T) {
 	canaryStatus := func(avail int, ready time.Time) reconcile.FleetStatus {
 		return reconcile.FleetStatus{Rollout: reconcile.RolloutStatus{Version: 2, Available: avail, Outdated: 2, Canary: 1, ReadySince: ready}}
 	}
+	checkpointed := func(r *state.RolloutState) *state.DesiredFleet {
+		f := fleet(r, 0)
+		f.Spec.Size = 4
+		f.Spec.Rollout.Checkpoints = []quantity.Q{quantity.Percent(50)}
+		f.Spec.Rollout.ProgressDeadline = time.Hour
+		return f
+	}
+	timedPause := func(until time.Time) *state.RolloutState {
+		r := rolling()
+		r.Paused, r.PausedUntil, r.Checkpoints = true, until, 1
+		return r
+	}
 	completed := rolling()
 	completed.CompletedAt = t0
 	paused := rolling()
@@ -53,6 +65,10 @@ func TestRolloutStepOf(t *testing.T) {
 		{"canaries available for promote_after: promote", canary(rolling(), time.Minute), canaryStatus(1, t0), t0.Add(time.Minute), state.StepPromote},
 		{"canaries not available long enough", canary(rolling(), time.Minute), canaryStatus(1, t0), t0.Add(59 * time.Second), ""},
 		{"manual promotion only", canary(rolling(), 0), canaryStatus(1, t0), t0.Add(time.Hour), state.StepFailed},
+		{"a checkpoint reached pauses", checkpointed(rolling()), status(2, 2), t0.Add(time.Second), state.StepCheckpoint},
+		{"below the checkpoint: progress", checkpointed(rolling()), status(1, 3), t0.Add(time.Second), ""},
+		{"a timed checkpoint's pause ends by itself", checkpointed(timedPause(t0.Add(time.Minute))), status(2, 2), t0.Add(time.Minute), state.StepResume},
+		{"a timed checkpoint's pause holds until then", checkpointed(timedPause(t0.Add(time.Minute))), status(2, 2), t0.Add(59 * time.Second), ""},
 		{"a status of another version is ignored", fleet(rolling(), 0), reconcile.FleetStatus{Rollout: reconcile.RolloutStatus{Version: 1, Failing: []string{"x"}}}, t0, ""},
 	}
 	for _, tc := range cases {

@@ -73,9 +73,13 @@ type RolloutState struct {
 	// SwitchedAt); the old set is drained and kept until stable.
 	Switched   bool      `json:"switched,omitempty"`
 	SwitchedAt time.Time `json:"switched_at,omitzero"`
-	// Paused: no outdated instance is replaced (healing goes on).
-	Paused      bool   `json:"paused,omitempty"`
-	PauseReason string `json:"pause_reason,omitempty"`
+	// Paused: no outdated instance is replaced (healing goes on); a
+	// timed checkpoint's pause ends by itself at PausedUntil.
+	Paused      bool      `json:"paused,omitempty"`
+	PauseReason string    `json:"pause_reason,omitempty"`
+	PausedUntil time.Time `json:"paused_until,omitzero"`
+	// Checkpoints counts the rollout's checkpoints reached.
+	Checkpoints int `json:"checkpoints,omitempty"`
 	// Analysis tallies each metric's measurements (by metric name);
 	// MeasuredAt is when the last measurement was taken.
 	Analysis   map[string]analysis.Tally `json:"analysis,omitempty"`
@@ -220,6 +224,8 @@ const (
 	StepPromote  = "promote"
 	StepMeasure  = "measure"
 	StepSwitch   = "switch"
+	// StepCheckpoint: the rollout reached its next checkpoint and pauses.
+	StepCheckpoint = "checkpoint"
 )
 
 // Rollout failure policies (RolloutSpec.OnFailure).
@@ -278,6 +284,8 @@ func (s *State) rolloutStep(c *RolloutStep) Result {
 		err = s.promote(&nf, c)
 	case StepSwitch:
 		err = s.switchTraffic(&nf, c)
+	case StepCheckpoint:
+		err = s.checkpoint(&nf, c)
 	default:
 		err = fmt.Sprintf("unknown rollout step %q", c.Step)
 	}
@@ -374,6 +382,19 @@ func (s *State) pauseRollout(f *DesiredFleet, c *RolloutStep) string {
 	case f.Revert == nil && (f.Rollout == nil || !f.Rollout.Paused):
 		return "no rollout is paused and no revert is in force"
 	}
+	if r := f.Rollout; f.Revert == nil && r.Version == cur.N && cur.Outcome != VersionFailed {
+		// A pause (an operator's, a checkpoint's, an inconclusive
+		// analysis's) ends where the rollout stood, with a fresh deadline
+		// and fresh measurements.
+		r.Paused, r.PauseReason, r.PausedUntil, r.LastProgressAt = false, "", time.Time{}, c.At
+		r.Analysis, r.MeasuredAt = nil, time.Time{}
+		reason := "operator"
+		if c.By == "" && c.Of != 0 {
+			reason = "checkpoint_pause" // the leader's, at the end of a timed checkpoint
+		}
+		s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionRolloutResumed, Reason: reason, Node: c.Node, Evidence: byWhom(c, fmt.Sprintf("version %d", cur.N))})
+		return ""
+	}
 	if f.Revert != nil {
 		s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionRevertEnded, Reason: "operator", Node: c.Node,
 			Evidence: byWhom(c, fmt.Sprintf("the fleet rolls to its file's version %d again", cur.N))})
@@ -427,6 +448,27 @@ func (s *State) revert(f *DesiredFleet, c *RolloutStep) string {
 	f.Revert = &Revert{To: to, From: cur.N, Reason: reason, By: c.By, At: c.At}
 	s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionReverted, Reason: c.Step, Node: c.Node,
 		Evidence: byWhom(c, fmt.Sprintf("back to version %d from %d", to, from), reason)})
+	return ""
+}
+
+// checkpoint pauses a rollout at its next checkpoint: for the fleet's
+// checkpoint_pause, or until an operator resumes it.
+func (s *State) checkpoint(f *DesiredFleet, c *RolloutStep) string {
+	r, cps := f.Rollout, f.Spec.Rollout.Checkpoints
+	if r == nil || r.Version != c.Of || f.Revert != nil || r.Paused || r.Checkpoints >= len(cps) {
+		return "" // stale
+	}
+	cp := cps[r.Checkpoints]
+	r.Checkpoints++
+	r.Paused, r.PauseReason = true, "checkpoint "+cp.String()+": "+c.Detail
+	ev := []string{fmt.Sprintf("version %d: %s", r.Version, c.Detail)}
+	if p := f.Spec.Rollout.CheckpointPause; p > 0 {
+		r.PausedUntil = c.At.Add(p)
+		ev = append(ev, "resumes by itself at "+r.PausedUntil.UTC().Format(time.RFC3339))
+	} else {
+		ev = append(ev, "resumes with `immutd rollout resume "+f.Spec.Name+"`")
+	}
+	s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionRolloutPaused, Reason: "checkpoint", Node: c.Node, Evidence: ev})
 	return ""
 }
 

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"pgregory.net/rapid"
+
+	"github.com/immutd/immutd/internal/quantity"
 )
 
 // rolled commits the fleet at digest, records its version and, with
@@ -188,4 +190,25 @@ func TestRevertNeverGoesToAnUnstableVersion(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestCheckpointsPauseAndResumeInPlace(t *testing.T) {
+	s := New()
+	rolled(t, s, "d1", "", true)
+	f := fleet("web", 4, "d2")
+	f.Spec.Rollout.Checkpoints = []quantity.Q{quantity.Percent(25), quantity.Percent(50)}
+	f.Spec.Rollout.CheckpointPause = time.Minute
+	mustApply(t, s, &SetDesired{BaseGeneration: s.Generation, Fleets: []*DesiredFleet{f}, At: t0})
+	mustApply(t, s, &RecordVersion{Fleet: "web", ImageDigest: "d2", TemplateHash: "t1", At: t0})
+	mustApply(t, s, &RolloutStep{Fleet: "web", Step: StepProgress, Of: 2, Available: 1, At: t0})
+	mustApply(t, s, &RolloutStep{Fleet: "web", Step: StepCheckpoint, Of: 2, Detail: "1 of 4", At: t0})
+	r := s.Fleets["web"].Rollout
+	if !r.Paused || r.Checkpoints != 1 || !r.PausedUntil.Equal(t0.Add(time.Minute)) || !strings.Contains(r.PauseReason, "checkpoint 25%") {
+		t.Fatalf("at the checkpoint: %+v", r)
+	}
+	mustApply(t, s, &RolloutStep{Fleet: "web", Step: StepResume, Of: 2, At: t0.Add(time.Minute)})
+	r = s.Fleets["web"].Rollout
+	if r.Paused || r.Checkpoints != 1 || r.Available != 1 || !r.LastProgressAt.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("resumed in place: %+v", r)
+	}
 }

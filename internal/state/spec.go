@@ -252,6 +252,10 @@ type RolloutSpec struct {
 	// BlueGreen is the blue-green strategy: a whole new set, traffic
 	// switched to it in one step, the old set kept drained for the bake.
 	BlueGreen bool `json:"blue_green,omitempty"`
+	// Checkpoints are shares of the fleet on the new version at which the
+	// rollout pauses: for CheckpointPause, or (zero) until resumed.
+	Checkpoints     []quantity.Q  `json:"checkpoints,omitempty"`
+	CheckpointPause time.Duration `json:"checkpoint_pause,omitempty"`
 }
 
 // AnalysisSpec is a rollout's metric analysis (see config.Analysis).
@@ -315,7 +319,7 @@ func (r *RolloutSpec) Deadline() time.Duration {
 // Set says whether the spec sets a rollout policy releases before them
 // did not know.
 func (r *RolloutSpec) Set() bool {
-	return r.ProgressDeadline != 0 || r.Bake != 0 || r.OnFailure != "" || r.Canary != nil || r.Analysis != nil || r.BlueGreen
+	return r.ProgressDeadline != 0 || r.Bake != 0 || r.OnFailure != "" || r.Canary != nil || r.Analysis != nil || r.BlueGreen || len(r.Checkpoints) > 0
 }
 
 // Orphan policies (DriftSpec.Orphans).
@@ -392,6 +396,7 @@ func rolloutOf(r *config.Rollout) RolloutSpec {
 		s.Canary = &CanarySpec{Count: r.Canary, PromoteAfter: r.PromoteAfter}
 	}
 	s.BlueGreen = r.Strategy == config.StrategyBlueGreen
+	s.Checkpoints, s.CheckpointPause = slices.Clone(r.Checkpoints), r.CheckpointPause
 	if a := r.Analysis; a != nil {
 		s.Analysis = &AnalysisSpec{Prometheus: a.Prometheus, Interval: a.Interval}
 		for _, m := range a.Metrics {

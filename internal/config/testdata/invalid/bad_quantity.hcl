@@ -16,5 +16,6 @@ fleet "web" {
     auto_revert       = true
     bake              = "8d"
     canary            = 2
+    checkpoints       = ["50%", "25%", "100%"]
   }
 }

@@ -49,6 +49,8 @@ fleet "worker" {
     strategy          = "canary"
     canary            = "50%"
     promote_after     = "30s"
+    checkpoints       = ["50%", "75%"]
+    checkpoint_pause  = "1m"
     analysis {
       prometheus = "http://127.0.0.1:9090"
       interval   = "5s"
