@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -183,6 +184,25 @@ func TestAnalysisAbortsACanaryWhoseErrorsRise(t *testing.T) {
 			}
 		}
 		return canary.ID != "", describe(f)
+	})
+	// The target file marks the canary as one.
+	e.waitFor("the canary labelled in the target file", 30*time.Second, func() (bool, string) {
+		raw, err := os.ReadFile(targets)
+		if err != nil {
+			return false, err.Error()
+		}
+		var groups []struct {
+			Labels map[string]string `json:"labels"`
+		}
+		if err := json.Unmarshal(raw, &groups); err != nil {
+			return false, err.Error()
+		}
+		for _, g := range groups {
+			if g.Labels["immutd_instance"] == canary.ID {
+				return g.Labels["canary"] == "true", fmt.Sprint(g.Labels)
+			}
+		}
+		return false, string(raw)
 	})
 	// Requests to the canary: its errors are what the analysis sees. The
 	// loop is bounded and ends with the test.

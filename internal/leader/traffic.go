@@ -91,7 +91,7 @@ func (t *Term) syncTraffic(ctx context.Context, v view, judged map[string]Judgem
 		for id, r := range v.records {
 			if r.Fleet == name && r.Admitted && !draining[id] {
 				admitted = append(admitted, traffic.Member{Fleet: name, InstanceID: id, Address: r.Address, ImageDigest: r.ImageDigest,
-					Version: r.Image, Healthy: judged[id].Health == reconcile.Healthy})
+					Version: r.Image, Healthy: judged[id].Health == reconcile.Healthy, Canary: reconcile.IsCanary(d, r.ImageDigest, r.TemplateHash)})
 			}
 		}
 		sort.Slice(admitted, func(i, j int) bool { return admitted[i].InstanceID < admitted[j].InstanceID })

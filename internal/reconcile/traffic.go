@@ -36,7 +36,15 @@ const (
 // memberOf is the instance of an intent as backends see it.
 func memberOf(it *state.Intent, d *state.DesiredFleet, healthy bool) traffic.Member {
 	return traffic.Member{Fleet: it.Fleet, InstanceID: it.InstanceID, Address: it.Address, ImageDigest: it.ImageDigest,
-		Version: it.Image, Healthy: healthy}
+		Version: it.Image, Healthy: healthy, Canary: IsCanary(d, it.ImageDigest, "")}
+}
+
+// IsCanary says whether an instance of this image digest and launch
+// template ("": not known, the digest decides) is a canary of the
+// fleet's canary rollout in progress.
+func IsCanary(d *state.DesiredFleet, digest, template string) bool {
+	t := d.Target()
+	return canaries(d) > 0 && digest == t.ImageDigest && (template == "" || template == t.TemplateHash)
 }
 
 // backendsOf returns the fleet's backends; an error fails the step.

@@ -24,6 +24,10 @@ type Member struct {
 	// Healthy is immutd's quorum verdict for the instance. Backends that
 	// carry a health signal (Consul's TTL check) follow it; others ignore it.
 	Healthy bool
+	// Canary: a canary of a canary rollout not promoted yet. Backends
+	// that carry tags or labels mark it (Consul: tag "canary"; file_sd:
+	// label canary="true"); the mark goes with the promotion.
+	Canary bool
 }
 
 // Backend is one load balancer, catalog or file that traffic to a fleet's

@@ -95,12 +95,25 @@ func (b *Backend) registration(m traffic.Member) (*api.AgentServiceRegistration,
 	return &api.AgentServiceRegistration{
 		ID:      serviceID(m.Fleet, m.InstanceID),
 		Name:    b.cfg.Service,
-		Tags:    slices.Clone(b.cfg.Tags),
+		Tags:    tagsOf(b.cfg.Tags, m.Canary),
 		Address: host,
 		Port:    port,
 		Meta:    meta,
 		Check:   check,
 	}, nil
+}
+
+// CanaryTag marks a canary's registration.
+const CanaryTag = "canary"
+
+// tagsOf is a registration's tags: the configured ones, and for a canary
+// the canary tag.
+func tagsOf(tags []string, canary bool) []string {
+	out := slices.Clone(tags)
+	if canary && !slices.Contains(out, CanaryTag) {
+		out = append(out, CanaryTag)
+	}
+	return out
 }
 
 // checkNotes describes the check's definition; the agent reports Notes

@@ -414,3 +414,31 @@ func TestDiffers(t *testing.T) {
 		t.Errorf("missing: %q", got)
 	}
 }
+
+func TestCanaryRegistrationIsTagged(t *testing.T) {
+	b, err := New(Config{Address: "127.0.0.1:8500", Service: "web", Tags: []string{"http"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	m := testMember()
+	m.Canary = true
+	canary, err := b.registration(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Canary = false
+	promoted, err := b.registration(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(canary.Tags, []string{"http", CanaryTag}) || !slices.Equal(promoted.Tags, []string{"http"}) {
+		t.Fatalf("tags: canary %v, promoted %v", canary.Tags, promoted.Tags)
+	}
+	// Registered as a canary, the promoted registration differs: Sync
+	// registers it again, without the tag.
+	cur := &api.AgentService{ID: canary.ID, Service: canary.Name, Address: canary.Address, Port: canary.Port, Tags: canary.Tags, Meta: canary.Meta}
+	if why := differs(promoted, cur, nil); why != "tags_changed" {
+		t.Fatalf("a promoted canary's registration differs by %q, want tags_changed", why)
+	}
+}

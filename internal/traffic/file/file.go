@@ -33,6 +33,8 @@ const (
 	LabelInstance = "immutd_instance"
 	LabelVersion  = "version"
 	LabelDigest   = "image_digest"
+	// LabelCanary is "true" on a canary of a canary rollout not promoted.
+	LabelCanary = "canary"
 )
 
 // group is one file_sd target group.
@@ -139,7 +141,7 @@ func equal(a, b map[string]traffic.Member) bool {
 	}
 	for id, m := range a {
 		o, ok := b[id]
-		if !ok || o.Address != m.Address || o.ImageDigest != m.ImageDigest || o.Version != m.Version {
+		if !ok || o.Address != m.Address || o.ImageDigest != m.ImageDigest || o.Version != m.Version || o.Canary != m.Canary {
 			return false
 		}
 	}
@@ -176,7 +178,8 @@ func (b *Backend) load() {
 		if id == "" || g.Labels[LabelFleet] != b.fleet || len(g.Targets) != 1 {
 			continue
 		}
-		b.members[id] = traffic.Member{Fleet: b.fleet, InstanceID: id, Address: g.Targets[0], ImageDigest: g.Labels[LabelDigest], Version: g.Labels[LabelVersion]}
+		b.members[id] = traffic.Member{Fleet: b.fleet, InstanceID: id, Address: g.Targets[0], ImageDigest: g.Labels[LabelDigest], Version: g.Labels[LabelVersion],
+			Canary: g.Labels[LabelCanary] == "true"}
 	}
 }
 
@@ -190,8 +193,11 @@ func (b *Backend) write(ms map[string]traffic.Member) error {
 	groups := make([]group, 0, len(ids))
 	for _, id := range ids {
 		m := ms[id]
-		groups = append(groups, group{Targets: []string{m.Address}, Labels: map[string]string{
-			LabelFleet: b.fleet, LabelInstance: id, LabelVersion: m.Version, LabelDigest: m.ImageDigest}})
+		labels := map[string]string{LabelFleet: b.fleet, LabelInstance: id, LabelVersion: m.Version, LabelDigest: m.ImageDigest}
+		if m.Canary {
+			labels[LabelCanary] = "true"
+		}
+		groups = append(groups, group{Targets: []string{m.Address}, Labels: labels})
 	}
 	data, err := json.MarshalIndent(groups, "", "  ")
 	if err != nil {

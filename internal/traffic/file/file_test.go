@@ -130,3 +130,27 @@ func TestRelativePathIsRefused(t *testing.T) {
 		t.Fatal("relative path accepted")
 	}
 }
+
+func TestCanaryIsLabelledUntilPromoted(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "web.json")
+	b, err := New("targets", path, "web", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := traffic.Member{Fleet: "web", InstanceID: "web-n", Address: "127.0.0.1:9009", ImageDigest: "sha256:2", Version: "v2", Canary: true}
+	if err := b.Admit(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, path)[0].Labels[LabelCanary]; got != "true" {
+		t.Fatalf("canary label %q", got)
+	}
+	// Promoted: the next sync drops the label.
+	m.Canary = false
+	if err := b.Sync(ctx, []traffic.Member{m}, func(string) bool { return true }); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := read(t, path)[0].Labels[LabelCanary]; ok {
+		t.Fatalf("canary label kept after the promotion: %v", read(t, path)[0].Labels)
+	}
+}
