@@ -53,6 +53,12 @@ func (t *Term) trackRollouts(ctx context.Context, v view, plan reconcile.Result,
 			t.logStep(rs, res)
 		}
 	}
+	if len(cmds) > 0 {
+		// A new version, a failure's revert or pause, a promotion, a
+		// switch or a checkpoint changes what the next plan does: plan it
+		// now rather than at the next interval.
+		t.cfg.Notify()
+	}
 }
 
 func (t *Term) logStep(c *state.RolloutStep, res state.Result) {
