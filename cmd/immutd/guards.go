@@ -91,27 +91,35 @@ func defaultBy() string {
 }
 
 // setupPlan is `immutd plan [FLEET]`.
-func setupPlan(fs *flag.FlagSet) runFunc {
-	cf := addClientFlags(fs)
-	asJSON := fs.Bool("json", false, "print the plan as JSON")
-	return func(ctx context.Context, w streams, args []string) error {
-		fleet := ""
-		if len(args) > 0 {
-			fleet = args[0]
+var setupPlan = setupFleetRead("the plan", (*remote).plan, renderPlan)
+
+func (r *remote) plan(ctx context.Context, fleet string) (api.Plan, error) { return r.Plan(ctx, fleet) }
+
+// setupFleetRead is a read of the agent about one fleet (the FLEET
+// argument) or all, printed by render or, with -json, as JSON.
+func setupFleetRead[T any](what string, fetch func(*remote, context.Context, string) (T, error), render func(io.Writer, T, time.Time)) func(*flag.FlagSet) runFunc {
+	return func(fs *flag.FlagSet) runFunc {
+		cf := addClientFlags(fs)
+		asJSON := fs.Bool("json", false, "print "+what+" as JSON")
+		return func(ctx context.Context, w streams, args []string) error {
+			fleet := ""
+			if len(args) > 0 {
+				fleet = args[0]
+			}
+			r, err := cf.connect()
+			if err != nil {
+				return err
+			}
+			v, err := fetch(r, ctx, fleet)
+			if err != nil {
+				return r.explain(err)
+			}
+			if *asJSON {
+				return writeIndented(w.out, v)
+			}
+			render(w.out, v, time.Now())
+			return nil
 		}
-		r, err := cf.connect()
-		if err != nil {
-			return err
-		}
-		p, err := r.Plan(ctx, fleet)
-		if err != nil {
-			return r.explain(err)
-		}
-		if *asJSON {
-			return writeIndented(w.out, p)
-		}
-		renderPlan(w.out, p, time.Now())
-		return nil
 	}
 }
 

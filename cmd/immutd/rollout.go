@@ -15,32 +15,18 @@ import (
 )
 
 // setupRolloutStatus is `immutd rollout status [FLEET]`.
-func setupRolloutStatus(fs *flag.FlagSet) runFunc {
-	cf := addClientFlags(fs)
-	asJSON := fs.Bool("json", false, "print the rollouts as JSON")
-	return func(ctx context.Context, w streams, args []string) error {
-		fleet := ""
-		if len(args) > 0 {
-			fleet = args[0]
+var setupRolloutStatus = setupFleetRead("the rollouts", (*remote).rollouts, renderRollouts)
+
+func (r *remote) rollouts(ctx context.Context, fleet string) ([]api.Rollout, error) {
+	return r.Rollouts(ctx, fleet)
+}
+
+func renderRollouts(w io.Writer, rs []api.Rollout, now time.Time) {
+	for i, ro := range rs {
+		if i > 0 {
+			fmt.Fprintln(w)
 		}
-		r, err := cf.connect()
-		if err != nil {
-			return err
-		}
-		rs, err := r.Rollouts(ctx, fleet)
-		if err != nil {
-			return r.explain(err)
-		}
-		if *asJSON {
-			return writeIndented(w.out, rs)
-		}
-		for i, ro := range rs {
-			if i > 0 {
-				fmt.Fprintln(w.out)
-			}
-			renderRollout(w.out, ro, time.Now())
-		}
-		return nil
+		renderRollout(w, ro, now)
 	}
 }
 

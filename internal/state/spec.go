@@ -206,27 +206,19 @@ func (r RemediationSpec) Effective() RemediationSpec {
 	if !r.SecondaryRate.Set() {
 		r.SecondaryRate = config.DefaultSecondaryRate
 	}
-	if r.UnhealthyThreshold == nil {
-		q := config.DefaultUnhealthyShare
-		r.UnhealthyThreshold = &q
-	}
-	if r.StormCooldown == nil {
-		d := config.DefaultStormCooldown
-		r.StormCooldown = &d
-	}
-	if r.FlapThreshold == nil {
-		n := config.DefaultFlapThreshold
-		r.FlapThreshold = &n
-	}
-	if r.FlapWindow == nil {
-		d := config.DefaultFlapWindow
-		r.FlapWindow = &d
-	}
-	if r.MaxLaunchFailures == nil {
-		n := config.DefaultMaxLaunchFailures
-		r.MaxLaunchFailures = &n
-	}
+	defaultTo(&r.UnhealthyThreshold, config.DefaultUnhealthyShare)
+	defaultTo(&r.StormCooldown, config.DefaultStormCooldown)
+	defaultTo(&r.FlapThreshold, config.DefaultFlapThreshold)
+	defaultTo(&r.FlapWindow, config.DefaultFlapWindow)
+	defaultTo(&r.MaxLaunchFailures, config.DefaultMaxLaunchFailures)
 	return r
+}
+
+// defaultTo points an unset setting at its default.
+func defaultTo[T any](p **T, v T) {
+	if *p == nil {
+		*p = &v
+	}
 }
 
 // RolloutSpec bounds replacement when the desired image or template
