@@ -174,6 +174,15 @@ version, or with immutd rollout resume.`,
 		setup: setupRolloutStep("revert"),
 	},
 	{
+		name: "rollout confirm", args: "FLEET", minArgs: 1, maxArgs: 1,
+		summary: "confirm a revert in force: keep it, and stop reporting it as a divergence",
+		about: `Confirm the revert in force of FLEET: it goes on (until the fleet file
+names another version, or immutd rollout resume), and it is no longer
+reported as an unacknowledged divergence (immutd_fleet_reverted drops to
+0, status says who confirmed it).`,
+		setup: setupRolloutStep("confirm"),
+	},
+	{
 		name: "plan", args: "[FLEET]", maxArgs: 1,
 		summary: "dry run: what the leader would do now, and what holds the rest back",
 		about: `Ask the leader to plan on the state as it is and on what its last pass

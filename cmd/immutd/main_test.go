@@ -54,6 +54,7 @@ var synopses = map[string]string{
 	"rollout resume":  "usage: immutd rollout resume FLEET [flags]",
 	"rollout abort":   "usage: immutd rollout abort FLEET [flags]",
 	"rollout promote": "usage: immutd rollout promote FLEET [flags]",
+	"rollout confirm": "usage: immutd rollout confirm FLEET [flags]",
 	"rollout revert":  "usage: immutd rollout revert FLEET [VERSION] [flags]",
 	"explain":         "usage: immutd explain INSTANCE [flags]",
 	"pause":           "usage: immutd pause REASON... [flags]",

@@ -102,6 +102,7 @@ func setupRolloutStep(step string) func(fs *flag.FlagSet) runFunc {
 				"resume":  "rollout resumed: %s rolls to its file's version",
 				"abort":   "rollout aborted: %s goes back to its last stable version",
 				"revert":  "reverted: %s goes back to the version asked for; `immutd rollout status` shows the divergence from the file",
+				"confirm": "revert of %s confirmed: it goes on until the fleet file names another version",
 			}[step]
 			fmt.Fprintf(w.out, msg+"\n", clean(args[0]))
 			return nil

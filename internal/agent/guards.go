@@ -277,8 +277,8 @@ func (a *Agent) RolloutStep(ctx context.Context, fleet string, req api.RolloutRe
 	switch {
 	case checkFleetName(fleet) != nil:
 		return fmt.Errorf("%v: %w", checkFleetName(fleet), api.ErrBadRequest)
-	case !slices.Contains([]string{state.StepPause, state.StepResume, state.StepAbort, state.StepRevert, state.StepPromote}, req.Step):
-		return fmt.Errorf("step %.40q is not pause, resume, promote, abort or revert: %w", req.Step, api.ErrBadRequest)
+	case !slices.Contains([]string{state.StepPause, state.StepResume, state.StepAbort, state.StepRevert, state.StepPromote, state.StepConfirm}, req.Step):
+		return fmt.Errorf("step %.40q is not pause, resume, promote, abort, revert or confirm: %w", req.Step, api.ErrBadRequest)
 	case req.To < 0 || req.To > 1<<30 || req.To != 0 && req.Step != state.StepRevert:
 		return fmt.Errorf("only a revert names a version, and a version is a positive number: %w", api.ErrBadRequest)
 	case len(req.Reason) > state.MaxPauseReason || !printable(req.Reason) || len(req.By) > maxNodeNameLen || !printable(req.By):

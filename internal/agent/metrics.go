@@ -133,7 +133,7 @@ func newMetrics() *metrics {
 	m.quarantineMax = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_quarantine_max",
 		Help: "The most instances of the fleet its remediation.quarantine keeps at once (0: no quarantine); immutd_fleet_instances{state=\"quarantined\"} counts them (leader only)."}, []string{"fleet"})
 	m.reverted = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_fleet_reverted",
-		Help: "1 while a revert makes the fleet run another version than its file's (from the replicated state)."}, []string{"fleet"})
+		Help: "1 while a revert no operator confirmed makes the fleet run another version than its file's (from the replicated state)."}, []string{"fleet"})
 	m.rolloutPaused = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "immutd_rollout_paused",
 		Help: "1 while the fleet's rollout is paused, by an operator or because it failed (from the replicated state)."}, []string{"fleet"})
 	reg.MustRegister(m.clusterStorm, m.pauses, m.quarantineMax, m.reverted, m.rolloutPaused)

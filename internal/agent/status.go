@@ -35,7 +35,7 @@ func (a *Agent) publishDesired() {
 		}
 		for name, f := range st.Fleets {
 			sizes[name] = f.Spec.Size
-			a.m.reverted.WithLabelValues(name).Set(boolGauge(f.Revert != nil))
+			a.m.reverted.WithLabelValues(name).Set(boolGauge(f.Revert != nil && f.Revert.ConfirmedBy == ""))
 			a.m.rolloutPaused.WithLabelValues(name).Set(boolGauge(f.Rollout != nil && f.Rollout.Paused))
 			if f.Draining {
 				sizes[name] = 0

@@ -124,6 +124,10 @@ func RolloutOf(d *state.DesiredFleet) Rollout {
 // DivergenceOf says how a reverted fleet differs from its file, and the
 // two ways it ends.
 func DivergenceOf(fleet string, rv *state.Revert) string {
-	return fmt.Sprintf("runs version %d instead of its file's version %d (reverted at %s: %s); the file stays the source of truth: edit it (to version %d's image, or a fixed one) to end the revert, or `immutd rollout resume %s` to roll to version %d again",
+	s := fmt.Sprintf("runs version %d instead of its file's version %d (reverted at %s: %s); the file stays the source of truth: edit it (to version %d's image, or a fixed one) to end the revert, or `immutd rollout resume %s` to roll to version %d again",
 		rv.To, rv.From, rv.At.UTC().Format(time.RFC3339), rv.Reason, rv.To, fleet, rv.From)
+	if rv.ConfirmedBy != "" {
+		return s + fmt.Sprintf("; confirmed by %s at %s", rv.ConfirmedBy, rv.ConfirmedAt.UTC().Format(time.RFC3339))
+	}
+	return s + fmt.Sprintf("; `immutd rollout confirm %s` acknowledges it", fleet)
 }

@@ -96,6 +96,10 @@ type Revert struct {
 	Reason string    `json:"reason"`
 	By     string    `json:"by,omitempty"`
 	At     time.Time `json:"at"`
+	// ConfirmedBy, ConfirmedAt: an operator confirmed the revert (it
+	// holds on; status stops calling it an unacknowledged divergence).
+	ConfirmedBy string    `json:"confirmed_by,omitempty"`
+	ConfirmedAt time.Time `json:"confirmed_at,omitzero"`
 }
 
 // Target is what the fleet's instances should be made from: its
@@ -226,6 +230,8 @@ const (
 	StepSwitch   = "switch"
 	// StepCheckpoint: the rollout reached its next checkpoint and pauses.
 	StepCheckpoint = "checkpoint"
+	// StepConfirm: an operator confirms a revert.
+	StepConfirm = "confirm"
 )
 
 // Rollout failure policies (RolloutSpec.OnFailure).
@@ -286,6 +292,8 @@ func (s *State) rolloutStep(c *RolloutStep) Result {
 		err = s.switchTraffic(&nf, c)
 	case StepCheckpoint:
 		err = s.checkpoint(&nf, c)
+	case StepConfirm:
+		err = s.confirm(&nf, c)
 	default:
 		err = fmt.Sprintf("unknown rollout step %q", c.Step)
 	}
@@ -448,6 +456,25 @@ func (s *State) revert(f *DesiredFleet, c *RolloutStep) string {
 	f.Revert = &Revert{To: to, From: cur.N, Reason: reason, By: c.By, At: c.At}
 	s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionReverted, Reason: c.Step, Node: c.Node,
 		Evidence: byWhom(c, fmt.Sprintf("back to version %d from %d", to, from), reason)})
+	return ""
+}
+
+// confirm records an operator's confirmation of a revert: the fleet goes
+// on running the reverted-to version (the rule that ends a revert is
+// unchanged), and it is no longer reported as an unacknowledged
+// divergence from the file.
+func (s *State) confirm(f *DesiredFleet, c *RolloutStep) string {
+	if f.Revert == nil {
+		return "no revert is in force"
+	}
+	rv := *f.Revert
+	rv.ConfirmedBy, rv.ConfirmedAt = c.By, c.At
+	if rv.ConfirmedBy == "" {
+		rv.ConfirmedBy = "an operator"
+	}
+	f.Revert = &rv
+	s.addEvent(Event{Time: c.At, Fleet: f.Spec.Name, Action: ActionRevertConfirmed, Reason: "operator", Node: c.Node,
+		Evidence: byWhom(c, fmt.Sprintf("runs version %d instead of the file's version %d, confirmed", rv.To, rv.From))})
 	return ""
 }
 

@@ -212,3 +212,18 @@ func TestCheckpointsPauseAndResumeInPlace(t *testing.T) {
 		t.Fatalf("resumed in place: %+v", r)
 	}
 }
+
+func TestRevertConfirmed(t *testing.T) {
+	s := New()
+	rolled(t, s, "d1", "", true)
+	rolled(t, s, "d2", "", true)
+	if r := mustApply(t, s, &RolloutStep{Fleet: "web", Step: StepConfirm, At: t0}); !strings.Contains(r.Err, "no revert") {
+		t.Fatalf("confirm without a revert: %q", r.Err)
+	}
+	mustApply(t, s, &RolloutStep{Fleet: "web", Step: StepRevert, At: t0})
+	mustApply(t, s, &RolloutStep{Fleet: "web", Step: StepConfirm, By: "ana", At: t0.Add(time.Minute)})
+	rv := s.Fleets["web"].Revert
+	if rv == nil || rv.ConfirmedBy != "ana" || !rv.ConfirmedAt.Equal(t0.Add(time.Minute)) || s.Fleets["web"].Target().ImageDigest != "d1" {
+		t.Fatalf("confirmed revert %+v", rv)
+	}
+}

@@ -234,6 +234,7 @@ const (
 	ActionRolloutResumed  EventAction = "rollout_resumed"
 	ActionRolloutPromoted EventAction = "rollout_promoted"
 	ActionRolloutSwitched EventAction = "rollout_switched"
+	ActionRevertConfirmed EventAction = "revert_confirmed"
 	ActionReverted        EventAction = "reverted"
 	ActionRevertEnded     EventAction = "revert_ended"
 )
