@@ -279,3 +279,74 @@ func TestCheckpointPausesARollout(t *testing.T) {
 		}
 	}
 }
+
+// TestRolloutControlsSurviveFailover: a canary rollout waiting for a
+// manual promotion, and an operator's pause of another fleet, are in raft:
+// the leader is killed -9, the new one keeps the canary waiting (nothing
+// promoted, the old instances untouched) and the pause in force; an
+// operator's promote through a surviving agent then finishes the rollout.
+func TestRolloutControlsSurviveFailover(t *testing.T) {
+	c := newCluster(t, 3, "")
+	policy := "  rollout {\n    strategy = \"canary\"\n    canary = 1\n    progress_deadline = \"1h\"\n  }\n"
+	c.writeFleet("web.hcl", fleetFile("web", 2, "v1", policy))
+	c.start()
+	first := c.waitHealthy("web", 2)
+	old := ids(first)
+	l := c.leader()
+	e := c.agents[l]
+	e.waitEvent(0, 60*time.Second, func(ev state.Event) bool { return ev.Action == state.ActionRolloutStable })
+	c.writeFleet("web.hcl", fleetFile("web", 2, "v2", policy))
+	e.waitFor("the canary next to the old instances", 60*time.Second, func() (bool, string) {
+		f, err := e.consistentStatus()
+		if err != nil {
+			return false, err.Error()
+		}
+		fl, _ := fleetOf(f, "web")
+		healthy := 0
+		for _, in := range fl.Instances {
+			if in.State == "healthy" {
+				healthy++
+			}
+		}
+		return healthy == 3 && len(fl.Instances) == 3, describe(fl)
+	})
+	if out, code := e.cli("pause", "-fleet", "web", "maintenance"); code != 0 {
+		t.Fatalf("pause (exit %d): %s", code, out)
+	}
+	e.kill9()
+	n := c.leader(l)
+	next := c.agents[n]
+	next.waitPasses(5)
+	st, err := next.consistentStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := fleetOf(st, "web")
+	if len(st.Pauses) != 1 || blockedBy(f, "paused") == nil {
+		t.Fatalf("after the failover: pauses %+v, fleet %s", st.Pauses, describe(f))
+	}
+	for id := range old {
+		if stateOf(f, id) != "healthy" {
+			t.Fatalf("old instance %s after the failover: %s", id, describe(f))
+		}
+	}
+	if out, code := next.cli("unpause", "-all"); code != 0 {
+		t.Fatalf("unpause (exit %d): %s", code, out)
+	}
+	next.waitPasses(3)
+	for _, ev := range next.events() {
+		if ev.Action == state.ActionRolloutPromoted {
+			t.Fatalf("promoted without an operator: %+v", ev)
+		}
+	}
+	if out, code := next.cli("rollout", "promote", "web"); code != 0 {
+		t.Fatalf("promote (exit %d): %s", code, out)
+	}
+	next.waitEvent(0, 90*time.Second, func(ev state.Event) bool { return ev.Action == state.ActionRolloutComplete && ev.Fleet == "web" })
+	after := c.waitHealthy("web", 2, l)
+	for id := range ids(after) {
+		if old[id] {
+			t.Fatalf("an old instance is left after the promoted rollout: %s", describe(after))
+		}
+	}
+}
