@@ -111,39 +111,67 @@ func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Tim
 	if r == nil || r.Paused || f.Revert != nil || st.Rollout.Version != r.Version {
 		return nil
 	}
-	size := f.Spec.Size
+	ro := rolloutView{f: f, r: r, rs: st.Rollout, size: f.Spec.Size}
 	if f.Draining {
-		size = 0
+		ro.size = 0
 	}
-	rs := st.Rollout
-	step := func(s, detail string) *state.RolloutStep {
-		return &state.RolloutStep{Step: s, Of: r.Version, Available: rs.Available, Detail: detail}
+	if s, detail := ro.control(now); s != "" {
+		return ro.step(s, detail)
 	}
+	return ro.progress(now)
+}
+
+// rolloutView is what one pass decides a rollout's next step from.
+type rolloutView struct {
+	f    *state.DesiredFleet
+	r    *state.RolloutState
+	rs   reconcile.RolloutStatus
+	size int
+}
+
+func (ro rolloutView) step(s, detail string) *state.RolloutStep {
+	return &state.RolloutStep{Step: s, Of: ro.r.Version, Available: ro.rs.Available, Detail: detail}
+}
+
+// control is a step that stops or moves the rollout on: a failure (an
+// instance of the version, or the analysis), a pause (an inconclusive
+// analysis), a canary's promotion, a checkpoint, a blue-green switch.
+func (ro rolloutView) control(now time.Time) (step, detail string) {
+	f, r, rs := ro.f, ro.r, ro.rs
 	verdict, why, passed := analysisVerdict(f)
 	switch {
 	case len(rs.Failing) > 0:
-		return step(state.StepFailed, fmt.Sprintf("instance %s of version %d failed its health checks during the rollout", rs.Failing[0], r.Version))
+		return state.StepFailed, fmt.Sprintf("instance %s of version %d failed its health checks during the rollout", rs.Failing[0], r.Version)
 	case verdict == state.StepFailed:
-		return step(state.StepFailed, why)
+		return state.StepFailed, why
 	case verdict != "":
-		return step(state.StepPause, why) // inconclusive: a human decides
+		return state.StepPause, why // inconclusive: a human decides
 	case rs.Canary > 0 && rs.Available >= rs.Canary && passed && canaryPromote(f, rs, now):
-		return step(state.StepPromote, fmt.Sprintf("%d canaries available for promote_after %s", rs.Available, f.Spec.Rollout.Canary.PromoteAfter))
-	case checkpointReached(f, rs, size):
-		cp := f.Spec.Rollout.Checkpoints[r.Checkpoints]
-		return step(state.StepCheckpoint, fmt.Sprintf("%d of %d instances run it (checkpoint %s)", rs.Available, size, cp))
-	case rs.BlueGreen && !r.Switched && rs.Ready >= size && passed:
-		return step(state.StepSwitch, fmt.Sprintf("%d instances of version %d ready for min_ready", rs.Ready, r.Version))
+		return state.StepPromote, fmt.Sprintf("%d canaries available for promote_after %s", rs.Available, f.Spec.Rollout.Canary.PromoteAfter)
+	case checkpointReached(f, rs, ro.size):
+		return state.StepCheckpoint, fmt.Sprintf("%d of %d instances run it (checkpoint %s)", rs.Available, ro.size, f.Spec.Rollout.Checkpoints[r.Checkpoints])
+	case rs.BlueGreen && !r.Switched && rs.Ready >= ro.size && passed:
+		return state.StepSwitch, fmt.Sprintf("%d instances of version %d ready for min_ready", rs.Ready, r.Version)
+	}
+	return "", ""
+}
+
+// progress is a step of the rollout's course: no progress within the
+// deadline (a failure), progress, completion, stability after the bake.
+func (ro rolloutView) progress(now time.Time) *state.RolloutStep {
+	f, r, rs := ro.f, ro.r, ro.rs
+	_, _, passed := analysisVerdict(f)
+	switch {
 	case r.CompletedAt.IsZero() && now.Sub(r.LastProgressAt) > f.Spec.Rollout.Deadline():
-		return step(state.StepFailed, fmt.Sprintf("no instance of version %d became available for %s (progress_deadline)", r.Version, f.Spec.Rollout.Deadline()))
-	case r.CompletedAt.IsZero() && rs.Available >= size && (rs.Outdated == 0 || rs.BlueGreen && r.Switched && rs.OldAdmitted == 0):
-		return step(state.StepComplete, "")
+		return ro.step(state.StepFailed, fmt.Sprintf("no instance of version %d became available for %s (progress_deadline)", r.Version, f.Spec.Rollout.Deadline()))
+	case r.CompletedAt.IsZero() && rs.Available >= ro.size && (rs.Outdated == 0 || rs.BlueGreen && r.Switched && rs.OldAdmitted == 0):
+		return ro.step(state.StepComplete, "")
 	case r.CompletedAt.IsZero() && progressOf(rs) > r.Available:
-		s := step(state.StepProgress, "")
+		s := ro.step(state.StepProgress, "")
 		s.Available = progressOf(rs)
 		return s
-	case !r.CompletedAt.IsZero() && now.Sub(r.CompletedAt) >= f.Spec.Rollout.Bake && rs.Available >= size && passed:
-		return step(state.StepStable, "")
+	case !r.CompletedAt.IsZero() && now.Sub(r.CompletedAt) >= f.Spec.Rollout.Bake && rs.Available >= ro.size && passed:
+		return ro.step(state.StepStable, "")
 	}
 	return nil
 }
