@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,6 +95,9 @@ func TestBrokenCanaryAutoRevertsOldInstancesServing(t *testing.T) {
 	mark := e.lastSeq()
 	old := ids(first)
 
+	// The old instances answer requests throughout: a bounded loop asks
+	// each of them until the test ends.
+	served, failed := serveCheck(t, first.Instances)
 	v2 := fleetFile("web", 2, "v2", policy("10m"))
 	v2 = strings.Replace(v2, `stop_grace = "2s"`, "stop_grace = \"2s\"\n    args = [\"-fail-after\", \"5s\"]", 1)
 	e.writeFleet("web.hcl", v2)
@@ -127,6 +131,43 @@ func TestBrokenCanaryAutoRevertsOldInstancesServing(t *testing.T) {
 			t.Fatalf("the broken canary was promoted: %+v", ev)
 		}
 	}
+	ok, bad := served(), failed()
+	t.Logf("old instances answered %d requests during the canary and its revert, %d failed", ok, bad)
+	if bad > 0 || ok < 20 {
+		t.Fatalf("old instances: %d requests answered, %d failed", ok, bad)
+	}
+}
+
+// serveCheck sends a request to each instance every 100ms until the test
+// ends (at most 5 minutes) and counts the answers and the failures.
+func serveCheck(t *testing.T, ins []api.Instance) (served, failed func() int64) {
+	var ok, bad atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c := http.Client{Timeout: 5 * time.Second}
+		for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			for _, in := range ins {
+				resp, err := c.Get("http://" + in.Address + "/")
+				if err == nil {
+					resp.Body.Close()
+				}
+				if err != nil || resp.StatusCode != http.StatusOK {
+					bad.Add(1)
+				} else {
+					ok.Add(1)
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return ok.Load, bad.Load
 }
 
 // TestAnalysisAbortsACanaryWhoseErrorsRise: a real Prometheus scrapes the
