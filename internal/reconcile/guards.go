@@ -19,12 +19,16 @@ import (
 //     remediation.secondary_rate applies as well; a scale-down (instances
 //     beyond size + max_surge) is never held by a rate;
 //   - storms: when every running instance of a fleet fails at once (at
-//     least stormMin of them), or every fleet with running instances does,
-//     the observer is the likelier culprit: nothing is killed for its
-//     health, and after the storm remediation.storm_cooldown passes
-//     before it is again;
+//     least stormMin of them, in a fleet that wants instances), or every
+//     fleet with running instances does, the observer is the likelier
+//     culprit: nothing is killed for its health, and after the storm
+//     remediation.storm_cooldown passes before it is again;
 //   - pauses: an operator's pause holds every action of the fleet;
 //   - report: what remediation only reports is held too.
+//
+// A failing instance whose kill a storm, its cooldown, the settle window
+// (see health.go) or the rates hold keeps its slot: no replacement is
+// launched for it either (keepSlots).
 //
 // A held action is part of the plan (Result.Held), so `immutd plan` and
 // `immutd explain` can say what would happen and what prevents it.
