@@ -326,6 +326,34 @@ func (fp *fleetPlan) reportHeld() {
 	fp.block(CauseDisabled, fmt.Sprintf("remediation.report lists %s: %d instances are only reported, kept and counted toward size", strings.Join(r.Report, ", "), fp.reported))
 }
 
+// rolloutHeld holds the replacement of the outdated instances a rollout
+// keeps, with why: paused (by an operator, a checkpoint, a failure or an
+// inconclusive analysis), canaries waiting for promotion, a blue-green
+// old set kept for the switch and the bake, or a version not recorded yet.
+func (fp *fleetPlan) rolloutHeld() {
+	g, detail := fp.rolloutGuard()
+	for _, c := range fp.cls {
+		if c.outdated && c.reason == "" && c.inst.Open == nil { // one going for its health is not kept
+			fp.holdAction(Action{Kind: ActTerminate, Fleet: fp.spec.Name, InstanceID: c.inst.ID, Reason: c.keptFor, Evidence: c.keptEv, Running: true}, g, detail)
+		}
+	}
+}
+
+func (fp *fleetPlan) rolloutGuard() (Cause, string) {
+	r, rs := fp.d.Rollout, fp.st.Rollout
+	switch {
+	case r == nil:
+		return GuardRolloutPending, "the new version is recorded in this pass"
+	case r.Paused:
+		return GuardRolloutPaused, r.PauseReason
+	case rs.Canary > 0:
+		return GuardCanary, fmt.Sprintf("%d canaries run next to the old instances until the rollout is promoted", rs.Canary)
+	case rs.BlueGreen:
+		return GuardBlueGreen, "the old set is kept until the new one is switched to and stable"
+	}
+	return GuardRolloutPending, "the new version is recorded in this pass"
+}
+
 // holdAction records an action a guard holds.
 func (fp *fleetPlan) holdAction(a Action, g Cause, detail string) {
 	fp.held = append(fp.held, Held{Action: a, Guard: g, Detail: detail})

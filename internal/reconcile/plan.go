@@ -143,6 +143,13 @@ const (
 	// GuardSettling: an unhealthy instance's kill waits for the fleet's
 	// settle window (see settleWindow).
 	GuardSettling Cause = "settling"
+	// Rollout guards: an outdated instance is kept while the rollout is
+	// paused, in its canary phase, a blue-green one before it is stable,
+	// or while its new version is being recorded.
+	GuardRolloutPaused  Cause = "rollout_paused"
+	GuardCanary         Cause = "canary"
+	GuardBlueGreen      Cause = "blue_green"
+	GuardRolloutPending Cause = "rollout_pending"
 )
 
 // Causes lists every cause, for the metrics that export one series per
@@ -520,9 +527,12 @@ type class struct {
 	evidence []string
 	created  time.Time
 	// outdated: runs another version than the target, kept because the
-	// rollout is paused; reverting: runs another version than the one a
-	// revert went back to.
+	// rollout is paused (or in its canary or blue-green phase), keptFor
+	// being the replacement's reason; reverting: runs another version
+	// than the one a revert went back to.
 	outdated, reverting bool
+	keptFor             Reason
+	keptEv              []string
 	// reported: would go for its health or an in-place change, but
 	// remediation only reports it; remedy is why it would go.
 	reported bool
@@ -839,6 +849,7 @@ func (fp *fleetPlan) kills() {
 			fp.sick, maxUnhealthy, spec.Remediation.MaxUnhealthy, base))
 	}
 	fp.reportHeld()
+	fp.rolloutHeld()
 	keepMin := 0
 	if fp.gated {
 		keepMin = min(spec.Traffic.KeepMin, max(fp.size+fp.surge-1, 0))
@@ -1307,6 +1318,7 @@ func (c *class) running(d *state.DesiredFleet, st *FleetStatus, gated, orphan bo
 	// rollout replaces nothing: outdated instances keep their slots.
 	rollout, rolloutEv := rolloutOf(in.Observed, d, st)
 	if rollout != "" && d.Revert == nil && (d.Rollout != nil && (d.Rollout.Paused || st.Rollout.Canary > 0 || st.Rollout.BlueGreen) || strategyPending(d)) {
+		c.keptFor, c.keptEv = rollout, rolloutEv
 		rollout, rolloutEv, c.outdated = "", nil, true
 	}
 	remedy, remedyEv := remedyOf(in, d, st, orphan)

@@ -35,6 +35,16 @@ func TestRolloutPausedReplacesNoOutdatedInstance(t *testing.T) {
 	if st.UpToDate != 1 || st.Rollout.Outdated != 3 || st.Rollout.Available != 1 || st.Rollout.Version != 2 {
 		t.Fatalf("status %+v rollout %+v", st.UpToDate, st.Rollout)
 	}
+	// The plan says why the outdated ones stay.
+	held := 0
+	for _, h := range res.Held {
+		if h.Guard == GuardRolloutPaused && h.Reason == ReasonDriftImage {
+			held++
+		}
+	}
+	if held != 2 {
+		t.Fatalf("%d outdated instances held by the paused rollout, want 2 (a and b): %+v", held, res.Held)
+	}
 	d.Rollout.Paused = false
 	fi.Instances = fi.Instances[:3]
 	res = Plan(Input{Now: t0, Fleets: []FleetInput{fi}})
