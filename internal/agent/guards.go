@@ -95,7 +95,7 @@ func (a *Agent) planHere(fleet string) (api.Plan, error) {
 // Explain implements api.Backend: why an instance was killed, or why it
 // has not been, from the leader's dry run and status and the event log.
 func (a *Agent) Explain(ctx context.Context, id string) (api.Explanation, error) {
-	if id == "" || len(id) > maxInstanceID || strings.IndexFunc(id, func(r rune) bool { return !unicode.IsPrint(r) || r == ' ' }) >= 0 {
+	if id == "" || len(id) > maxInstanceID || !printable(id) || strings.ContainsRune(id, ' ') {
 		return api.Explanation{}, fmt.Errorf("%.80q is not an instance id: %w", id, api.ErrBadRequest)
 	}
 	ex := api.Explanation{ID: id, Planned: []reconcile.Action{}, Held: []reconcile.Held{}, Events: []state.Event{}}

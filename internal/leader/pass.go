@@ -90,7 +90,6 @@ func (t *Term) pass(ctx context.Context, now time.Time) (PassResult, error) {
 	t.recordBlocks(ctx, plan, now)
 	t.recordStorms(ctx, v, plan, now)
 	t.trackRollouts(ctx, v, plan, now)
-	t.keepPlan(plan, now)
 	t.publish(v, in, plan, started, now)
 	if err != nil {
 		return PassError, nil
@@ -281,19 +280,6 @@ type Planned struct {
 	Result reconcile.Result
 	// Observed is when the providers were listed for it.
 	Observed time.Time
-}
-
-func (t *Term) keepPlan(plan reconcile.Result, now time.Time) {
-	t.mu.Lock()
-	t.lastPlan = &Planned{At: now, Result: plan, Observed: now}
-	t.mu.Unlock()
-}
-
-// LastPlan is the plan of the last pass (nil before the first).
-func (t *Term) LastPlan() *Planned {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.lastPlan
 }
 
 // DryRun plans on the state as it is now and on what the last pass

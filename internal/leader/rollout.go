@@ -115,6 +115,7 @@ func rolloutStepOf(f *state.DesiredFleet, st reconcile.FleetStatus, now time.Tim
 	if f.Draining {
 		ro.size = 0
 	}
+	ro.verdict, ro.why, ro.passed = analysisVerdict(f)
 	if s, detail := ro.control(now); s != "" {
 		return ro.step(s, detail)
 	}
@@ -127,6 +128,9 @@ type rolloutView struct {
 	r    *state.RolloutState
 	rs   reconcile.RolloutStatus
 	size int
+	// The analysis's verdict (see analysisVerdict).
+	verdict, why string
+	passed       bool
 }
 
 func (ro rolloutView) step(s, detail string) *state.RolloutStep {
@@ -138,7 +142,7 @@ func (ro rolloutView) step(s, detail string) *state.RolloutStep {
 // analysis), a canary's promotion, a checkpoint, a blue-green switch.
 func (ro rolloutView) control(now time.Time) (step, detail string) {
 	f, r, rs := ro.f, ro.r, ro.rs
-	verdict, why, passed := analysisVerdict(f)
+	verdict, why, passed := ro.verdict, ro.why, ro.passed
 	switch {
 	case len(rs.Failing) > 0:
 		return state.StepFailed, fmt.Sprintf("instance %s of version %d failed its health checks during the rollout", rs.Failing[0], r.Version)
@@ -160,7 +164,7 @@ func (ro rolloutView) control(now time.Time) (step, detail string) {
 // deadline (a failure), progress, completion, stability after the bake.
 func (ro rolloutView) progress(now time.Time) *state.RolloutStep {
 	f, r, rs := ro.f, ro.r, ro.rs
-	_, _, passed := analysisVerdict(f)
+	passed := ro.passed
 	switch {
 	case r.CompletedAt.IsZero() && now.Sub(r.LastProgressAt) > f.Spec.Rollout.Deadline():
 		return ro.step(state.StepFailed, fmt.Sprintf("no instance of version %d became available for %s (progress_deadline)", r.Version, f.Spec.Rollout.Deadline()))

@@ -3,6 +3,7 @@ package leader
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -110,7 +111,7 @@ func (w *world) input() reconcile.Input {
 		for id := range w.st.Instances {
 			ids[id] = true
 		}
-		for _, id := range slices.Sorted(keysOf(ids)) {
+		for _, id := range slices.Sorted(maps.Keys(ids)) {
 			x := reconcile.Inst{ID: id, Open: w.st.OpenIntentFor(id), Health: w.health[id], HealthySince: w.since[id]}
 			if r := w.st.Instances[id]; r != nil {
 				rc := *r
@@ -124,16 +125,6 @@ func (w *world) input() reconcile.Input {
 		in.Fleets = append(in.Fleets, fi)
 	}
 	return in
-}
-
-func keysOf(m map[string]bool) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // act journals and completes every action of a plan at once.
@@ -184,13 +175,7 @@ func (w *world) counts() string {
 		by[strings.TrimPrefix(o.ImageDigest, "sha256:")]++
 	}
 	var out []string
-	for _, k := range slices.Sorted(keysOf(func() map[string]bool {
-		m := map[string]bool{}
-		for k := range by {
-			m[k] = true
-		}
-		return m
-	}())) {
+	for _, k := range slices.Sorted(maps.Keys(by)) {
 		out = append(out, fmt.Sprintf("%s=%d", k, by[k]))
 	}
 	return strings.Join(out, " ")

@@ -183,9 +183,8 @@ type Term struct {
 	mu          sync.Mutex
 	listBackoff map[string]*listRetry
 	judged      map[string]Judgement
-	// seen is what the last pass observed, lastPlan its plan.
-	seen     *seen
-	lastPlan *Planned
+	// seen is what the last pass observed.
+	seen *seen
 
 	// traffic is the traffic gate's view (backend sync, connections);
 	// health follows the verdicts' clocks.

@@ -102,8 +102,7 @@ func (fp *fleetPlan) stormy() bool {
 }
 
 func (fp *fleetPlan) guardsOf(in Input, cg *clusterGuard) *guards {
-	eff := fp.spec.Remediation.Effective()
-	r := &eff
+	r := &fp.rem
 	g := &guards{cluster: cg, rate: r.Rate, heldBy: map[Cause]int{}, paused: len(fp.paused) > 0}
 	if t := r.UnhealthyThreshold; t != nil && r.SecondaryRate.Set() && fp.running >= stormMin && fp.sick >= 2 &&
 		fp.sick*100 > t.Value*fp.running {

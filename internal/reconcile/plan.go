@@ -559,7 +559,9 @@ type fleetPlan struct {
 	// paused lists the pauses that hold the fleet.
 	guard  *guards
 	paused []state.Pause
-	now    time.Time
+	// rem is the remediation spec with this release's defaults filled in.
+	rem state.RemediationSpec
+	now time.Time
 	// kept are the instances a guard keeps in their slots this pass (see
 	// keepSlots): their kill is held and no replacement is made for them.
 	kept map[string]held
@@ -612,9 +614,9 @@ func tally(fi *FleetInput, now time.Time) *fleetPlan {
 		fp.st.Drifted[k] = 0
 	}
 	fp.sizeAndRollout()
-	rem := spec.Remediation.Effective()
+	fp.rem = spec.Remediation.Effective()
 	for i := range fi.Instances {
-		if c := classify(withHistory(&fi.Instances[i], &rem, now), d, &fp.st, fp.gated, now); c != nil {
+		if c := classify(withHistory(&fi.Instances[i], &fp.rem, now), d, &fp.st, fp.gated, now); c != nil {
 			fp.count(c)
 		}
 	}
@@ -718,7 +720,7 @@ func (fp *fleetPlan) wants(now time.Time) {
 		return
 	}
 	stats := fp.fi.Stats
-	if limit := *fp.spec.Remediation.Effective().MaxLaunchFailures; limit > 0 && stats.LaunchFailures >= limit {
+	if limit := *fp.rem.MaxLaunchFailures; limit > 0 && stats.LaunchFailures >= limit {
 		fp.block(CauseLaunchCapped, fmt.Sprintf("%d consecutive instances failed before becoming healthy (last: %s), remediation.max_launch_failures %d: nothing more is launched until the fleet file changes or `immutd fleet retry %s`",
 			stats.LaunchFailures, stats.LastFailureReason, limit, fp.spec.Name))
 		return
@@ -1265,7 +1267,7 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now 
 		c.quarantineOf(d, now)
 		return c
 	}
-	if !c.settled() {
+	if !c.settled(st) {
 		return c
 	}
 	c.running(d, st, gated, orphan)
@@ -1280,7 +1282,7 @@ func classify(in *Inst, d *state.DesiredFleet, st *FleetStatus, gated bool, now 
 // settled classifies an instance that has an intent in flight (an
 // admission aside), or that is gone or exited; it reports whether the
 // instance runs with nothing in flight, to be judged further.
-func (c *class) settled() bool {
+func (c *class) settled(st *FleetStatus) bool {
 	in := c.inst
 	// Intents in flight. An admission leaves the instance as it is, only
 	// not available yet and not a candidate for removal.
@@ -1290,10 +1292,10 @@ func (c *class) settled() bool {
 			c.live, c.counted = true, true
 		case state.Terminate, state.Drain:
 			// Still occupies capacity until it is really gone. A blue-green
-			// switch drains the old set to keep it (for the bake): it keeps
-			// its slot too.
+			// rollout keeps the old set (drained by the switch, for the
+			// bake): one of it being drained keeps its slot too.
 			c.live = in.Observed != nil && in.Observed.Phase == instance.Running
-			c.counted = c.live && in.Open.Kind == state.Drain && in.Open.Reason == string(ReasonSwitch)
+			c.counted = c.live && in.Open.Kind == state.Drain && st.Rollout.BlueGreen && !onTarget(in, st)
 		}
 		return false
 	}

@@ -493,7 +493,13 @@ func (s *State) noteKill(it *Intent, at time.Time) {
 	if rec := s.Instances[it.InstanceID]; it.Kind == Terminate && rec != nil && rec.Drained {
 		return
 	}
-	st := s.stats(it.Fleet)
+	s.recordKill(it.Fleet, at)
+}
+
+// recordKill logs a remediation kill's time for the fleet's and the
+// cluster's kill rates.
+func (s *State) recordKill(fleet string, at time.Time) {
+	st := s.stats(fleet)
 	st.Kills = appendBounded(st.Kills, at)
 	s.Kills = appendBounded(s.Kills, at)
 }
@@ -597,8 +603,8 @@ func (s *State) quarantine(c *Quarantine) Result {
 			continue
 		}
 		rec := s.Instances[q.InstanceID]
-		if !rec.Drained { // a drain was the kill the rates counted
-			s.noteKill(&Intent{Kind: Drain, Fleet: q.Fleet, InstanceID: q.InstanceID, Reason: q.Reason}, c.At)
+		if !rec.Drained && slices.Contains(RemediationReasons, q.Reason) { // a drain was the kill the rates counted
+			s.recordKill(q.Fleet, c.At)
 		}
 		rec.Quarantined, rec.QuarantinedAt, rec.QuarantineReason = true, c.At, q.Reason
 		res.Accepted = append(res.Accepted, q.InstanceID)
