@@ -12,7 +12,7 @@ GOFILES     := $(shell find . -name '*.go' -not -path './build/*' -not -path './
 # The go test timeout for the whole suite; make test stays well below it.
 TEST_TIMEOUT ?= 18m
 
-.PHONY: help build images docker-images run test test-short e2e integ-consul bench lint install clean
+.PHONY: help build images docker-images vm-images run test test-short e2e integ-consul bench lint install clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,13 +37,36 @@ docker-images: images ## build the sample app as docker images immutd/sampleapp:
 	DOCKER_BUILDKIT=0 docker build -q -f configs/images/sampleapp-docker/Dockerfile -t immutd/sampleapp:1 build/images/sampleapp-v1
 	DOCKER_BUILDKIT=0 docker build -q -f configs/images/sampleapp-docker/Dockerfile -t immutd/sampleapp:2 build/images/sampleapp-v2
 
+# Golden VM images of the sample app for the qemu provider (internal/vmimage):
+# a Debian kernel, busybox-static, cmd/vminit as the guest's init and the
+# sample app bundle, built offline and reproducibly (no times, owners or
+# orders of the build machine in them). .ci/ensure-vm-tools installs QEMU
+# and unpacks the kernel package into build/vm/kernel.
+VM_KERNEL   := build/vm/kernel
+VM_IMAGES   := build/vm-images/sampleapp-v1 build/vm-images/sampleapp-v2
+VM_DISK     := 1048576
+
+vm-images: $(VM_IMAGES) ## build the sample app as golden VM images (QEMU provider), v1 and v2, in build/vm-images
+
+$(VM_KERNEL)/.unpacked:
+	.ci/ensure-vm-tools $(VM_KERNEL)
+	touch $@
+
+bin/vminit: $(shell find cmd/vminit -name '*.go') go.mod go.sum
+	@mkdir -p bin
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -o $@ ./cmd/vminit
+
+build/vm-images/sampleapp-v%: build/images/sampleapp-v% bin/vminit $(VM_KERNEL)/.unpacked $(shell find internal/vmimage cmd/vmimage -name '*.go')
+	@rm -rf $@ && mkdir -p build/vm-images
+	$(GO) run ./cmd/vmimage -kernel-dir $(VM_KERNEL) -busybox /bin/busybox -init bin/vminit -bundle build/images/sampleapp-v$* -disk-size $(VM_DISK) -out $@
+
 run: build ## run a single-node agent keeping the example fleet immutable (Ctrl-C stops the agent, not the fleet)
 	@mkdir -p run/fleets.d run/data
 	@[ -f run/fleets.d/example.hcl ] || cp configs/dev/example.hcl run/fleets.d/example.hcl
 	@echo "immutd: fleet file run/fleets.d/example.hcl, API http://127.0.0.1:7979 — try: $(BIN) status (state changes: -token-file run/data/api-token)"
 	$(BIN) agent -config configs/dev/agent.hcl
 
-test: ## run every test (installs promtool and haproxy, starts Docker if needed)
+test: vm-images ## run every test (installs promtool, haproxy and QEMU, starts Docker if needed)
 	.ci/ensure-tools
 	.ci/ensure-docker
 	$(GO) vet ./...
@@ -52,7 +75,7 @@ test: ## run every test (installs promtool and haproxy, starts Docker if needed)
 test-short: ## unit tests only: no e2e suite, no Docker, promtool or systemd tools (go test -short)
 	$(GO) test -short -count=1 ./...
 
-e2e: ## the end-to-end suite only (real binary, real Docker)
+e2e: vm-images ## the end-to-end suite only (real binary, real Docker, real QEMU)
 	.ci/ensure-tools
 	.ci/ensure-docker
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./internal/e2e/
