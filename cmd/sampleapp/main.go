@@ -11,6 +11,10 @@
 //	POST /recover    make them pass again
 //	GET  /metrics    sampleapp_requests_total and sampleapp_errors_total
 //	                 (answers of 500 or above), Prometheus text format
+//	POST /write?path=P  only with -allow-writes: writes the body (at most
+//	                 1 MiB) to P, a file or a block device, and syncs it:
+//	                 a change made in place from inside the instance, for
+//	                 tests of drift on a VM
 //
 // -error-after D makes / and /slow fail after D while /healthz still
 // passes: a version broken in a way its health check does not see, which
@@ -78,6 +82,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	writeFile := fs.String("write-file", "", "(for tests) write -content to this file and exit")
 	content := fs.String("content", "", "(for tests) what -write-file writes")
+	allowWrites := fs.Bool("allow-writes", false, "(for tests) serve POST /write?path=P, which writes the body to P")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -107,6 +112,8 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		instance: getenv("IMMUTD_INSTANCE_ID"),
 		fleet:    getenv("IMMUTD_FLEET"),
 		image:    getenv("IMMUTD_IMAGE_DIGEST"),
+		writes:   *allowWrites,
+		logger:   logger,
 	}
 	if *grpcHealth {
 		app.enableGRPCHealth()
@@ -186,6 +193,8 @@ type app struct {
 	failing  atomic.Bool
 	warming  atomic.Bool // true until -ready-after has passed
 	erring   atomic.Bool // / and /slow fail, /healthz passes (-error-after)
+	writes   bool        // POST /write is served (-allow-writes)
+	logger   *log.Logger
 	// requests and errors count the answers, errors those of 500 or above.
 	requests, errors atomic.Int64
 
@@ -266,6 +275,9 @@ func (a *app) handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /metrics", a.metrics)
+	if a.writes {
+		mux.HandleFunc("POST /write", a.write)
+	}
 	counted := a.count(mux)
 	if a.grpc == nil {
 		return counted
@@ -374,4 +386,37 @@ func (a *app) healthz(w http.ResponseWriter, r *http.Request) {
 	default:
 		fmt.Fprintln(w, "ok")
 	}
+}
+
+// maxWrite bounds the body of POST /write.
+const maxWrite = 1 << 20
+
+// write writes the request body to the file or device named by ?path=.
+func (a *app) write(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Query().Get("path")
+	if path == "" {
+		http.Error(w, "path is required", http.StatusBadRequest)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWrite))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err == nil {
+		_, err = f.Write(body)
+		if serr := f.Sync(); err == nil {
+			err = serr
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	a.logger.Printf("wrote %d bytes to %s (POST /write)", len(body), path)
+	fmt.Fprintf(w, "wrote %d bytes to %s\n", len(body), path)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -296,5 +297,29 @@ func TestMetricsCountErrors(t *testing.T) {
 	m := get("/metrics")
 	if !strings.Contains(m, "sampleapp_requests_total 5\n") || !strings.Contains(m, "sampleapp_errors_total 2\n") {
 		t.Fatalf("metrics:\n%s", m)
+	}
+}
+
+func TestWriteEndpointOnlyWhenAllowed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "drift.txt")
+	closed := &app{logger: log.New(io.Discard, "", 0)}
+	rec := httptest.NewRecorder()
+	closed.handler().ServeHTTP(rec, httptest.NewRequest("POST", "/write?path="+path, strings.NewReader("x")))
+	if rec.Code == http.StatusOK {
+		t.Fatalf("POST /write without -allow-writes: %d", rec.Code)
+	}
+	open := &app{writes: true, logger: log.New(io.Discard, "", 0)}
+	rec = httptest.NewRecorder()
+	open.handler().ServeHTTP(rec, httptest.NewRequest("POST", "/write?path="+path, strings.NewReader("changed")))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("POST /write: %d %s", rec.Code, rec.Body)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "changed" {
+		t.Fatalf("file holds %q, %v", b, err)
+	}
+	rec = httptest.NewRecorder()
+	open.handler().ServeHTTP(rec, httptest.NewRequest("POST", "/write?path="+path, strings.NewReader(strings.Repeat("x", maxWrite+1))))
+	if rec.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("POST /write of more than %d bytes: %d", maxWrite, rec.Code)
 	}
 }
