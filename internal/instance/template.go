@@ -32,6 +32,17 @@ type Launch struct {
 	StopGrace time.Duration `json:"stop_grace"`
 	// Docker holds docker-only launch settings; nil for other providers.
 	Docker *DockerLaunch `json:"docker,omitempty"`
+	// QEMU holds the qemu provider's launch settings; nil for other providers.
+	QEMU *QEMULaunch `json:"qemu,omitempty"`
+}
+
+// QEMULaunch is the qemu provider's part of a launch template. Zero
+// fields mean the provider's defaults.
+type QEMULaunch struct {
+	// MemoryBytes is the VM's memory.
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	// CPUs is the VM's virtual CPUs.
+	CPUs int `json:"cpus,omitempty"`
 }
 
 // DockerLaunch is the docker provider's part of a launch template. Its
