@@ -8,6 +8,7 @@ import (
 	"github.com/immutd/immutd/internal/config"
 	"github.com/immutd/immutd/internal/provider/docker"
 	"github.com/immutd/immutd/internal/provider/local"
+	"github.com/immutd/immutd/internal/provider/qemu"
 	"github.com/immutd/immutd/internal/reconcile"
 )
 
@@ -34,5 +35,16 @@ func providerRegistry(cfg *config.Agent, log *zap.Logger) (map[string]reconcile.
 		return nil, fmt.Errorf("agent: docker provider: %w", err)
 	}
 	providers[config.ProviderDocker] = dp
+	// The qemu provider exists only when configured: New checks that the
+	// host can run QEMU, so a host that cannot fails here, at the start.
+	if q := cfg.QEMU; q.Enabled {
+		qp, err := qemu.New(qemu.Options{Dir: q.Dir, Binary: q.Binary, Accel: q.Accel, BindHost: q.BindHost,
+			BootSlots: q.BootSlots, SlotDir: q.SlotDir, BootWait: q.BootWait, Outbound: q.Outbound,
+			LogDir: q.LogDir, LogMaxSize: q.LogMaxSize, LogKeep: q.LogKeep, LogMaxAge: q.LogMaxAge, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("agent: qemu provider: %w", err)
+		}
+		providers[config.ProviderQEMU] = qp
+	}
 	return providers, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -78,7 +79,7 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 		ls.done()
 	}
 
-	var localBlock, dockerBlock *section
+	var localBlock, dockerBlock, qemuBlock *section
 	for _, b := range s.labelled("provider", "provider name") {
 		ps := s.child(b)
 		switch b.Labels[0] {
@@ -100,8 +101,14 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 			ps.str("cert_path", &a.Docker.CertPath)
 			set.tlsVerify = ps.boolean("tls_verify", &a.Docker.TLSVerify) != missing
 			ps.text("publish_host", &a.Docker.PublishHost, checkIP)
+		case providerQEMU:
+			if qemuBlock != nil {
+				d.errorf(b.TypeRange, ps.path, "duplicate provider block; the first is at %s", rangePos(qemuBlock.header))
+			}
+			qemuBlock = ps
+			decodeQEMUProvider(ps, &a.QEMU)
 		default:
-			d.errorf(b.LabelRanges[0], ps.path, "unknown provider; expected %s", orList([]string{providerLocal, providerDocker}))
+			d.errorf(b.LabelRanges[0], ps.path, "unknown provider; expected %s", orList(providerNames))
 			continue
 		}
 		ps.done()
@@ -112,6 +119,9 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 	a.FleetsDir = resolvePath(base, a.FleetsDir)
 	a.Local.Dir = resolvePath(base, a.Local.Dir)
 	a.Local.LogDir = resolvePath(base, a.Local.LogDir)
+	a.QEMU.Dir = resolvePath(base, a.QEMU.Dir)
+	a.QEMU.SlotDir = resolvePath(base, a.QEMU.SlotDir)
+	a.QEMU.LogDir = resolvePath(base, a.QEMU.LogDir)
 	a.Docker.CertPath = resolvePath(base, a.Docker.CertPath)
 	a.Cluster.TLS.CAFile = resolvePath(base, a.Cluster.TLS.CAFile)
 	a.Cluster.TLS.CertFile = resolvePath(base, a.Cluster.TLS.CertFile)
@@ -151,6 +161,23 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 			Message: fmt.Sprintf("the API on %s is reachable from other hosts over plain HTTP: the API token travels in cleartext; set api { tls_cert_file, tls_key_file }", a.HTTPAddr)})
 	}
 	return &a, nil
+}
+
+// decodeQEMUProvider decodes provider "qemu" { ... }.
+func decodeQEMUProvider(s *section, q *QEMUProvider) {
+	q.Enabled = true
+	s.text("dir", &q.Dir, checkNotEmpty)
+	s.text("binary", &q.Binary, checkNotEmpty)
+	s.oneOf("accel", &q.Accel, "auto", "kvm", "tcg")
+	s.text("bind_host", &q.BindHost, checkIP)
+	s.integer("boot_slots", 1, maxQEMUBootSlots, &q.BootSlots)
+	s.text("slot_dir", &q.SlotDir, checkNotEmpty)
+	s.duration("boot_wait", time.Second, time.Hour, &q.BootWait)
+	s.boolean("outbound", &q.Outbound)
+	s.text("log_dir", &q.LogDir, checkNotEmpty)
+	s.size("log_max_size", minQEMULogMaxSize, &q.LogMaxSize)
+	s.integer("log_keep", 1, 100000, &q.LogKeep)
+	s.duration("log_max_age", time.Minute, 10*365*24*time.Hour, &q.LogMaxAge)
 }
 
 // decodeCluster decodes the cluster block. Add new cluster settings here.

@@ -46,6 +46,7 @@ func TestAgentDefaults(t *testing.T) {
 		Limits: Limits{MaxInstances: 10000, MaxLaunchesInFlight: 16, RemediationRate: DefaultRemediationRate},
 		Local:  LocalProvider{Dir: filepath.Join(base, "data", "local"), BindHost: "127.0.0.1", LogDir: filepath.Join(base, "data", "local", "logs"), LogMaxSize: 16 << 20},
 		Docker: DockerProvider{Host: "unix:///var/run/docker.sock", PublishHost: "127.0.0.1"},
+		QEMU:   QEMUProvider{Accel: "auto", BindHost: "127.0.0.1"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("agent differs\n--- got\n%s\n--- want\n%s", dump(got), dump(want))
@@ -81,6 +82,8 @@ func TestAgentFull(t *testing.T) {
 		Local:  LocalProvider{Dir: filepath.Join(base, "local-store"), BindHost: "::1", DirSet: true, LogDir: "/var/log/immutd", LogMaxSize: 1 << 20},
 		Docker: DockerProvider{Host: "tcp://10.0.0.9:2376", CertPath: filepath.Join(base, "certs"),
 			TLSVerify: false, PublishHost: "10.0.0.5"},
+		QEMU: QEMUProvider{Enabled: true, Dir: filepath.Join(base, "vms"), Accel: "tcg", BindHost: "127.0.0.1", BootSlots: 3,
+			BootWait: 90 * time.Second, Outbound: true, LogMaxSize: 8 << 20, LogKeep: 50, LogMaxAge: 48 * time.Hour},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("agent differs\n--- got\n%s\n--- want\n%s", dump(got), dump(want))

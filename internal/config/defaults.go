@@ -140,6 +140,7 @@ func defaultAgent() Agent {
 		Limits: Limits{MaxInstances: DefaultMaxInstances, MaxLaunchesInFlight: DefaultMaxLaunchesInFlight, RemediationRate: DefaultRemediationRate},
 		Local:  LocalProvider{BindHost: DefaultLocalBindHost, LogMaxSize: DefaultLocalLogMaxSize},
 		Docker: DockerProvider{Host: DefaultDockerHost, PublishHost: DefaultDockerPublishHost},
+		QEMU:   QEMUProvider{Accel: "auto", BindHost: DefaultLocalBindHost},
 	}
 }
 
@@ -155,6 +156,9 @@ func deriveAgentDefaults(a *Agent, set agentExplicit, env agentEnv) error {
 	}
 	if a.Local.LogDir == "" && a.Local.Dir != "" {
 		a.Local.LogDir = filepath.Join(a.Local.Dir, DefaultLocalLogSubdir)
+	}
+	if a.QEMU.Enabled && a.QEMU.Dir == "" && a.DataDir != "" {
+		a.QEMU.Dir = filepath.Join(a.DataDir, DefaultQEMUSubdir)
 	}
 	a.API.TokenFileSet = set.apiToken
 	if !set.apiToken && a.DataDir != "" {
@@ -182,6 +186,21 @@ func defaultLaunch() Launch {
 
 func defaultDockerLaunch() DockerLaunch {
 	return DockerLaunch{Port: DefaultDockerPort, NetworkMode: DefaultDockerNetworkMode}
+}
+
+// QEMU defaults and bounds (they match internal/provider/qemu's).
+const (
+	DefaultQEMUSubdir = "qemu"
+	DefaultQEMUMemory = 128 << 20
+	minQEMUMemory     = 32 << 20
+	maxQEMUMemory     = 64 << 30
+	maxQEMUCPUs       = 64
+	maxQEMUBootSlots  = 64
+	minQEMULogMaxSize = 64 << 10
+)
+
+func defaultQEMULaunch() QEMULaunch {
+	return QEMULaunch{MemoryBytes: DefaultQEMUMemory, CPUs: 1}
 }
 
 func defaultCheck(kind string) Check {

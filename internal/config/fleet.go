@@ -345,14 +345,14 @@ func (d *decoder) fleet(b *hclsyntax.Block, absDir, displayDir string) *Fleet {
 	if sizeGot == missing {
 		s.required("size", fmt.Sprintf("the number of instances, from 0 to %d", maxFleetSize))
 	}
-	providerGot := s.oneOf("provider", &f.Provider, providerLocal, providerDocker)
+	providerGot := s.oneOf("provider", &f.Provider, providerNames...)
 	if providerGot == missing {
-		s.required("provider", orList([]string{providerLocal, providerDocker}))
+		s.required("provider", orList(providerNames))
 	}
 	var image string
 	switch s.text("image", &image, checkNotEmpty) {
 	case missing:
-		s.required("image", "the golden image: a bundle directory (local) or an image reference (docker)")
+		s.required("image", "the golden image: a bundle directory (local), an image reference (docker) or a VM image directory (qemu)")
 	case valid:
 		f.Image = image
 		if providerGot == valid {
@@ -395,7 +395,7 @@ func (s *section) image(f *Fleet, image, absDir, displayDir string) {
 		if err := checkImageRef(image); err != nil {
 			s.fail("image", "%v", err)
 		}
-	case providerLocal:
+	case providerLocal, providerQEMU:
 		abs, shown := image, image
 		if !filepath.IsAbs(image) {
 			abs = filepath.Join(absDir, image)
@@ -406,19 +406,19 @@ func (s *section) image(f *Fleet, image, absDir, displayDir string) {
 		info, err := os.Stat(abs)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			s.fail("image", "local image directory %q does not exist", shown)
+			s.fail("image", "%s image directory %q does not exist", f.Provider, shown)
 		case err != nil:
 			var pe *fs.PathError
 			if errors.As(err, &pe) {
 				err = pe.Err
 			}
-			s.fail("image", "cannot read local image directory %q: %v", shown, err)
+			s.fail("image", "cannot read %s image directory %q: %v", f.Provider, shown, err)
 		case !info.IsDir():
-			s.fail("image", "local image %q must be a bundle directory, but it is a file", shown)
+			s.fail("image", "%s image %q must be a directory, but it is a file", f.Provider, shown)
 		default:
 			m, err := os.Stat(filepath.Join(abs, "manifest.json"))
 			if err != nil || !m.Mode().IsRegular() {
-				s.fail("image", "local image directory %q has no manifest.json file", shown)
+				s.fail("image", "%s image directory %q has no manifest.json file", f.Provider, shown)
 			}
 		}
 	}
@@ -427,10 +427,14 @@ func (s *section) image(f *Fleet, image, absDir, displayDir string) {
 func (s *section) launch(provider string, providerKnown bool) Launch {
 	l := defaultLaunch()
 	wantDocker := providerKnown && provider == providerDocker
+	wantQEMU := providerKnown && provider == providerQEMU
 	if b := s.block("launch"); b != nil {
 		ls := s.child(b)
 		if ls.strList("command", &l.Command, checkArg) == valid && len(l.Command) == 0 {
 			ls.fail("command", "must name a program; leave command out to use the image's entrypoint")
+			l.Command = nil
+		} else if wantQEMU && len(l.Command) > 0 {
+			ls.fail("command", "is not supported by provider %q: a VM runs its image's init, which starts the app; use args and env", providerQEMU)
 			l.Command = nil
 		}
 		ls.strList("args", &l.Args, checkArg)
@@ -445,13 +449,38 @@ func (s *section) launch(provider string, providerKnown bool) Launch {
 				s.d.errorf(db.TypeRange, ls.field("docker"), "only allowed with provider = %q; this fleet uses provider %q", providerDocker, provider)
 			}
 		}
+		if qb := ls.block("qemu"); qb != nil {
+			ql := decodeQEMULaunch(ls.child(qb))
+			switch {
+			case wantQEMU:
+				l.QEMU = &ql
+			case providerKnown:
+				s.d.errorf(qb.TypeRange, ls.field("qemu"), "only allowed with provider = %q; this fleet uses provider %q", providerQEMU, provider)
+			}
+		}
 		ls.done()
 	}
 	if wantDocker && l.Docker == nil {
 		dl := defaultDockerLaunch()
 		l.Docker = &dl
 	}
+	if wantQEMU && l.QEMU == nil {
+		ql := defaultQEMULaunch()
+		l.QEMU = &ql
+	}
 	return l
+}
+
+// decodeQEMULaunch decodes launch { qemu { memory, cpus } }.
+func decodeQEMULaunch(s *section) QEMULaunch {
+	ql := defaultQEMULaunch()
+	if s.size("memory", minQEMUMemory, &ql.MemoryBytes) == valid && ql.MemoryBytes > maxQEMUMemory {
+		s.fail("memory", "must be at most %s, got %s", formatSize(maxQEMUMemory), formatSize(ql.MemoryBytes))
+		ql.MemoryBytes = DefaultQEMUMemory
+	}
+	s.integer("cpus", 1, maxQEMUCPUs, &ql.CPUs)
+	s.done()
+	return ql
 }
 
 func decodeDockerLaunch(s *section) DockerLaunch {

@@ -42,6 +42,7 @@ type Agent struct {
 	Limits  Limits         `json:"limits"`
 	Local   LocalProvider  `json:"local"`
 	Docker  DockerProvider `json:"docker"`
+	QEMU    QEMUProvider   `json:"qemu"`
 
 	// Warnings are settings that work but that an operator should know
 	// about (for example an API token sent in cleartext). They are not
@@ -172,6 +173,41 @@ type LocalProvider struct {
 	DirSet bool `json:"dir_set"`
 }
 
+// QEMUProvider configures the qemu provider (provider "qemu" { ... }),
+// which runs instances as QEMU virtual machines. It exists only when the
+// block is there (Enabled): then the agent checks at its start that the
+// host can run QEMU, and refuses to start when it cannot.
+type QEMUProvider struct {
+	Enabled bool `json:"enabled"`
+	// Dir holds the VM image store, the VMs' directories and their
+	// console logs. Default: <data_dir>/qemu.
+	Dir string `json:"dir"`
+	// Binary is the QEMU system emulator. Default qemu-system-x86_64 from PATH.
+	Binary string `json:"binary,omitempty"`
+	// Accel is auto (default: KVM when the host really offers it, else
+	// TCG), kvm or tcg.
+	Accel string `json:"accel"`
+	// BindHost is the address the VMs' forwarded ports listen on. Default 127.0.0.1.
+	BindHost string `json:"bind_host"`
+	// BootSlots bounds the VMs booting at once. Default: the host's CPUs.
+	BootSlots int `json:"boot_slots,omitempty"`
+	// SlotDir holds the boot slots; agents that share it share the
+	// bound. Default <dir>/slots.
+	SlotDir string `json:"slot_dir,omitempty"`
+	// BootWait bounds how long a boot holds its slot. Default 2m.
+	BootWait time.Duration `json:"boot_wait,omitempty"`
+	// Outbound lets guests open connections out of the VM. Default false.
+	Outbound bool `json:"outbound"`
+	// LogDir receives the VMs' serial consoles. Default <dir>/logs.
+	LogDir string `json:"log_dir,omitempty"`
+	// LogMaxSize is the size at which a console log is rotated. Default 4 MiB.
+	LogMaxSize int64 `json:"log_max_size,omitempty"`
+	// LogKeep and LogMaxAge bound the console logs kept of VMs that are
+	// gone. Defaults 500 and 168h.
+	LogKeep   int           `json:"log_keep,omitempty"`
+	LogMaxAge time.Duration `json:"log_max_age,omitempty"`
+}
+
 // DockerProvider configures the docker provider (provider "docker" { ... }).
 type DockerProvider struct {
 	// Host is the engine endpoint, as DOCKER_HOST. Default: DOCKER_HOST, else the local socket.
@@ -225,6 +261,16 @@ type Launch struct {
 	StopGrace time.Duration `json:"stop_grace"`
 	// Docker holds docker-only launch settings.
 	Docker *DockerLaunch `json:"docker,omitempty"`
+	// QEMU holds qemu-only launch settings.
+	QEMU *QEMULaunch `json:"qemu,omitempty"`
+}
+
+// QEMULaunch holds the qemu provider's launch settings (launch { qemu { ... } }).
+type QEMULaunch struct {
+	// MemoryBytes is the VM's memory (from `memory = "128MiB"`). Default 128 MiB.
+	MemoryBytes int64 `json:"memory_bytes"`
+	// CPUs is the VM's number of virtual CPUs. Default 1.
+	CPUs int `json:"cpus"`
 }
 
 // DockerLaunch holds the docker provider's launch settings (launch { docker { ... } }).

@@ -35,10 +35,15 @@ var checkKinds = []string{checkHTTP, checkTCP, checkGRPC, checkExec, checkConsul
 const (
 	ProviderLocal  = "local"
 	ProviderDocker = "docker"
+	ProviderQEMU   = "qemu"
 
 	providerLocal  = ProviderLocal
 	providerDocker = ProviderDocker
+	providerQEMU   = ProviderQEMU
 )
+
+// providerNames are the providers a fleet may name, in the order messages list them.
+var providerNames = []string{providerLocal, providerDocker, providerQEMU}
 
 var (
 	fleetNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`)

@@ -207,7 +207,7 @@ func TestWatcherEdits(t *testing.T) {
 		if !errors.As(bad.Err, &diags) || bad.Set != nil || bad.Hash == "" {
 			t.Fatalf("invalid edit gave %+v", bad)
 		}
-		if !strings.Contains(bad.Err.Error(), `web.hcl:3:14: fleet "web".provider: must be "local" or "docker", got "kvm"`) {
+		if !strings.Contains(bad.Err.Error(), `web.hcl:3:14: fleet "web".provider: must be "local", "docker" or "qemu", got "kvm"`) {
 			t.Errorf("error does not point at the mistake: %v", bad.Err)
 		}
 		writeFile(t, web, fleetOfSize("web", 6))

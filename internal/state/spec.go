@@ -348,6 +348,9 @@ func SpecOf(f *config.Fleet) FleetSpec {
 	if d := f.Launch.Docker; d != nil {
 		s.Launch.Docker = &instance.DockerLaunch{Port: d.Port, NetworkMode: d.NetworkMode, ReadOnly: d.ReadOnly, MemoryBytes: d.MemoryBytes, NanoCPUs: d.NanoCPUs}
 	}
+	if q := f.Launch.QEMU; q != nil {
+		s.Launch.QEMU = &instance.QEMULaunch{MemoryBytes: q.MemoryBytes, CPUs: q.CPUs}
+	}
 	if t := f.Traffic; t != nil {
 		ts := &TrafficSpec{MinReady: t.MinReady, DrainDelay: t.DrainDelay, KeepMin: t.KeepMin, BackendTimeout: t.BackendTimeout}
 		for _, x := range t.Files {

@@ -25,3 +25,14 @@ provider "docker" {
   tls_verify   = false
   publish_host = "10.0.0.5"
 }
+
+provider "qemu" {
+  dir          = "vms"
+  accel        = "tcg"
+  boot_slots   = 3
+  boot_wait    = "90s"
+  outbound     = true
+  log_max_size = "8MiB"
+  log_keep     = 50
+  log_max_age  = "48h"
+}
