@@ -34,9 +34,12 @@ func vmImage(t testing.TB, version string) string {
 // may be asked to write (-allow-writes), so the test can change a VM from
 // inside; health checks give a VM a minute and a half to boot under TCG
 // on a loaded machine.
-func vmFleetFile(t testing.TB, version string) string {
+func vmFleetFile(t testing.TB, version string) string { return vmFleetSized(t, version, 3) }
+
+// vmFleetSized is vmFleetFile with size VMs.
+func vmFleetSized(t testing.TB, version string, size int) string {
 	return fmt.Sprintf(`fleet "vm" {
-  size     = 3
+  size     = %d
   provider = "qemu"
   image    = %q
   launch {
@@ -60,7 +63,7 @@ func vmFleetFile(t testing.TB, version string) string {
     max_unavailable = 0
   }
 }
-`, vmImage(t, version))
+`, size, vmImage(t, version))
 }
 
 // qemuProcesses are the live QEMU processes of VMs under the agent's data
@@ -84,7 +87,7 @@ func qemuPID(t testing.TB, in api.Instance) int {
 	return pid
 }
 
-func newQEMUEnv(t *testing.T) *env {
+func newQEMUEnv(t testing.TB) *env {
 	e := newEnv(t, envOpts{extra: `provider "qemu" {}`})
 	// VMs outlive the agent on purpose; the test owns them.
 	t.Cleanup(func() {
