@@ -84,7 +84,7 @@ integ-consul: ## the Consul backend's contract suite against a real Consul agent
 	@[ -n "$$CONSUL_HTTP_ADDR" ] || { echo "integ-consul: set CONSUL_HTTP_ADDR to a Consul agent's HTTP address (and CONSUL_HTTP_TOKEN, CONSUL_CACERT, CONSUL_TLS_SERVER_NAME as it needs)"; exit 2; }
 	$(GO) test -race -count=1 -run 'TestContract' -v ./internal/traffic/consul/
 
-bench: build ## run the benchmarks recorded in BENCHMARKS.md (about 15 minutes; output in build/bench.txt)
+bench: build vm-images ## run the benchmarks recorded in BENCHMARKS.md (about 15 minutes; output in build/bench.txt)
 	@mkdir -p build
 	set -o pipefail; { date -u; uname -srm; grep -m1 'model name' /proc/cpuinfo; nproc; \
 	  $(GO) test -run '^$$' -bench . -benchtime 2s -count 3 -cpu 1 ./internal/reconcile/ && \

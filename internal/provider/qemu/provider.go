@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -115,6 +116,8 @@ type Provider struct {
 	logMaxAge                                               time.Duration
 	log                                                     *zap.Logger
 	importSem                                               chan struct{}
+	// watching is how many VM processes Watch has in its set (for tests).
+	watching atomic.Int64
 
 	mu       sync.Mutex
 	recent   map[int]time.Time // ports given out lately, not yet bound by QEMU
