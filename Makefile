@@ -12,7 +12,7 @@ GOFILES     := $(shell find . -name '*.go' -not -path './build/*' -not -path './
 # The go test timeout for the whole suite; make test stays well below it.
 TEST_TIMEOUT ?= 18m
 
-.PHONY: help build images docker-images vm-images run test test-short e2e integ-consul bench lint install clean
+.PHONY: help build images docker-images vm-images run run-vm test test-short e2e integ-consul bench lint install clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,13 @@ run: build ## run a single-node agent keeping the example fleet immutable (Ctrl-
 	@[ -f run/fleets.d/example.hcl ] || cp configs/dev/example.hcl run/fleets.d/example.hcl
 	@echo "immutd: fleet file run/fleets.d/example.hcl, API http://127.0.0.1:7979 — try: $(BIN) status (state changes: -token-file run/data/api-token)"
 	$(BIN) agent -config configs/dev/agent.hcl
+
+run-vm: build vm-images ## like run, plus a fleet of 3 QEMU VMs (run/fleets.d/vm.hcl; needs QEMU: .ci/ensure-vm-tools)
+	@mkdir -p run/fleets.d run/data
+	@[ -f run/fleets.d/example.hcl ] || cp configs/dev/example.hcl run/fleets.d/example.hcl
+	@[ -f run/fleets.d/vm.hcl ] || cp configs/dev/vm.hcl run/fleets.d/vm.hcl
+	@echo "immutd: fleet files run/fleets.d/{example,vm}.hcl, API http://127.0.0.1:7979 — try: $(BIN) status; VM consoles in run/data/qemu/logs/"
+	$(BIN) agent -config configs/dev/agent-vm.hcl
 
 test: vm-images ## run every test (installs promtool, haproxy and QEMU, starts Docker if needed)
 	.ci/ensure-tools
