@@ -216,7 +216,7 @@ func renderInstances(w io.Writer, fleets []api.Fleet, now time.Time) {
 	c := clean
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	// REF is the provider's handle: a local instance's pid (kill -9 it to
-	// try immutd), a container id.
+	// try immutd), a container id, a VM's QEMU pid and accelerator.
 	fmt.Fprintln(tw, "INSTANCE\tFLEET\tSTATE\tIMAGE\tADDRESS\tREF\tAGE\tNOTES")
 	for _, f := range fleets {
 		for _, in := range f.Instances {

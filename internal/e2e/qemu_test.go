@@ -77,12 +77,12 @@ func qemuProcesses(dataDir string) []int {
 	})
 }
 
-// qemuPID is the QEMU process of instance in, from its ProviderRef ("pid N (...)").
+// qemuPID is the QEMU process of instance in, from its ProviderRef ("PID tcg").
 func qemuPID(t testing.TB, in api.Instance) int {
 	t.Helper()
 	var pid int
-	if _, err := fmt.Sscanf(in.ProviderRef, "pid %d", &pid); err != nil {
-		t.Fatalf("instance %s has provider ref %q, want \"pid N (...)\"", in.ID, in.ProviderRef)
+	if _, err := fmt.Sscanf(in.ProviderRef, "%d", &pid); err != nil {
+		t.Fatalf("instance %s has provider ref %q, want \"PID ACCEL\"", in.ID, in.ProviderRef)
 	}
 	return pid
 }

@@ -367,7 +367,9 @@ func (p *Provider) readMeta(id string) (meta, error) {
 func (p *Provider) observed(m meta) instance.Observed {
 	ref := ""
 	if m.PID > 0 {
-		ref = fmt.Sprintf("pid %d (%s, %s)", m.PID, m.Accel, m.Machine)
+		// Short enough for the status's REF column: the pid to kill -9,
+		// and the accelerator.
+		ref = fmt.Sprintf("%d %s", m.PID, m.Accel)
 	}
 	return instance.Observed{ID: m.ID, Fleet: m.Fleet, ImageDigest: m.ImageDigest, TemplateHash: m.TemplateHash,
 		Phase: instance.Running, Address: m.Address, StartedAt: m.StartedAt, ProviderRef: ref, Location: p.instanceDir(m.ID)}

@@ -126,7 +126,7 @@ func TestWatchNotifiesWhenAVMDies(t *testing.T) {
 		return n == 1, fmt.Sprintf("watching %d", n)
 	})
 	var pid int
-	if _, err := fmt.Sscanf(obs.ProviderRef, "pid %d", &pid); err != nil {
+	if _, err := fmt.Sscanf(obs.ProviderRef, "%d", &pid); err != nil {
 		t.Fatal(err)
 	}
 	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
