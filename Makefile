@@ -75,6 +75,7 @@ run-vm: build vm-images ## like run, plus a fleet of 3 QEMU VMs (run/fleets.d/vm
 
 test: vm-images ## run every test (installs promtool, haproxy and QEMU, starts Docker if needed)
 	.ci/ensure-tools
+	.ci/ensure-vm-tools $(VM_KERNEL)
 	.ci/ensure-docker
 	$(GO) vet ./...
 	$(GO) test -race -timeout $(TEST_TIMEOUT) -count=1 ./...
@@ -84,6 +85,7 @@ test-short: ## unit tests only: no e2e suite, no Docker, promtool or systemd too
 
 e2e: vm-images ## the end-to-end suite only (real binary, real Docker, real QEMU)
 	.ci/ensure-tools
+	.ci/ensure-vm-tools $(VM_KERNEL)
 	.ci/ensure-docker
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./internal/e2e/
 

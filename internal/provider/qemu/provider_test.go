@@ -149,6 +149,13 @@ func TestInspectSeesRootDiskWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	// The QMP socket controls the VM: only the agent's user (and group)
+	// may reach it, through the instance directory.
+	for _, path := range []string{p.instancesDir, p.instanceDir("writer"), p.logDir} {
+		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm()&0o007 != 0 {
+			t.Errorf("%s: mode %v, %v; want no access for others", path, fi.Mode(), err)
+		}
+	}
 	f, err := p.Inspect(context.Background(), obs, []string{"**"})
 	if err != nil {
 		t.Fatal(err)
