@@ -52,7 +52,7 @@ $(VM_KERNEL)/.unpacked:
 	.ci/ensure-vm-tools $(VM_KERNEL)
 	touch $@
 
-bin/vminit: $(shell find cmd/vminit -name '*.go') go.mod go.sum
+bin/vminit: $(shell find cmd/vminit internal/vmimage -name '*.go' -not -name '*_test.go') go.mod go.sum
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -o $@ ./cmd/vminit
 

@@ -40,30 +40,20 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/immutd/immutd/internal/vmimage"
 )
 
 // Paths inside the image and the guest.
 const (
 	modulesList = "/etc/immutd/modules"
 	appFile     = "/etc/immutd/app.json"
-	launchFile  = "/sys/firmware/qemu_fw_cfg/by_name/opt/immutd/launch.json/raw"
-	shareTag    = "instance"
-	shareDir    = "/mnt/instance"
+	launchFile  = "/sys/firmware/qemu_fw_cfg/by_name/" + vmimage.FwCfgLaunch + "/raw"
 	busybox     = "/bin/busybox"
-	// maxLaunch bounds the launch file vminit reads.
-	maxLaunch = 64 << 10
 )
 
-// launch is what the provider passes to the guest (opt/immutd/launch.json).
-type launch struct {
-	ID        string            `json:"id"`
-	Fleet     string            `json:"fleet"`
-	Digest    string            `json:"image_digest"`
-	Args      []string          `json:"args"`
-	Env       map[string]string `json:"env"`
-	GuestPort int               `json:"guest_port"`
-	Share     bool              `json:"share"`
-}
+// launch is what the provider passes to the guest.
+type launch = vmimage.GuestLaunch
 
 // app is /etc/immutd/app.json: what the image runs.
 type app struct {
@@ -168,12 +158,12 @@ func readLaunch() (launch, error) {
 		return l, fmt.Errorf("read the launch from fw_cfg: %w (the VM was not started by immutd's qemu provider)", err)
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxLaunch+1))
+	b, err := io.ReadAll(io.LimitReader(f, vmimage.MaxLaunch+1))
 	if err != nil {
 		return l, fmt.Errorf("read %s: %w", launchFile, err)
 	}
-	if len(b) > maxLaunch {
-		return l, fmt.Errorf("launch file is larger than %d bytes", maxLaunch)
+	if len(b) > vmimage.MaxLaunch {
+		return l, fmt.Errorf("launch file is larger than %d bytes", vmimage.MaxLaunch)
 	}
 	if err := json.Unmarshal(b, &l); err != nil {
 		return l, fmt.Errorf("launch file: %w", err)
@@ -212,11 +202,11 @@ func network() error {
 }
 
 func mountShare() error {
-	if err := os.MkdirAll(shareDir, 0o755); err != nil {
+	if err := os.MkdirAll(vmimage.ShareMount, 0o755); err != nil {
 		return err
 	}
-	if err := unix.Mount(shareTag, shareDir, "9p", unix.MS_NOSUID|unix.MS_NODEV, "trans=virtio,version=9p2000.L,msize=262144,cache=none"); err != nil {
-		return fmt.Errorf("mount the instance share on %s: %w", shareDir, err)
+	if err := unix.Mount(vmimage.ShareTag, vmimage.ShareMount, "9p", unix.MS_NOSUID|unix.MS_NODEV, "trans=virtio,version=9p2000.L,msize=262144,cache=none"); err != nil {
+		return fmt.Errorf("mount the instance share on %s: %w", vmimage.ShareMount, err)
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -9,11 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/immutd/immutd/internal/provider/qemu"
 	"github.com/immutd/immutd/internal/vmimage"
 )
 
@@ -183,11 +182,10 @@ func qemuBaseline(b *testing.B) (time.Duration, int64) {
 		dir := b.TempDir()
 		must(b, os.Mkdir(filepath.Join(dir, "share"), 0o755))
 		port := freePort(b)
-		launch, _ := json.Marshal(map[string]any{"id": "bare", "fleet": "bare", "image_digest": "bare", "args": []string{},
-			"env": map[string]string{}, "guest_port": man.GuestPort, "share": true})
+		launch, _ := json.Marshal(vmimage.GuestLaunch{ID: "bare", Fleet: "bare", Digest: "bare", GuestPort: man.GuestPort, Share: true})
 		must(b, os.WriteFile(filepath.Join(dir, "launch.json"), launch, 0o644))
 		cmdline := man.Cmdline
-		if khz := hostKHz(); khz > 0 {
+		if khz := qemu.HostTSCKHz(); khz > 0 {
 			cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
 		}
 		cmd := exec.Command("qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
@@ -195,8 +193,8 @@ func qemuBaseline(b *testing.B) (time.Duration, int64) {
 			"-kernel", filepath.Join(img, man.Kernel), "-initrd", filepath.Join(img, man.Initrd), "-append", cmdline, "-no-reboot",
 			"-serial", "file:"+filepath.Join(dir, "serial.log"),
 			"-netdev", fmt.Sprintf("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d", port, man.GuestPort), "-device", "virtio-net-device,netdev=net0",
-			"-fw_cfg", "name=opt/immutd/launch.json,file="+filepath.Join(dir, "launch.json"),
-			"-fsdev", "local,id=share,security_model=mapped-xattr,path="+filepath.Join(dir, "share"), "-device", "virtio-9p-device,fsdev=share,mount_tag=instance",
+			"-fw_cfg", "name="+vmimage.FwCfgLaunch+",file="+filepath.Join(dir, "launch.json"),
+			"-fsdev", "local,id=share,security_model=mapped-xattr,path="+filepath.Join(dir, "share"), "-device", "virtio-9p-device,fsdev=share,mount_tag="+vmimage.ShareTag,
 			"-drive", "file="+filepath.Join(img, man.Disk)+",if=none,id=root,format=raw,readonly=on", "-device", "virtio-blk-device,drive=root")
 		t0 := time.Now()
 		must(b, cmd.Start())
@@ -214,22 +212,4 @@ func qemuBaseline(b *testing.B) (time.Duration, int64) {
 		}
 		return took, rss
 	}
-}
-
-// hostKHz is the host CPU clock the provider passes a TCG guest.
-func hostKHz() int {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
-			if mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
-				return int(mhz * 1000)
-			}
-		}
-	}
-	return 0
 }

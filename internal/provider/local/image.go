@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/provider/hostdir"
 	"go.uber.org/zap"
 )
 
@@ -148,7 +149,7 @@ func (p *Provider) importBundle(ctx context.Context, bundle string) (string, err
 		return "", err
 	}
 	defer func() {
-		if err := removeTree(tmp); err != nil {
+		if err := hostdir.RemoveTree(tmp); err != nil {
 			p.log.Warn("remove staging directory failed", zap.String("path", tmp), zap.Error(err))
 		}
 	}()

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/provider/hostdir"
 )
 
 // basePATH is the PATH an instance gets unless its launch env sets one.
@@ -111,7 +112,7 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 	// Without metadata these are leftovers of an interrupted launch, not
 	// an instance: start from scratch.
 	for _, d := range []string{root, tmp} {
-		if err := removeTree(d); err != nil {
+		if err := hostdir.RemoveTree(d); err != nil {
 			return instance.Observed{}, fmt.Errorf("remove leftover %s: %w", d, err)
 		}
 	}
@@ -326,7 +327,7 @@ func isExecutable(p string) bool {
 func (p *Provider) removeInstanceFiles(id string, port int) error {
 	var errs []error
 	for _, d := range []string{p.instanceRoot(id), p.instanceTmp(id)} {
-		if err := removeTree(d); err != nil {
+		if err := hostdir.RemoveTree(d); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -3,7 +3,6 @@ package local
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/provider/hostdir"
 )
 
 // DefaultBindHost is the host instances listen on when Options.BindHost is empty.
@@ -171,7 +171,7 @@ func (p *Provider) removeLeftovers() {
 		for _, de := range des {
 			path := filepath.Join(p.imagesDir, de.Name())
 			if strings.HasPrefix(de.Name(), stagingPrefix) && old(path) {
-				if err := removeTree(path); err != nil {
+				if err := hostdir.RemoveTree(path); err != nil {
 					p.log.Warn("remove leftover staging directory failed", zap.String("path", de.Name()), zap.Error(err))
 				}
 			}
@@ -252,21 +252,4 @@ func writeFileAtomic(name string, data []byte) error {
 	}
 	ok = true
 	return syncDir(dir)
-}
-
-// removeTree removes a directory tree, also when the instance made parts
-// of it unwritable. A missing tree is not an error.
-func removeTree(root string) error {
-	err := os.RemoveAll(root)
-	if err == nil {
-		return nil
-	}
-	// Make every directory writable and searchable, then try again.
-	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if d != nil && d.IsDir() {
-			_ = os.Chmod(p, 0o700)
-		}
-		return nil
-	})
-	return os.RemoveAll(root)
 }

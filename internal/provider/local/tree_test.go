@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/immutd/immutd/internal/provider/hostdir"
 )
 
 // writeTree creates files (path -> content) below dir; a content of
@@ -146,7 +148,7 @@ func TestCopyTreePreservesModesAndHashesCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := filepath.Join(t.TempDir(), "copy")
-	t.Cleanup(func() { _ = removeTree(dst) })
+	t.Cleanup(func() { _ = hostdir.RemoveTree(dst) })
 	entries, err := copyTree(context.Background(), src, dst, walkOptions{fsync: true})
 	if err != nil {
 		t.Fatal(err)

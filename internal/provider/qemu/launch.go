@@ -27,8 +27,6 @@ const (
 	MaxMemory     = 64 << 30
 	DefaultCPUs   = 1
 	MaxCPUs       = 64
-	// maxLaunchJSON bounds what the guest gets through fw_cfg (vminit reads 64 KiB).
-	maxLaunchJSON = 60 << 10
 	// portTries is how often a launch tries another host port when QEMU
 	// could not bind the one it was given (another process took it).
 	portTries = 5
@@ -52,17 +50,6 @@ type meta struct {
 	MemoryBytes  int64     `json:"memory_bytes"`
 	CPUs         int       `json:"cpus"`
 	Disk         bool      `json:"disk"`
-}
-
-// guestLaunch is opt/immutd/launch.json, what cmd/vminit reads.
-type guestLaunch struct {
-	ID        string            `json:"id"`
-	Fleet     string            `json:"fleet"`
-	Digest    string            `json:"image_digest"`
-	Args      []string          `json:"args"`
-	Env       map[string]string `json:"env"`
-	GuestPort int               `json:"guest_port"`
-	Share     bool              `json:"share"`
 }
 
 func zapID(id string) zap.Field { return zap.String("instance_id", id) }
@@ -151,13 +138,13 @@ func (p *Provider) start(ctx context.Context, req instance.LaunchRequest, img im
 	if err := os.MkdirAll(filepath.Join(dir, shareDir), 0o750); err != nil {
 		return err
 	}
-	gl, err := json.Marshal(guestLaunch{ID: m.ID, Fleet: m.Fleet, Digest: m.ImageDigest, Args: req.Launch.Args,
+	gl, err := json.Marshal(vmimage.GuestLaunch{ID: m.ID, Fleet: m.Fleet, Digest: m.ImageDigest, Args: req.Launch.Args,
 		Env: req.Launch.Env, GuestPort: img.man.GuestPort, Share: true})
 	if err != nil {
 		return err
 	}
-	if len(gl) > maxLaunchJSON {
-		return instance.Permanent(fmt.Errorf("args and env take %d bytes; a VM gets at most %d", len(gl), maxLaunchJSON))
+	if len(gl) > vmimage.MaxLaunch {
+		return instance.Permanent(fmt.Errorf("args and env take %d bytes; a VM gets at most %d", len(gl), vmimage.MaxLaunch))
 	}
 	if err := os.WriteFile(filepath.Join(dir, launchFile), gl, 0o640); err != nil {
 		return err
@@ -263,8 +250,8 @@ func (p *Provider) qemuArgs(img imageInfo, m meta, port int) []string {
 		"-chardev", "file,id=serial,append=on,path=" + esc(p.LogPath(m.ID)), "-serial", "chardev:serial",
 		"-qmp", "unix:" + qmpSocket + ",server=on,wait=off",
 		"-netdev", fwd, "-device", nic,
-		"-fw_cfg", "name=opt/immutd/launch.json,file=" + esc(filepath.Join(dir, launchFile)),
-		"-fsdev", "local,id=share,security_model=mapped-xattr,path=" + esc(filepath.Join(dir, shareDir)), "-device", dev("virtio-9p") + ",fsdev=share,mount_tag=instance",
+		"-fw_cfg", "name=" + vmimage.FwCfgLaunch + ",file=" + esc(filepath.Join(dir, launchFile)),
+		"-fsdev", "local,id=share,security_model=mapped-xattr,path=" + esc(filepath.Join(dir, shareDir)), "-device", dev("virtio-9p") + ",fsdev=share,mount_tag=" + vmimage.ShareTag,
 	}
 	if m.Accel == AccelKVM {
 		args = append(args, "-cpu", "host")

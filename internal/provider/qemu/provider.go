@@ -265,7 +265,7 @@ func (p *Provider) checkHost(opts Options) error {
 		return fmt.Errorf("qemu: accel %q: want auto, kvm or tcg", accel)
 	}
 	if p.accel == AccelTCG {
-		p.tscKHz = hostTSCKHz()
+		p.tscKHz = HostTSCKHz()
 	}
 	p.log.Info("qemu provider ready", zap.String("qemu", p.version), zap.String("accel", p.accel),
 		zap.String("kvm", why), zap.Int("boot_slots", p.bootSlots))
@@ -304,11 +304,11 @@ func kvmUsable() (bool, string) {
 	return false, "no CPU flags in /proc/cpuinfo"
 }
 
-// hostTSCKHz is the host's CPU clock in kHz, from /proc/cpuinfo, or 0.
+// HostTSCKHz is the host's CPU clock in kHz, from /proc/cpuinfo, or 0.
 // Under TCG the guest kernel is told it (tsc_early_khz): without it a
 // microvm guest may find its TSC unstable and hang, as it has no other
 // clock source.
-func hostTSCKHz() int {
+func HostTSCKHz() int {
 	f, err := os.Open("/proc/cpuinfo")
 	if err != nil {
 		return 0

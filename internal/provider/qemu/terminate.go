@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/provider/hostdir"
 )
 
 // quitWait is how long Terminate waits after QMP quit before SIGKILL.
@@ -106,7 +107,7 @@ func (p *Provider) removeInstance(id string) {
 	if err := os.Remove(filepath.Join(dir, metaFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.log.Warn("remove vm record failed", zapID(id), zap.Error(err))
 	}
-	if err := removeTree(dir); err != nil {
+	if err := hostdir.RemoveTree(dir); err != nil {
 		p.log.Warn("remove vm directory failed", zapID(id), zap.Error(err))
 	}
 }
@@ -124,19 +125,4 @@ func (p *Provider) removeUnrecorded(id string) {
 		waitExit(pid, start, time.Now().Add(quitWait), nil)
 	}
 	p.removeInstance(id)
-}
-
-// removeTree removes a directory tree, also when the guest made parts of
-// its share unwritable. A missing tree is not an error.
-func removeTree(root string) error {
-	if err := os.RemoveAll(root); err == nil {
-		return nil
-	}
-	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if d != nil && d.IsDir() {
-			_ = os.Chmod(path, 0o700)
-		}
-		return nil
-	})
-	return os.RemoveAll(root)
 }
