@@ -36,6 +36,7 @@ import (
 	"github.com/immutd/immutd/internal/reconcile"
 	"github.com/immutd/immutd/internal/secretfile"
 	"github.com/immutd/immutd/internal/state"
+	"github.com/immutd/immutd/internal/web"
 )
 
 // Agent is one running immutd agent.
@@ -390,7 +391,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	}()
 
 	a.api = api.New(a, a.m.reg, a.log.Named("api"))
-	apiSrv := newServer(a.api.Handler(), a.log.Named("api"))
+	apiSrv := newServer(httpRoutes(a.api.Handler(), web.Handler(a)), a.log.Named("api"))
 	if a.cfg.API.TLSCertFile != "" {
 		serve("http", apiSrv, apiLn, a.cfg.API.TLSCertFile, a.cfg.API.TLSKeyFile)
 	} else {
@@ -737,4 +738,14 @@ func stdLogAtDebug(log *zap.Logger) *stdlog.Logger {
 		return zap.NewStdLog(zap.NewNop())
 	}
 	return l
+}
+
+// httpRoutes puts the status page (/ui/, read-only like the API's reads)
+// next to the API on the HTTP port; a browser asking for / goes to it.
+func httpRoutes(apiHandler, page http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/ui/", page)
+	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
+	mux.Handle("/", apiHandler)
+	return mux
 }
