@@ -121,3 +121,69 @@ func upgradeRollsNoFleet(t *testing.T, previousRelease string) {
 		}
 	}
 }
+
+// rollingFrom is the release a cluster's rolling upgrade is tested from:
+// the last one landed before this release.
+const rollingFrom = "0e0b65d"
+
+// TestRollingUpgradeOfAClusterRollsNoFleet upgrades a 3-agent cluster the
+// way the README says, one agent at a time, followers first and the
+// leader last, from the previous release to this one, with a fleet under
+// management all along: at every step the cluster agrees on a leader and
+// the fleet stays healthy, and at the end the same instance processes
+// run, and nothing was launched or terminated.
+func TestRollingUpgradeOfAClusterRollsNoFleet(t *testing.T) {
+	old := buildRelease(t, rollingFrom)
+	c := newCluster(t, 3, "")
+	for _, e := range c.agents {
+		e.bin = old
+	}
+	c.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
+	c.start()
+	before := c.waitHealthy("web", 3)
+	for i, e := range c.agents {
+		if v := e.status().Version; v != rollingFrom {
+			t.Fatalf("agent %d runs %q before the upgrade, want %s", i, v, rollingFrom)
+		}
+	}
+	pids := map[string]int{}
+	for _, in := range before.Instances {
+		pids[in.ID] = localPID(t, in)
+	}
+	lead := c.leader()
+	mark := c.agents[lead].lastSeq()
+	var order []int
+	for i := range c.agents {
+		if i != lead {
+			order = append(order, i)
+		}
+	}
+	order = append(order, lead)
+	for step, i := range order {
+		e := c.agents[i]
+		e.stop()
+		e.bin = ""
+		e.start()
+		c.leader()
+		c.waitHealthy("web", 3)
+		if v := e.status().Version; v != "e2e" {
+			t.Fatalf("step %d: agent %d runs %q after its upgrade", step, i, v)
+		}
+		t.Logf("step %d: agent %d upgraded; the leader is agent %d", step+1, i, c.leader())
+	}
+	lead = c.leader()
+	c.agents[lead].waitPasses(3)
+	after := c.waitHealthy("web", 3)
+	for _, in := range after.Instances {
+		pid, ok := pids[in.ID]
+		if !ok || localPID(t, in) != pid {
+			t.Errorf("instance %s (pid %s) is not one of the fleet before the upgrade %v", in.ID, in.ProviderRef, pids)
+		}
+	}
+	for _, ev := range c.agents[lead].eventsAfter(mark) {
+		switch ev.Action {
+		case "launched", "terminated", "launch_planned", "terminate_planned":
+			t.Errorf("the upgrade %s %s (%s %v)", ev.Action, ev.InstanceID, ev.Reason, ev.Evidence)
+		}
+	}
+}
