@@ -31,7 +31,14 @@ func (s zapSink) Accept(name string, level hclog.Level, msg string, args ...inte
 	}
 	fields := make([]zap.Field, 0, len(args)/2)
 	for i := 0; i+1 < len(args); i += 2 {
-		fields = append(fields, zap.Any(fmt.Sprint(args[i]), args[i+1]))
+		v := args[i+1]
+		// hclog.Fmt("%+v", x) is a value to format, not a list.
+		if f, ok := v.(hclog.Format); ok && len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				v = fmt.Sprintf(format, f[1:]...)
+			}
+		}
+		fields = append(fields, zap.Any(fmt.Sprint(args[i]), v))
 	}
 	ce.Write(fields...)
 }
