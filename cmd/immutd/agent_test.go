@@ -211,6 +211,13 @@ func TestHostileValuesAreEscaped(t *testing.T) {
 		t.Errorf("events -json: exit %d, %v: decodes to %+v, want %+v", code, err, gotEv, sentEv)
 	}
 
+	// An event without evidence says so with [], never null or nothing.
+	a.events = append(a.events, state.Event{Seq: 99, Action: "leader_ready"})
+	code, out, _ = runCLI(t, "events", "-json", "-addr", a.srv.URL)
+	if last := out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:]; code != 0 || !strings.Contains(last, `"evidence":[]`) {
+		t.Errorf("events -json of an event without evidence: exit %d: %s", code, last)
+	}
+
 	code, out, _ = runCLI(t, "cluster", "members", "-json", "-addr", a.srv.URL)
 	assertNoRawControls(t, "cluster members -json", out, false)
 	var sentMs, gotMs []api.Member

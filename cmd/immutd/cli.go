@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -118,9 +119,24 @@ func renderStatus(w io.Writer, st api.Status, now time.Time) {
 	fmt.Fprintln(w)
 	renderInstances(w, st.Fleets, now)
 	if len(st.Events) > 0 {
+		evs := st.Events
+		if len(evs) > statusEvents {
+			evs = evs[len(evs)-statusEvents:]
+		}
+		// The last few, compact; immutd events shows them all, in full.
 		fmt.Fprintln(w, "\nRECENT EVENTS")
-		renderEvents(w, st.Events)
+		renderEvents(w, evs)
 	}
+}
+
+// statusEvents is how many recent events status shows.
+const statusEvents = 10
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // renderHeader prints the agent's line and what an operator must know
@@ -160,7 +176,7 @@ func renderHeader(w io.Writer, st api.Status, now time.Time) {
 	case st.Config.At.IsZero():
 		fmt.Fprintln(w, "fleet files: not read yet")
 	case st.Config.OK:
-		fmt.Fprintf(w, "fleet files: ok, %d fleets (read %s ago)\n", st.Config.Fleets, ago(now, st.Config.At))
+		fmt.Fprintf(w, "fleet files: ok, %d %s (read %s ago)\n", st.Config.Fleets, plural(st.Config.Fleets, "fleet", "fleets"), ago(now, st.Config.At))
 	default:
 		fmt.Fprintf(w, "fleet files: REJECTED %s ago; the last good desired state stays in force:\n", ago(now, st.Config.At))
 		// One problem per line: split before cleaning, which escapes newlines.
@@ -233,6 +249,10 @@ func renderInstances(w io.Writer, fleets []api.Fleet, now time.Time) {
 			if in.Recovering {
 				notes = append(notes, "recovering (healthy_delay)")
 			}
+			if in.State == "healthy" && len(in.FailingOn) > 0 {
+				// Probes fail, but not yet enough of them for a verdict.
+				notes = append(notes, "PROBES FAILING on "+cleanJoin(in.FailingOn, ", ")+" (no verdict yet)")
+			}
 			switch {
 			case in.Traffic == "draining" && in.TrafficConnections > 0:
 				notes = append(notes, fmt.Sprintf("traffic: draining, %d connections left", in.TrafficConnections))
@@ -263,20 +283,48 @@ func renderInstances(w io.Writer, fleets []api.Fleet, now time.Time) {
 }
 
 // maxEvidence bounds the evidence shown on an event's line.
-const maxEvidence = 160
+const maxEvidence = 60
 
-func renderEvents(w io.Writer, evs []state.Event) {
+// longDigest is a sha256 digest, of which a compact line shows 12 digits.
+var longDigest = regexp.MustCompile(`sha256:([0-9a-f]{12})[0-9a-f]{52}`)
+
+// renderEvents prints events compactly, a line each that fits a terminal
+// of 120 columns: digests shortened, evidence cut.
+func renderEvents(w io.Writer, evs []state.Event) { renderEventLines(w, evs, false, true) }
+
+// renderEventLines prints events, with a header line or not, compact or
+// (full) with the whole evidence.
+func renderEventLines(w io.Writer, evs []state.Event, full, header bool) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	if header {
+		fmt.Fprintln(tw, "TIME\tFLEET\tINSTANCE\tACTION\tREASON\tEVIDENCE")
+	}
 	for _, e := range evs {
 		// Cleaned before it is cut, so that the cut neither splits a
 		// character nor hides an escape's start.
 		ev := cleanJoin(e.Evidence, "; ")
-		if len(ev) > maxEvidence {
-			ev = cutRunes(ev, maxEvidence-3) + "..."
+		if !full {
+			ev = longDigest.ReplaceAllString(ev, "sha256:$1")
+			if len(ev) > maxEvidence {
+				ev = cutRunes(ev, maxEvidence-3) + "..."
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("15:04:05"), dash(clean(e.Fleet)), dash(clean(e.InstanceID)), clean(string(e.Action)), dash(clean(e.Reason)), ev)
 	}
 	tw.Flush()
+}
+
+// eventJSON is an event as events -json prints it: "evidence" always
+// there, [] when there is none.
+func eventJSON(e state.Event) any {
+	ev := e.Evidence
+	if ev == nil {
+		ev = []string{}
+	}
+	return struct {
+		state.Event
+		Evidence []string `json:"evidence"`
+	}{e, ev}
 }
 
 // followInterval is how often events -follow asks for new events.
@@ -287,6 +335,7 @@ func setupEvents(fs *flag.FlagSet) runFunc {
 	fleet := fs.String("fleet", "", "only this fleet")
 	n := fs.Int("n", 50, "number of events")
 	follow := fs.Bool("follow", false, "keep printing new events until interrupted")
+	fs.BoolVar(follow, "f", false, "the same as -follow")
 	asJSON := fs.Bool("json", false, "print one JSON object per event and line")
 	return func(ctx context.Context, w streams, _ []string) error {
 		r, err := cf.connect()
@@ -306,12 +355,13 @@ func setupEvents(fs *flag.FlagSet) runFunc {
 			}
 			if *asJSON {
 				for _, e := range evs {
-					if err := writeJSON(w.out, e, false); err != nil {
+					if err := writeJSON(w.out, eventJSON(e), false); err != nil {
 						return err
 					}
 				}
-			} else {
-				renderEvents(w.out, evs)
+			} else if len(evs) > 0 {
+				// Only the first batch of -follow gets the header.
+				renderEventLines(w.out, evs, true, after == 0)
 			}
 			if len(evs) > 0 {
 				after = evs[len(evs)-1].Seq
