@@ -12,7 +12,7 @@ GOFILES     := $(shell find . -name '*.go' -not -path './build/*' -not -path './
 # The go test timeout for the whole suite; make test stays well below it.
 TEST_TIMEOUT ?= 18m
 
-.PHONY: help build images docker-images vm-images run run-vm test test-short e2e integ-consul bench lint install clean
+.PHONY: help build images docker-images vm-images run run-vm test test-short e2e integ-consul bench lint install clean deb
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,7 @@ build: $(BIN) images ## build immutd and the sample app images
 
 $(BIN): $(GOFILES) go.mod go.sum
 	@mkdir -p bin
+	@[ -n "$$(ls $$($(GO) env GOMODCACHE)/github.com/hashicorp 2>/dev/null)" ] || echo "immutd: first build: downloading the Go modules and compiling (a few minutes on 2 cores)..."
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $@ ./cmd/immutd
 
 images: $(IMAGES) ## build the two sample app golden images (bundles)
@@ -63,7 +64,7 @@ build/vm-images/sampleapp-v%: build/images/sampleapp-v% bin/vminit $(VM_KERNEL)/
 run: build ## run a single-node agent keeping the example fleet immutable (Ctrl-C stops the agent, not the fleet)
 	@mkdir -p run/fleets.d run/data
 	@[ -f run/fleets.d/example.hcl ] || cp configs/dev/example.hcl run/fleets.d/example.hcl
-	@echo "immutd: fleet file run/fleets.d/example.hcl, API http://127.0.0.1:7979 — try: $(BIN) status (state changes: -token-file run/data/api-token)"
+	@echo "immutd: fleet file run/fleets.d/example.hcl; status page http://127.0.0.1:7979/ui/ — or: $(BIN) status (state changes: -token-file run/data/api-token)"
 	$(BIN) agent -config configs/dev/agent.hcl
 
 run-vm: build vm-images ## like run, plus a fleet of 3 QEMU VMs (run/fleets.d/vm.hcl; needs QEMU: .ci/ensure-vm-tools)
@@ -76,6 +77,7 @@ run-vm: build vm-images ## like run, plus a fleet of 3 QEMU VMs (run/fleets.d/vm
 test: vm-images ## run every test (installs promtool, haproxy and QEMU, starts Docker if needed)
 	.ci/ensure-tools
 	.ci/ensure-vm-tools $(VM_KERNEL)
+	.ci/ensure-browser
 	.ci/ensure-docker
 	$(GO) vet ./...
 	$(GO) test -race -timeout $(TEST_TIMEOUT) -count=1 ./...
@@ -86,6 +88,7 @@ test-short: ## unit tests only: no e2e suite, no Docker, promtool or systemd too
 e2e: vm-images ## the end-to-end suite only (real binary, real Docker, real QEMU)
 	.ci/ensure-tools
 	.ci/ensure-vm-tools $(VM_KERNEL)
+	.ci/ensure-browser
 	.ci/ensure-docker
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./internal/e2e/
 
@@ -130,3 +133,30 @@ install: build ## install binary, systemd unit, sample images and example config
 
 clean: ## remove build output (not run/, which holds the dev agent's state)
 	rm -rf bin build
+
+# make deb builds the Debian package $(DEB_DIR)/immutd_<version>_amd64.deb
+# with nfpm (a tool dependency in go.mod: go tool nfpm) from
+# configs/packaging/nfpm.yaml: make install's PREFIX=/usr layout, with the
+# unit in /lib/systemd/system, the sysusers and tmpfiles entries in
+# /usr/lib, /etc/immutd/agent.hcl as a conffile and the maintainer scripts
+# of configs/packaging. The version is the binary's VERSION (git describe)
+# as a Debian version (configs/packaging/debversion); the binary is built
+# like $(BIN), into the staging directory $(DEB_DIR)/deb-stage, so that a
+# make install running at the same time does not race on $(BIN).
+DEB_DIR     ?= build
+DEB_ARCH    := amd64
+# The VERSION that LDFLAGS holds (expanded once, when the Makefile was read).
+DEB_GITVER   = $(patsubst github.com/immutd/immutd/internal/agent.Version=%,%,$(filter github.com/immutd/immutd/internal/agent.Version=%,$(LDFLAGS)))
+# Expanded once, in the last command of the recipe.
+DEB_VERSION ?= $(shell configs/packaging/debversion '$(DEB_GITVER)' "$$(git log -1 --format=%ct 2>/dev/null)" "$$(git rev-parse HEAD 2>/dev/null)")
+
+deb: images ## build the Debian package build/immutd_<version>_amd64.deb (nfpm; DEB_DIR, DEB_VERSION)
+	rm -rf $(DEB_DIR)/deb-stage && mkdir -p $(DEB_DIR)/deb-stage
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(DEB_ARCH) $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DEB_DIR)/deb-stage/immutd ./cmd/immutd
+	sed 's#/usr/local/#/usr/#g' systemd/immutd.service > $(DEB_DIR)/deb-stage/immutd.service
+	sed 's#/usr/local/#/usr/#g' configs/fleets.d/web.hcl > $(DEB_DIR)/deb-stage/web.hcl
+	v='$(DEB_VERSION)'; [ -n "$$v" ] || { echo "make deb: no Debian version for VERSION=$(DEB_GITVER)" >&2; exit 1; }; \
+	  deb=$(DEB_DIR)/immutd_$${v}_$(DEB_ARCH).deb; rm -f "$$deb"; \
+	  IMMUTD_DEB_VERSION="$$v" IMMUTD_DEB_ARCH=$(DEB_ARCH) IMMUTD_DEB_STAGE=$(DEB_DIR)/deb-stage IMMUTD_DEB_IMAGES=build/images \
+	  SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null)} \
+	  $(GO) tool nfpm package -f configs/packaging/nfpm.yaml -p deb -t "$$deb" && echo "make deb: $$deb"
