@@ -200,6 +200,16 @@ about it that the event log still holds.`,
 		setup: setupExplain,
 	},
 	{
+		name: "logs", args: "INSTANCE", minArgs: 1, maxArgs: 1,
+		summary: "show the last output of an instance, also after it is gone",
+		about: `Show the last output (stdout and stderr; a VM's serial console) of
+instance INSTANCE: live while it runs, and for 7 days after it was
+terminated, the last 256 KiB of it, kept by the provider (at most 500
+instances'). Needs the API token: an app's output may hold anything.
+In a cluster ask the leader, whose providers ran the instance.`,
+		setup: setupLogs,
+	},
+	{
 		name: "pause", args: "REASON...", minArgs: 1, maxArgs: 64,
 		summary: "pause every fleet (or one, with -fleet): nothing new starts",
 		about: `Pause every fleet, or the fleet named by -fleet, for REASON: nothing new

@@ -57,6 +57,7 @@ var synopses = map[string]string{
 	"rollout confirm": "usage: immutd rollout confirm FLEET [flags]",
 	"rollout revert":  "usage: immutd rollout revert FLEET [VERSION] [flags]",
 	"explain":         "usage: immutd explain INSTANCE [flags]",
+	"logs":            "usage: immutd logs INSTANCE [flags]",
 	"pause":           "usage: immutd pause REASON... [flags]",
 	"unpause":         "usage: immutd unpause ID | -all [flags]",
 }

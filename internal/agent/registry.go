@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"go.uber.org/zap"
 
@@ -30,7 +31,7 @@ func providerRegistry(cfg *config.Agent, log *zap.Logger) (map[string]reconcile.
 		providers[config.ProviderLocal] = lp
 	}
 	dp, err := docker.New(docker.Options{Host: cfg.Docker.Host, CertPath: cfg.Docker.CertPath, TLSVerify: cfg.Docker.TLSVerify,
-		PublishHost: cfg.Docker.PublishHost, Logger: log})
+		PublishHost: cfg.Docker.PublishHost, KeptLogDir: filepath.Join(cfg.DataDir, "docker", "kept-logs"), Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("agent: docker provider: %w", err)
 	}

@@ -93,6 +93,10 @@ func (c *Client) send(ctx context.Context, method, path string, in, out any) err
 	if out == nil {
 		return nil
 	}
+	if raw, ok := out.(*[]byte); ok { // an answer that is not JSON
+		*raw = answer
+		return nil
+	}
 	if err := json.Unmarshal(answer, out); err != nil {
 		return fmt.Errorf("%s %s: decode: %w", method, path, err)
 	}

@@ -156,6 +156,7 @@ func (s *Server) Handler() http.Handler {
 		p, err := s.b.Plan(r.Context(), r.URL.Query().Get("fleet"))
 		s.answer(w, p, err)
 	})
+	mux.HandleFunc("GET /v1/instances/{id}/logs", s.auth(s.logs))
 	mux.HandleFunc("GET /v1/instances/{id}/explain", func(w http.ResponseWriter, r *http.Request) {
 		e, err := s.b.Explain(r.Context(), r.PathValue("id"))
 		s.answer(w, e, err)

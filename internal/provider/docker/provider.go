@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/immutd/immutd/internal/instance"
+	"github.com/immutd/immutd/internal/provider/hostdir"
 )
 
 // DefaultHost is the engine endpoint when Options.Host is empty.
@@ -78,6 +79,10 @@ type Options struct {
 	// PublishHost is the host address container ports are published on
 	// and probes dial. Default 127.0.0.1.
 	PublishHost string
+	// KeptLogDir, when set, keeps the last 256 KiB of the output of each
+	// container the provider removes, for 7 days, at most 500 of them
+	// (hostdir.Archive): the engine's own logs go with the container.
+	KeptLogDir string
 	// Logger receives the provider's logs. Default: no logging.
 	Logger *zap.Logger
 }
@@ -92,6 +97,7 @@ type Provider struct {
 	host        string
 	publishHost string
 	log         *zap.Logger
+	kept        *hostdir.Archive // nil: output is not kept
 
 	// Reconnect backoff of Watch: first wait, cap, and how long a stream
 	// must have lived for the wait to start over from the first one.
@@ -149,7 +155,14 @@ func New(opts Options) (*Provider, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	var kept *hostdir.Archive
+	if opts.KeptLogDir != "" {
+		if kept, err = hostdir.NewArchive(opts.KeptLogDir, 0, 0, 0); err != nil {
+			return nil, fmt.Errorf("docker: %w", err)
+		}
+	}
 	return &Provider{
+		kept:            kept,
 		cli:             cli,
 		host:            host,
 		publishHost:     publish,

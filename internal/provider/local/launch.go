@@ -331,6 +331,10 @@ func (p *Provider) removeInstanceFiles(id string, port int) error {
 			errs = append(errs, err)
 		}
 	}
+	// The last part of its output outlives the instance.
+	if err := p.keepOutput(id); err != nil {
+		p.log.Warn("could not keep the instance's last output", zapID(id), zapErr(err))
+	}
 	for _, f := range []string{p.LogPath(id), p.LogPath(id) + rotatedSuffix} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)

@@ -220,3 +220,48 @@ func copyToFile(name string, r io.Reader) error {
 	}
 	return err
 }
+
+// keepOutput keeps the last part of instance id's log (the rotated part
+// first) in the archive of instances that are gone.
+func (p *Provider) keepOutput(id string) error {
+	var parts []io.Reader
+	for _, path := range []string{p.LogPath(id) + rotatedSuffix, p.LogPath(id)} {
+		f, err := os.Open(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		parts = append(parts, f)
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	return p.kept.Keep(id, parts...)
+}
+
+// Logs returns the last max bytes of instance id's output: its log (the
+// rotated part first) while it exists, what was kept of it once it is
+// gone. An error wrapping fs.ErrNotExist when there is neither.
+func (p *Provider) Logs(_ context.Context, id string, max int64) ([]byte, error) {
+	if err := instance.CheckID(id); err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(p.metaPath(id)); err == nil {
+		var out []byte
+		for _, path := range []string{p.LogPath(id) + rotatedSuffix, p.LogPath(id)} {
+			b, err := os.ReadFile(path)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
+			out = append(out, b...)
+		}
+		if int64(len(out)) > max {
+			out = out[int64(len(out))-max:]
+		}
+		return out, nil
+	}
+	return p.kept.Read(id, max)
+}

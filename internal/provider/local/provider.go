@@ -51,6 +51,10 @@ type Options struct {
 	// instance log. Default DefaultLogMaxSize (16 MiB); at least
 	// MinLogMaxSize (64 KiB).
 	LogMaxSize int64
+	// KeptLogDir keeps the last 256 KiB of the output of each instance
+	// that is gone, for 7 days, at most 500 of them (hostdir.Archive).
+	// Default <Dir>/kept-logs.
+	KeptLogDir string
 	// Logger receives the provider's logs. Default: no logging.
 	Logger *zap.Logger
 }
@@ -68,6 +72,7 @@ type Provider struct {
 	logDir       string
 	tmpDir       string
 	logMaxSize   int64
+	kept         *hostdir.Archive
 	bindHost     string
 	procRoot     string
 	log          *zap.Logger
@@ -143,6 +148,13 @@ func New(opts Options) (*Provider, error) {
 		records:      map[string]*imageRecord{},
 	}
 	p.candidatePort = p.freePort
+	keptDir := opts.KeptLogDir
+	if keptDir == "" {
+		keptDir = filepath.Join(dir, "kept-logs")
+	}
+	if p.kept, err = hostdir.NewArchive(keptDir, 0, 0, 0); err != nil {
+		return nil, fmt.Errorf("local: %w", err)
+	}
 	for _, d := range []string{p.imagesDir, p.instancesDir, p.metaDir, p.locksDir, p.portsDir, p.logDir, p.tmpDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("local: %w", err)

@@ -108,7 +108,7 @@ func (p *Provider) rotate(id string) error {
 
 // Logs returns the last max bytes of VM id's console (the rotated part
 // first), also after the VM is gone.
-func (p *Provider) Logs(id string, max int64) ([]byte, error) {
+func (p *Provider) Logs(_ context.Context, id string, max int64) ([]byte, error) {
 	var out []byte
 	for _, path := range []string{p.LogPath(id) + ".1", p.LogPath(id)} {
 		b, err := os.ReadFile(path)

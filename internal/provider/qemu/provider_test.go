@@ -202,7 +202,7 @@ func TestConsoleLogsRotateAndOutliveTheirVM(t *testing.T) {
 			t.Errorf("log of %s: kept %v, want %v (LogKeep 2, newest first)", id, err == nil, kept)
 		}
 	}
-	if b, err := p.Logs("live", 10); err != nil || len(b) != 10 {
+	if b, err := p.Logs(context.Background(), "live", 10); err != nil || len(b) != 10 {
 		t.Errorf("Logs(live, 10): %q %v", b, err)
 	}
 }
