@@ -58,6 +58,7 @@ var synopses = map[string]string{
 	"rollout revert":  "usage: immutd rollout revert FLEET [VERSION] [flags]",
 	"explain":         "usage: immutd explain INSTANCE [flags]",
 	"logs":            "usage: immutd logs INSTANCE [flags]",
+	"completion":      "usage: immutd completion bash|zsh",
 	"pause":           "usage: immutd pause REASON... [flags]",
 	"unpause":         "usage: immutd unpause ID | -all [flags]",
 }
