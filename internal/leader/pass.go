@@ -87,7 +87,7 @@ func (t *Term) pass(ctx context.Context, now time.Time) (PassResult, error) {
 	}
 	t.markHealthy(ctx, v, now)
 	t.syncTraffic(ctx, v, t.Judged())
-	t.recordBlocks(ctx, plan, now)
+	t.recordBlocks(ctx, plan, v.stats, now)
 	t.recordStorms(ctx, v, plan, now)
 	t.trackRollouts(ctx, v, plan, now)
 	t.publish(v, in, plan, started, now)
@@ -317,9 +317,15 @@ func (t *Term) markHealthy(ctx context.Context, v view, now time.Time) {
 
 // recordBlocks logs and journals every change of a fleet's blocked
 // causes, so "why is nothing happening" has an answer in the event log.
-// The launch throttle comes and goes every few passes: status only.
-func (t *Term) recordBlocks(ctx context.Context, plan reconcile.Result, now time.Time) {
+// The launch throttle comes and goes every few passes: status only. A
+// launch backoff that runs out is not an unblock while the fleet's
+// launches keep failing (stats): the retry is part of the same streak,
+// so a permanent launch failure is one blocked event, not a blocked and
+// unblocked pair per retry; the unblock comes with the first launch that
+// becomes healthy.
+func (t *Term) recordBlocks(ctx context.Context, plan reconcile.Result, stats map[string]state.FleetStats, now time.Time) {
 	var events []state.Event
+	backoff := string(reconcile.CauseLaunchBackoff)
 	for _, st := range plan.Fleets {
 		var causes, details []string
 		for _, b := range st.Blocked {
@@ -328,6 +334,14 @@ func (t *Term) recordBlocks(ctx context.Context, plan reconcile.Result, now time
 			}
 			causes = append(causes, string(b.Cause))
 			details = append(details, string(b.Cause)+": "+b.Detail)
+		}
+		prevKey := t.blocked[st.Fleet]
+		if f := stats[st.Fleet].LaunchFailures; f > 0 && slices.Contains(strings.Split(prevKey, ","), backoff) && !slices.Contains(causes, backoff) {
+			causes = append(causes, backoff)
+			details = append(details, fmt.Sprintf("%s: %d consecutive instances failed before becoming healthy; retrying", backoff, f))
+			if sameSet(causes, strings.Split(prevKey, ",")) {
+				continue // still the same block
+			}
 		}
 		key := strings.Join(causes, ",")
 		prev, seen := t.blocked[st.Fleet]
@@ -344,6 +358,19 @@ func (t *Term) recordBlocks(ctx context.Context, plan reconcile.Result, now time
 		t.log.Warn("remediation blocked", zap.String("fleet", st.Fleet), zap.String("reason", key), zap.Strings("evidence", details))
 	}
 	t.record(ctx, events...)
+}
+
+// sameSet says whether a and b hold the same strings.
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
 }
 
 // listRetry is a provider's List backoff while it fails: nothing of its

@@ -681,3 +681,43 @@ func TestRunWaitsForItsWork(t *testing.T) {
 		t.Fatal("Run did not return after its context ended")
 	}
 }
+
+// TestLaunchBackoffRetriesAreOneBlock: a fleet whose launches keep failing
+// is blocked once; its backoff running out (a retry) while the failures
+// last is not an unblock, and the unblock comes when they are over.
+func TestLaunchBackoffRetriesAreOneBlock(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	now := r.clk.Now()
+	blocked := reconcile.Result{Fleets: []reconcile.FleetStatus{{Fleet: "web",
+		Blocked: []reconcile.Block{{Cause: reconcile.CauseLaunchBackoff, Detail: "3 consecutive instances failed"}}}}}
+	retrying := reconcile.Result{Fleets: []reconcile.FleetStatus{{Fleet: "web"}}}
+	failing := map[string]state.FleetStats{"web": {LaunchFailures: 3}}
+	for i := 0; i < 3; i++ {
+		r.term.recordBlocks(ctx, blocked, failing, now)
+		r.term.recordBlocks(ctx, retrying, failing, now)
+	}
+	count := func(action string) int {
+		n := 0
+		for _, e := range r.j.events() {
+			if e.Action == state.EventAction(action) {
+				n++
+			}
+		}
+		return n
+	}
+	if b, u := count("remediation_blocked"), count("remediation_unblocked"); b != 1 || u != 0 {
+		t.Fatalf("three retries of a failing launch: %d blocked and %d unblocked events, want 1 and 0", b, u)
+	}
+	r.term.recordBlocks(ctx, retrying, map[string]state.FleetStats{"web": {}}, now)
+	if u := count("remediation_unblocked"); u != 1 {
+		t.Fatalf("launches healthy again: %d unblocked events, want 1", u)
+	}
+	// Another cause next to the retry is a change, and says so.
+	r.term.recordBlocks(ctx, blocked, failing, now)
+	paused := reconcile.Result{Fleets: []reconcile.FleetStatus{{Fleet: "web", Blocked: []reconcile.Block{{Cause: reconcile.CausePaused, Detail: "p1"}}}}}
+	r.term.recordBlocks(ctx, paused, failing, now)
+	if !r.j.hasEvent("remediation_blocked", "paused,launch_backoff") {
+		t.Fatalf("a pause during a failing launch streak was not recorded: %+v", r.j.events())
+	}
+}
