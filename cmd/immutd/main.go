@@ -9,6 +9,7 @@
 //	immutd cluster members|leave [flags]
 //	immutd cluster join ADDR [flags]
 //	immutd cluster remove NODE [flags]
+//	immutd snapshot save|restore FILE [flags]
 //	immutd tls init -nodes a,b,c [flags]
 //	immutd version
 //	immutd help [COMMAND]
@@ -249,6 +250,8 @@ address (not API address) is ADDR.`,
 example a machine that is gone for good.`,
 		setup: setupMembership("remove"),
 	},
+	snapshotSaveCommand,
+	snapshotRestoreCommand,
 	{
 		name: "tls init", args: "-nodes NAME,...", summary: "create a CA and one certificate per agent for cluster mTLS",
 		about: `Create a cluster CA in -dir (unless it holds one already) and one

@@ -154,6 +154,7 @@ func (a *Agent) rpcHandler() http.Handler {
 		return a.Unpause(ctx, *req)
 	}))
 	a.clusterRPC(mux)
+	a.snapshotRPC(mux)
 	return a.authenticated(mux)
 }
 

@@ -205,6 +205,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/cluster/remove", s.auth(func(w http.ResponseWriter, r *http.Request) {
 		s.do(w, s.b.RemoveMember(r.Context(), r.URL.Query().Get("node")), "removed")
 	}))
+	s.snapshotRoutes(mux)
 	return mux
 }
 
