@@ -26,6 +26,7 @@ import (
 	autopilot "github.com/hashicorp/raft-autopilot"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
 
 	"github.com/immutd/immutd/internal/api"
 	"github.com/immutd/immutd/internal/cluster"
@@ -96,17 +97,51 @@ type Agent struct {
 	dataDir api.DataDirStatus
 }
 
-// NewLogger builds the agent's JSON logger.
+// NewLogger builds the agent's logger on stderr: JSON lines (for journald
+// and log shippers), or readable lines when stderr is a terminal.
+// IMMUTD_LOG_FORMAT=json or console chooses either way.
 func NewLogger(level string) (*zap.Logger, zap.AtomicLevel, error) {
 	lvl := zap.NewAtomicLevel()
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return nil, lvl, fmt.Errorf("log level %q: %w", level, err)
 	}
+	format, err := logFormat(isTerminal(os.Stderr), os.Getenv("IMMUTD_LOG_FORMAT"))
+	if err != nil {
+		return nil, lvl, err
+	}
 	enc := zap.NewProductionEncoderConfig()
 	enc.TimeKey = "time"
 	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
-	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(os.Stderr), lvl)
+	encoder := zapcore.NewJSONEncoder(enc)
+	if format == "console" {
+		enc.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
+		enc.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc.EncodeCaller = nil
+		encoder = zapcore.NewConsoleEncoder(enc)
+	}
+	core := zapcore.NewCore(encoder, zapcore.Lock(os.Stderr), lvl)
 	return zap.New(core), lvl, nil
+}
+
+// logFormat is json or console: what IMMUTD_LOG_FORMAT says, else
+// console on a terminal and json elsewhere.
+func logFormat(terminal bool, env string) (string, error) {
+	switch env {
+	case "json", "console":
+		return env, nil
+	case "":
+		if terminal {
+			return "console", nil
+		}
+		return "json", nil
+	}
+	return "", fmt.Errorf("IMMUTD_LOG_FORMAT=%q: want json or console", env)
+}
+
+// isTerminal says whether f is a terminal.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // Options are what a caller may supply instead of the defaults.
@@ -134,6 +169,9 @@ func NewWith(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel, opts Opt
 	if err := a.m.bridgeRaftMetrics(); err != nil {
 		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
+	// The agent file was loaded to get here.
+	a.m.agentReloadOK.Set(1)
+	a.m.agentReloadTime.Set(float64(time.Now().Unix()))
 	if a.providers == nil {
 		if a.providers, err = providerRegistry(cfg, log); err != nil {
 			return nil, err
@@ -415,6 +453,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	run("form-cluster", a.formCluster)
 	run("faults", a.watchFaults)
 	run("data-dir", a.watchDataDir)
+	run("raft-metrics", func(ctx context.Context) error { return a.m.raft.follow(ctx, node.Raft()) })
 	// Providers with work of their own (the local provider's log keeper)
 	// run as long as the agent does, leader or not.
 	for _, name := range slices.Sorted(maps.Keys(a.providers)) {
@@ -561,12 +600,26 @@ func (a *Agent) consumeConfig(ctx context.Context, updates <-chan config.Update)
 // reloadAgentConfig applies the settings of the agent file that can change
 // at runtime (SIGHUP); the others need a restart and are reported.
 func (a *Agent) reloadAgentConfig() {
+	// failed is set by every part of the reload that could not be applied:
+	// the reload metrics say that an edit is not (wholly) in force.
+	failed := false
+	defer func() {
+		if failed {
+			a.m.agentReloadOK.Set(0)
+			a.m.agentReloadFailures.Inc()
+			return
+		}
+		a.m.agentReloadOK.Set(1)
+		a.m.agentReloadTime.Set(float64(time.Now().Unix()))
+	}()
 	next, err := config.LoadAgent(a.cfg.File)
 	if err != nil {
+		failed = true
 		a.log.Error("agent config reload rejected; keeping the running configuration", zap.String("file", a.cfg.File), zap.Error(err))
 		return
 	}
 	if err := a.level.UnmarshalText([]byte(next.LogLevel)); err != nil {
+		failed = true
 		a.log.Error("agent config reload: log level", zap.Error(err))
 	}
 	a.mu.Lock()
@@ -591,10 +644,12 @@ func (a *Agent) reloadAgentConfig() {
 		restart = append(restart, "api")
 	}
 	if err := a.loadToken(); err != nil {
+		failed = true
 		a.log.Error("agent config reload: api token", zap.Error(err))
 	}
 	if a.identity != nil {
 		if err := a.identity.Reload(); err != nil {
+			failed = true
 			a.log.Error("agent config reload: cluster certificates; keeping the loaded ones", zap.Error(err))
 		}
 	}

@@ -312,3 +312,18 @@ func TestAgentLeadershipEndsItsTermBeforeStopping(t *testing.T) {
 		t.Fatal("the term outlived the agent")
 	}
 }
+
+func TestLogFormat(t *testing.T) {
+	for _, c := range []struct {
+		terminal bool
+		env      string
+		want     string
+	}{{true, "", "console"}, {false, "", "json"}, {true, "json", "json"}, {false, "console", "console"}} {
+		if got, err := logFormat(c.terminal, c.env); err != nil || got != c.want {
+			t.Errorf("logFormat(%v, %q) = %q, %v; want %q", c.terminal, c.env, got, err, c.want)
+		}
+	}
+	if _, err := logFormat(false, "yaml"); err == nil {
+		t.Error("IMMUTD_LOG_FORMAT=yaml accepted")
+	}
+}

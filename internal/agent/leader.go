@@ -70,7 +70,7 @@ func (a *Agent) runTerm(ctx context.Context) {
 	backends := registry.New(a.log.Named("traffic"))
 	defer backends.Close()
 	t := leader.New(leader.Config{
-		Node: a.cfg.NodeName, Journal: journal{a.node}, Providers: a.providers, Judge: a, Metrics: leaderMetrics{a.m},
+		Node: a.cfg.NodeName, Journal: journal{a.node}, Providers: a.providers, Judge: a, Metrics: leaderMetrics{a.m, a},
 		Log: a.log.Named("leader"), Settings: a.leaderSettings, Wake: a.wake, Notify: a.Wake, Publish: a.publishPass,
 		Executor: reconcile.ExecutorOptions{Logger: a.log.Named("executor")}, Backends: backends,
 	})
@@ -158,7 +158,10 @@ func (j journal) ServerIDs() ([]string, error) {
 }
 
 // leaderMetrics feeds the term's measurements into the agent's metrics.
-type leaderMetrics struct{ m *metrics }
+type leaderMetrics struct {
+	m *metrics
+	a *Agent
+}
 
 func (l leaderMetrics) Pass(result leader.PassResult, took time.Duration) {
 	l.m.passes.WithLabelValues(string(result)).Inc()
@@ -166,7 +169,7 @@ func (l leaderMetrics) Pass(result leader.PassResult, took time.Duration) {
 }
 
 func (l leaderMetrics) Finished(it *state.Intent, provider string, outcome state.Outcome, took time.Duration) {
-	l.m.intentsFinished.WithLabelValues(string(it.Kind), string(outcome)).Inc()
+	l.m.intentsFinished.WithLabelValues(it.Fleet, string(it.Kind), string(outcome)).Inc()
 	if it.Kind == state.Admit || it.Kind == state.Drain {
 		l.m.trafficStep.WithLabelValues(string(it.Kind), string(outcome)).Observe(took.Seconds())
 		return
@@ -177,7 +180,24 @@ func (l leaderMetrics) Finished(it *state.Intent, provider string, outcome state
 	}
 }
 
-func (l leaderMetrics) Fleet(st reconcile.FleetStatus) { l.m.publish(st) }
+// Fleet publishes the leader's view of a fleet, with the fleet's streak
+// of failed launches from the replicated state. Only fleets whose series
+// exist are published (publishDesired makes and forgets them): a pass
+// that read the state before a fleet was forgotten must not bring its
+// series back.
+func (l leaderMetrics) Fleet(st reconcile.FleetStatus) {
+	failures := 0
+	l.a.node.Read(func(s *state.State) {
+		if fs := s.Stats[st.Fleet]; fs != nil {
+			failures = fs.LaunchFailures
+		}
+	})
+	l.a.mu.Lock()
+	defer l.a.mu.Unlock()
+	if l.a.knownFleets[st.Fleet] {
+		l.m.publish(st, failures)
+	}
+}
 
 func (l leaderMetrics) ImageRefMoved(fleet string, moved bool) {
 	v := 0.0

@@ -18,6 +18,7 @@ type Status = api.Status
 // publishDesired exports the replicated desired sizes (every agent).
 func (a *Agent) publishDesired() {
 	sizes := map[string]int{}
+	failures := map[string]int{}
 	pauses := map[string]int{"": 0}
 	a.node.Read(func(st *state.State) {
 		a.m.desiredGen.Set(float64(st.Generation))
@@ -37,13 +38,20 @@ func (a *Agent) publishDesired() {
 			sizes[name] = f.Spec.Size
 			a.m.reverted.WithLabelValues(name).Set(boolGauge(f.Revert != nil && f.Revert.ConfirmedBy == ""))
 			a.m.rolloutPaused.WithLabelValues(name).Set(boolGauge(f.Rollout != nil && f.Rollout.Paused))
-			if f.Draining {
+			// A fleet removed from the fleet files wants no instances: immutd
+			// launches none for it, whether it keeps the ones that run
+			// (until an operator drains it) or drains them.
+			if f.Unconfigured || f.Draining {
 				sizes[name] = 0
+			}
+			if fs := st.Stats[name]; fs != nil {
+				failures[name] = fs.LaunchFailures
 			}
 		}
 	})
 	for name, size := range sizes {
 		a.m.fleetDesired.WithLabelValues(name).Set(float64(size))
+		a.m.launchFailures.WithLabelValues(name).Set(float64(failures[name]))
 		pauses[name] += 0
 	}
 	for fleet, n := range pauses {
