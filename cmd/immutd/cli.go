@@ -224,6 +224,9 @@ func renderFleets(w io.Writer, fleets []api.Fleet) {
 		if f.ResolveError != "" {
 			fmt.Fprintf(w, "  %s image %s not resolved: %s\n", c(f.Name), c(f.Image), c(f.ResolveError))
 		}
+		if f.LastLaunchError != "" {
+			fmt.Fprintf(w, "  %s last launch error: %s\n", c(f.Name), c(f.LastLaunchError))
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/immutd/immutd/internal/api"
 	"github.com/immutd/immutd/internal/state"
 )
 
@@ -110,5 +111,18 @@ func TestLongEvidenceIsCutCleanly(t *testing.T) {
 	}
 	if ev := line[strings.Index(line, "✓"):]; len(ev) > maxEvidence {
 		t.Errorf("evidence is %d bytes, more than %d: %q", len(ev), maxEvidence, ev)
+	}
+}
+
+// TestBlockedFleetShowsItsLastLaunchError: the error of the last failed
+// launch is shown in full (escaped), not only its reason.
+func TestBlockedFleetShowsItsLastLaunchError(t *testing.T) {
+	var b bytes.Buffer
+	err := "exec: \"bin/app\": no such file or directory " + strings.Repeat("x", 200) + "\x1b[2J"
+	renderFleets(&b, []api.Fleet{{Name: "web", LaunchFailures: 3, LastLaunchError: err,
+		Blocked: []api.Block{{Cause: "launch_backoff", Detail: "3 consecutive instances failed"}}}})
+	out := b.String()
+	if !strings.Contains(out, "web last launch error: exec: \"bin/app\": no such file or directory "+strings.Repeat("x", 200)) || strings.Contains(out, "\x1b") {
+		t.Fatalf("status:\n%s", out)
 	}
 }

@@ -327,3 +327,18 @@ func TestLogFormat(t *testing.T) {
 		t.Error("IMMUTD_LOG_FORMAT=yaml accepted")
 	}
 }
+
+// TestLaunchErrorsGoToFailingFleetsOnly: the status names the last launch
+// error of a fleet whose launches keep failing, on a copy of the shared
+// status, and of no other fleet.
+func TestLaunchErrorsGoToFailingFleetsOnly(t *testing.T) {
+	shared := []api.Fleet{{Name: "web", LaunchFailures: 2}, {Name: "api"}}
+	errs := map[string]string{"web": "exec: no such file", "api": "an old failure"}
+	got := withLaunchErrors(shared, errs)
+	if got[0].LastLaunchError != "exec: no such file" || got[1].LastLaunchError != "" {
+		t.Fatalf("fleets %+v", got)
+	}
+	if shared[0].LastLaunchError != "" {
+		t.Fatal("the shared status was changed")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/immutd/immutd/internal/api"
@@ -105,7 +106,14 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	s := api.Status{Node: a.cfg.NodeName, PID: os.Getpid(), NodeID: a.node.ID(), IsLeader: a.node.IsLeader(), Leader: leaderAddr, LeaderID: leaderID,
 		Term: a.node.Term(), AppliedIndex: a.node.AppliedIndex(), Generation: generation, Version: Version}
 	committed := ""
+	lastErr := map[string]string{}
 	a.node.Read(func(st *state.State) {
+		// The newest failed launch of each fleet, for its error in full.
+		for i := len(st.Events) - 1; i >= 0; i-- {
+			if e := st.Events[i]; e.Action == state.ActionLaunchFailed && len(e.Evidence) > 0 && lastErr[e.Fleet] == "" {
+				lastErr[e.Fleet] = strings.Join(e.Evidence, "; ")
+			}
+		}
 		s.DesiredAt = st.DesiredAt
 		s.Events = st.EventsSince(0, 20)
 		s.SourceNode = st.SourceNode
@@ -132,16 +140,26 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	s.Diverged = a.fleetsHash != "" && committed != "" && a.fleetsHash != committed
 	a.mu.Unlock()
 	if s.IsLeader && last != nil {
-		s.Fleets = last.Fleets
+		s.Fleets = withLaunchErrors(last.Fleets, lastErr)
 		return s
 	}
 	// Follower (or leader before its first pass): the replicated view.
 	s.Stale = true
-	s.Fleets = fleets
-	if s.Fleets == nil {
-		s.Fleets = []api.Fleet{}
-	}
+	s.Fleets = withLaunchErrors(fleets, lastErr)
 	return s
+}
+
+// withLaunchErrors is a copy of fleets (the published status is shared)
+// with the last launch error of each fleet whose launches keep failing.
+func withLaunchErrors(fleets []api.Fleet, lastErr map[string]string) []api.Fleet {
+	out := make([]api.Fleet, len(fleets))
+	copy(out, fleets)
+	for i := range out {
+		if out[i].LaunchFailures > 0 {
+			out[i].LastLaunchError = lastErr[out[i].Name]
+		}
+	}
+	return out
 }
 
 // Events implements api.Backend.

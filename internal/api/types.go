@@ -94,8 +94,11 @@ type Fleet struct {
 	Unconfigured   bool           `json:"unconfigured"`
 	Draining       bool           `json:"draining"`
 	LaunchFailures int            `json:"launch_failures"`
-	BackoffUntil   time.Time      `json:"backoff_until,omitempty"`
-	Instances      []Instance     `json:"instances"`
+	// LastLaunchError is the error of the fleet's last failed launch, in
+	// full, while its launches keep failing.
+	LastLaunchError string     `json:"last_launch_error,omitempty"`
+	BackoffUntil    time.Time  `json:"backoff_until,omitempty"`
+	Instances       []Instance `json:"instances"`
 	// Version is the version the fleet runs (its target), FileVersion the
 	// one its file names (0 before the leader recorded it); Reverted, set
 	// while a revert is in force, says how they differ and how that ends.
