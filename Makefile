@@ -122,6 +122,7 @@ install: build ## install binary, systemd unit, sample images and example config
 	install -D -m0644 systemd/immutd.sysusers $(DESTDIR)/etc/sysusers.d/immutd.conf
 	install -D -m0644 systemd/immutd.tmpfiles $(DESTDIR)/etc/tmpfiles.d/immutd.conf
 	install -D -m0644 configs/prometheus/immutd.rules.yml $(DESTDIR)$(PREFIX)/share/immutd/prometheus/immutd.rules.yml
+	install -D -m0644 configs/grafana/immutd-dashboard.json $(DESTDIR)$(PREFIX)/share/immutd/grafana/immutd-dashboard.json
 	for v in 1 2; do rm -rf $(DESTDIR)$(PREFIX)/share/immutd/images/sampleapp-v$$v && cp -R build/images/sampleapp-v$$v $(DESTDIR)$(PREFIX)/share/immutd/images/; done
 	systemd-sysusers --root=$(or $(DESTDIR),/) $(DESTDIR)/etc/sysusers.d/immutd.conf
 	install -d -m0755 $(DESTDIR)/etc/immutd/fleets.d

@@ -70,7 +70,7 @@ func TestInstallProducesAServiceThatStarts(t *testing.T) {
 		t.Errorf("agent.hcl: mode %04o owner %d:%d, want 0640 root:immutd (0:%d)", fi.Mode().Perm(), st.Uid, st.Gid, gid)
 	}
 	for _, p := range []string{"usr/bin/immutd", "usr/share/immutd/images/sampleapp-v1/manifest.json", "usr/share/immutd/systemd/immutd-docker.conf",
-		"usr/share/immutd/prometheus/immutd.rules.yml", "etc/sysusers.d/immutd.conf", "etc/tmpfiles.d/immutd.conf"} {
+		"usr/share/immutd/prometheus/immutd.rules.yml", "usr/share/immutd/grafana/immutd-dashboard.json", "etc/sysusers.d/immutd.conf", "etc/tmpfiles.d/immutd.conf"} {
 		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
 			t.Errorf("not installed: /%s", p)
 		}
