@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -82,6 +83,7 @@ func setupStatus(fs *flag.FlagSet) runFunc {
 	asJSON := fs.Bool("json", false, "print the status as JSON")
 	fleet := fs.String("fleet", "", "only this fleet")
 	consistent := fs.Bool("consistent", false, "read through the leader (with health and drift) instead of this agent's replicated copy")
+	wide := fs.Bool("wide", false, "everything: whole digests, the 20 recent events with their whole evidence (default: fits 120 columns)")
 	return func(ctx context.Context, w streams, _ []string) error {
 		r, err := cf.connect()
 		if err != nil {
@@ -105,27 +107,34 @@ func setupStatus(fs *flag.FlagSet) runFunc {
 		if *asJSON {
 			return writeJSON(w.out, st, true)
 		}
-		renderStatus(w.out, st, time.Now())
+		renderStatusWide(w.out, st, time.Now(), *wide)
 		return nil
 	}
 }
 
 // renderStatus prints the status for a human. Every value from the
 // agent goes through clean (c) as it is formatted.
-func renderStatus(w io.Writer, st api.Status, now time.Time) {
+func renderStatus(w io.Writer, st api.Status, now time.Time) { renderStatusWide(w, st, now, false) }
+
+// renderStatusWide is renderStatus, with everything when wide.
+func renderStatusWide(w io.Writer, st api.Status, now time.Time, wide bool) {
+	digest := shortDigest
+	if wide {
+		digest = func(d string) string { return clean(d) }
+	}
 	renderHeader(w, st, now)
 	fmt.Fprintln(w)
-	renderFleets(w, st.Fleets)
+	renderFleetsWith(w, st.Fleets, digest)
 	fmt.Fprintln(w)
-	renderInstances(w, st.Fleets, now)
+	renderInstancesWith(w, st.Fleets, now, digest)
 	if len(st.Events) > 0 {
 		evs := st.Events
-		if len(evs) > statusEvents {
+		if len(evs) > statusEvents && !wide {
 			evs = evs[len(evs)-statusEvents:]
 		}
 		// The last few, compact; immutd events shows them all, in full.
 		fmt.Fprintln(w, "\nRECENT EVENTS")
-		renderEvents(w, evs)
+		renderEventLines(w, evs, wide, true)
 	}
 }
 
@@ -187,7 +196,10 @@ func renderHeader(w io.Writer, st api.Status, now time.Time) {
 }
 
 // renderFleets prints one line per fleet, then why any fleet is blocked.
-func renderFleets(w io.Writer, fleets []api.Fleet) {
+func renderFleets(w io.Writer, fleets []api.Fleet) { renderFleetsWith(w, fleets, shortDigest) }
+
+// renderFleetsWith is renderFleets with digests shown by digest.
+func renderFleetsWith(w io.Writer, fleets []api.Fleet, digest func(string) string) {
 	c := clean
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FLEET\tPROVIDER\tDESIRED\tHEALTHY\tUP-TO-DATE\tIMAGE\tSTATUS")
@@ -211,7 +223,7 @@ func renderFleets(w io.Writer, fleets []api.Fleet) {
 		case f.States["healthy"] < f.Desired:
 			status = "converging"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", c(f.Name), c(f.Provider), f.Desired, f.States["healthy"], f.UpToDate, shortDigest(f.ImageDigest), status)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", c(f.Name), c(f.Provider), f.Desired, f.States["healthy"], f.UpToDate, digest(f.ImageDigest), status)
 	}
 	tw.Flush()
 	for _, f := range fleets {
@@ -232,6 +244,11 @@ func renderFleets(w io.Writer, fleets []api.Fleet) {
 
 // renderInstances prints one line per instance with its evidence below.
 func renderInstances(w io.Writer, fleets []api.Fleet, now time.Time) {
+	renderInstancesWith(w, fleets, now, shortDigest)
+}
+
+// renderInstancesWith is renderInstances with image digests shown by digest.
+func renderInstancesWith(w io.Writer, fleets []api.Fleet, now time.Time, digest func(string) string) {
 	c := clean
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	// REF is the provider's handle: a local instance's pid (kill -9 it to
@@ -269,7 +286,7 @@ func renderInstances(w io.Writer, fleets []api.Fleet, now time.Time) {
 			if !in.CreatedAt.IsZero() {
 				age = ago(now, in.CreatedAt)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c(in.ID), c(in.Fleet), c(in.State), shortDigest(in.ImageDigest), c(in.Address),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c(in.ID), c(in.Fleet), c(in.State), digest(in.ImageDigest), c(in.Address),
 				shortDigest(in.ProviderRef), age, strings.Join(notes, "; "))
 			for _, e := range first(in.Evidence, 3) {
 				fmt.Fprintf(tw, "\t\t\t\t\t\t\t  probe: %s\n", c(e))
@@ -298,7 +315,12 @@ func renderEvents(w io.Writer, evs []state.Event) { renderEventLines(w, evs, fal
 // renderEventLines prints events, with a header line or not, compact or
 // (full) with the whole evidence.
 func renderEventLines(w io.Writer, evs []state.Event, full, header bool) {
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	out := w
+	var buf bytes.Buffer
+	if !full {
+		out = &buf
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	if header {
 		fmt.Fprintln(tw, "TIME\tFLEET\tINSTANCE\tACTION\tREASON\tEVIDENCE")
 	}
@@ -315,7 +337,28 @@ func renderEventLines(w io.Writer, evs []state.Event, full, header bool) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("15:04:05"), dash(clean(e.Fleet)), dash(clean(e.InstanceID)), clean(string(e.Action)), dash(clean(e.Reason)), ev)
 	}
 	tw.Flush()
+	if full {
+		return
+	}
+	// Compact: every line within a terminal of 120 columns, the evidence
+	// (the last column) cut where it does not fit.
+	for _, line := range strings.SplitAfter(buf.String(), "\n") {
+		body, nl := strings.CutSuffix(line, "\n")
+		if utf8.RuneCountInString(body) > compactWidth {
+			r := []rune(body)
+			body = string(r[:compactWidth-3]) + "..."
+		}
+		if body != "" || nl {
+			fmt.Fprint(w, body)
+			if nl {
+				fmt.Fprintln(w)
+			}
+		}
+	}
 }
+
+// compactWidth is the width compact event lines fit in.
+const compactWidth = 120
 
 // eventJSON is an event as events -json prints it: "evidence" always
 // there, [] when there is none.

@@ -589,6 +589,11 @@ func (a *Agent) consumeConfig(ctx context.Context, updates <-chan config.Update)
 			a.m.reloadOK.Set(1)
 			a.m.reloadTime.Set(float64(u.At.Unix()))
 			a.log.Info("fleet files loaded", zap.String("dir", a.cfg.FleetsDir), zap.Int("fleets", len(u.Set.Fleets)), zap.String("hash", short(u.Hash)))
+			if prev != nil && !prev.OK && prev.Error != "" {
+				// The fix of a rejected file is part of its story too.
+				a.recordEvent(ctx, state.Event{Action: state.ActionConfigAccepted, Reason: "config_fixed",
+					Evidence: []string{fmt.Sprintf("fleet files load again: %d %s, after %d %s", len(u.Set.Fleets), plural(len(u.Set.Fleets), "fleet", "fleets"), st.Rejected, plural(st.Rejected, "rejection", "rejections"))}})
+			}
 			select {
 			case a.proposeNow <- struct{}{}:
 			default:
@@ -803,4 +808,11 @@ func httpRoutes(apiHandler, page http.Handler) http.Handler {
 	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	mux.Handle("/", apiHandler)
 	return mux
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

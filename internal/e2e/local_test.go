@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/immutd/immutd/internal/api"
 )
@@ -127,9 +128,12 @@ func TestBrokenFleetFileChangesNothing(t *testing.T) {
 	if code == 0 || !strings.Contains(out, "web.hcl:2:") {
 		t.Fatalf("validate: exit %d, output %q", code, out)
 	}
-	// Fixing the file applies again.
+	// Fixing the file applies again, and says so in the event log.
 	e.writeFleet("web.hcl", fleetFile("web", 3, "v1", ""))
 	e.waitHealthy("web", 3, "", 30*time.Second)
+	if ev := findEvent(e.events(), "config_accepted", ""); ev == nil || ev.Reason != "config_fixed" {
+		t.Fatalf("no config_accepted event after the fix: %+v", ev)
+	}
 	if out, code := runCLI("validate", e.fleetsDir); code != 0 {
 		t.Fatalf("validate of a good dir: exit %d: %s", code, out)
 	}
@@ -233,10 +237,23 @@ func TestStatusCommandIsReadable(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status exit %d: %s", code, out)
 	}
-	for _, want := range []string{"(leader)", "fleet files: ok", "FLEET", "web", "healthy", "RECENT EVENTS", "launched"} {
+	for _, want := range []string{"(leader)", "fleet files: ok, 1 fleet ", "FLEET", "web", "healthy", "RECENT EVENTS", "TIME", "launched"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
+	}
+	// It fits a terminal of 120 columns, as under watch; -wide has it all.
+	for _, line := range strings.Split(out, "\n") {
+		if n := utf8.RuneCountInString(line); n > 120 {
+			t.Errorf("a status line of %d columns: %q", n, line)
+		}
+	}
+	digest := e.fleet("web").ImageDigest
+	if strings.Contains(out, digest) {
+		t.Errorf("status shows the whole digest %s; it should be cut", digest)
+	}
+	if wide, code := runCLI("status", "-wide", "-addr", e.httpAddr); code != 0 || !strings.Contains(wide, digest) {
+		t.Errorf("status -wide: exit %d, lacks the whole digest %s:\n%s", code, digest, wide)
 	}
 	if out, code := runCLI("version"); code != 0 || !strings.Contains(out, "immutd e2e") {
 		t.Errorf("version: exit %d: %s", code, out)

@@ -184,6 +184,9 @@ const (
 	// ActionConfigRejected: an agent's fleet files did not load; the last
 	// good desired state stays in force.
 	ActionConfigRejected EventAction = "config_rejected"
+	// ActionConfigAccepted: an agent's fleet files load again after they
+	// were rejected.
+	ActionConfigAccepted EventAction = "config_accepted"
 
 	// Intents (see plannedAction and finishedAction) and adoptions.
 	ActionLaunchPlanned      EventAction = "launch_planned"
