@@ -38,6 +38,10 @@ func TestLogsOutliveTheInstance(t *testing.T) {
 // line of the terminated instance id, and refuses without the token.
 func checkKeptLogs(t *testing.T, e *env, id string) {
 	t.Helper()
+	// The kill's record says where the output went.
+	if ev := findEvent(e.events(), "terminate_planned", id); ev == nil || !strings.Contains(strings.Join(ev.Evidence, "; "), "its last output is kept: immutd logs "+id) {
+		t.Errorf("the terminate_planned event of %s does not link its output: %+v", id, ev)
+	}
 	out, code := e.cli("logs", id)
 	if code != 0 || !strings.Contains(out, "listening on") {
 		t.Fatalf("immutd logs %s after it was terminated: exit %d: %q", id, code, out)

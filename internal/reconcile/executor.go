@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -162,6 +163,13 @@ func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fl
 				Reason: string(a.Reason), Evidence: a.Evidence, Term: term, Generation: d.Generation, Node: e.node}
 			if kind == state.Terminate {
 				it.Grace = d.Spec.Launch.StopGrace
+				// Where its output stays once it is gone: the kill's
+				// record links to it.
+				if _, keeps := e.providers[d.Spec.Provider].(interface {
+					Logs(ctx context.Context, id string, max int64) ([]byte, error)
+				}); keeps {
+					it.Evidence = append(slices.Clone(it.Evidence), "its last output is kept: immutd logs "+a.InstanceID)
+				}
 			}
 			if d.Spec.Traffic.Gated() {
 				if r, ok := records[a.InstanceID]; ok {
