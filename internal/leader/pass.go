@@ -336,7 +336,14 @@ func (t *Term) recordBlocks(ctx context.Context, plan reconcile.Result, stats ma
 			details = append(details, string(b.Cause)+": "+b.Detail)
 		}
 		prevKey := t.blocked[st.Fleet]
+		if slices.Contains(causes, backoff) {
+			t.inBackoff[st.Fleet] = true
+		}
 		if f := stats[st.Fleet].LaunchFailures; f > 0 && slices.Contains(strings.Split(prevKey, ","), backoff) && !slices.Contains(causes, backoff) {
+			if t.inBackoff[st.Fleet] {
+				t.retries[st.Fleet]++ // the backoff ran out: one more retry of the streak
+				t.inBackoff[st.Fleet] = false
+			}
 			causes = append(causes, backoff)
 			details = append(details, fmt.Sprintf("%s: %d consecutive instances failed before becoming healthy; retrying", backoff, f))
 			if sameSet(causes, strings.Split(prevKey, ",")) {
@@ -350,7 +357,13 @@ func (t *Term) recordBlocks(ctx context.Context, plan reconcile.Result, stats ma
 		}
 		t.blocked[st.Fleet] = key
 		if key == "" {
-			events = append(events, state.Event{Time: now, Fleet: st.Fleet, Action: state.ActionRemediationUnblocked, Reason: prev, Node: t.cfg.Node})
+			ev := state.Event{Time: now, Fleet: st.Fleet, Action: state.ActionRemediationUnblocked, Reason: prev, Node: t.cfg.Node}
+			if n := t.retries[st.Fleet]; n > 0 {
+				ev.Evidence = []string{fmt.Sprintf("after %d launch %s that failed too, folded into the one blocked event", n, plural(n, "retry", "retries"))}
+			}
+			delete(t.retries, st.Fleet)
+			delete(t.inBackoff, st.Fleet)
+			events = append(events, ev)
 			t.log.Info("remediation unblocked", zap.String("fleet", st.Fleet), zap.String("reason", prev))
 			continue
 		}
@@ -447,4 +460,11 @@ func (t *Term) watchEvents(ctx context.Context, used map[string]bool) {
 		t.watching[name] = true
 		t.goRun(func() { src.Watch(ctx, func() { t.providerEvent(name) }) })
 	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

@@ -192,7 +192,12 @@ type Term struct {
 	health  *healthClock
 
 	// Only Run's goroutine touches these.
-	blocked        map[string]string
+	blocked map[string]string
+	// retries counts, per fleet, the launch retries of a failure streak
+	// that recordBlocks folded into its one blocked event; inBackoff says
+	// whether the last pass saw the backoff itself.
+	retries        map[string]int
+	inBackoff      map[string]bool
 	watching       map[string]bool
 	lastResolveTry time.Time
 	lastRefCheck   time.Time
@@ -220,7 +225,7 @@ func New(cfg Config) *Term {
 		cfg.Publish = func(Snapshot) {}
 	}
 	t := &Term{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), drift: map[string]driftEntry{}, observed: map[string]instance.Observed{},
-		listBackoff: map[string]*listRetry{}, judged: map[string]Judgement{}, blocked: map[string]string{}, watching: map[string]bool{},
+		listBackoff: map[string]*listRetry{}, judged: map[string]Judgement{}, blocked: map[string]string{}, retries: map[string]int{}, inBackoff: map[string]bool{}, watching: map[string]bool{},
 		moved: map[string]string{}, traffic: newTrafficState(), health: newHealthClock()}
 	eo := cfg.Executor
 	eo.Backends, eo.OnConnections = cfg.Backends, t.traffic.connections

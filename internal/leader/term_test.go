@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -712,6 +713,12 @@ func TestLaunchBackoffRetriesAreOneBlock(t *testing.T) {
 	r.term.recordBlocks(ctx, retrying, map[string]state.FleetStats{"web": {}}, now)
 	if u := count("remediation_unblocked"); u != 1 {
 		t.Fatalf("launches healthy again: %d unblocked events, want 1", u)
+	}
+	// The one unblock counts the retries folded into the block.
+	for _, e := range r.j.events() {
+		if e.Action == "remediation_unblocked" && (len(e.Evidence) != 1 || !strings.HasPrefix(e.Evidence[0], "after 3 launch retries that failed too")) {
+			t.Fatalf("unblocked event %+v; want it to count 3 retries", e)
+		}
 	}
 	// Another cause next to the retry is a change, and says so.
 	r.term.recordBlocks(ctx, blocked, failing, now)
