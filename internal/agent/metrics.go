@@ -252,17 +252,14 @@ func (m *metrics) publish(st reconcile.FleetStatus, launchFailures int) {
 var launchStoppers = []reconcile.Cause{reconcile.CauseLaunchCapped, reconcile.CauseUnconfigured, reconcile.CauseProviderUnreachable,
 	reconcile.CauseNoImage, reconcile.CausePaused, reconcile.CauseStorm, reconcile.CauseDisabled}
 
-// backingOff says whether the fleet's launches are in backoff. The
-// planner names launch_backoff only while it waits for the next launch;
-// the retry in between (launched, starting, failing again) is the same
-// backoff, and an alert on the cause must not resolve at every retry. So
-// the metric holds from the second instance in a row that failed before
-// it became healthy (the first failure is retried at once, see
-// reconcile.Backoff) for as long as the fleet lacks healthy instances:
-// the streak ends when one becomes healthy, the fleet file changes or an
-// operator retries (`immutd fleet retry`).
+// backingOff says whether the fleet's launches are in backoff: in a
+// streak of failed launches (reconcile.InLaunchStreak, so that an alert on
+// the cause does not resolve at every retry), unless a cause that stops
+// launches by itself, with an alert of its own, holds. The streak ends
+// when an instance becomes healthy, the fleet file changes or an operator
+// retries (`immutd fleet retry`).
 func backingOff(st reconcile.FleetStatus, on map[reconcile.Cause]bool, launchFailures int) bool {
-	if reconcile.Backoff(launchFailures) <= 0 || st.Draining || st.States[reconcile.StateHealthy] >= st.Desired {
+	if !reconcile.InLaunchStreak(st, launchFailures) {
 		return false
 	}
 	for _, c := range launchStoppers {

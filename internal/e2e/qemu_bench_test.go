@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -155,18 +156,10 @@ func watchServing(addr string, at chan<- time.Time, stop <-chan struct{}) {
 }
 
 func medianInt(xs []int64) int64 {
-	s := append([]int64(nil), xs...)
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
-	if len(s) == 0 {
+	if len(xs) == 0 {
 		return 0
 	}
-	return s[len(s)/2]
+	return slices.Sorted(slices.Values(xs))[len(xs)/2]
 }
 
 // qemuBaseline boots the image by hand once and returns the time from

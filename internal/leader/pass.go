@@ -318,11 +318,11 @@ func (t *Term) markHealthy(ctx context.Context, v view, now time.Time) {
 // recordBlocks logs and journals every change of a fleet's blocked
 // causes, so "why is nothing happening" has an answer in the event log.
 // The launch throttle comes and goes every few passes: status only. A
-// launch backoff that runs out is not an unblock while the fleet's
-// launches keep failing (stats): the retry is part of the same streak,
-// so a permanent launch failure is one blocked event, not a blocked and
-// unblocked pair per retry; the unblock comes with the first launch that
-// becomes healthy.
+// launch backoff that runs out is not an unblock while the fleet is in its
+// streak of failed launches (reconcile.InLaunchStreak): the retry is part
+// of the same block, so a permanent launch failure is one blocked event,
+// not a blocked and unblocked pair per retry; the unblock, which counts
+// the retries, comes when the streak ends.
 func (t *Term) recordBlocks(ctx context.Context, plan reconcile.Result, stats map[string]state.FleetStats, now time.Time) {
 	var events []state.Event
 	backoff := string(reconcile.CauseLaunchBackoff)
@@ -339,7 +339,7 @@ func (t *Term) recordBlocks(ctx context.Context, plan reconcile.Result, stats ma
 		if slices.Contains(causes, backoff) {
 			t.inBackoff[st.Fleet] = true
 		}
-		if f := stats[st.Fleet].LaunchFailures; f > 0 && slices.Contains(strings.Split(prevKey, ","), backoff) && !slices.Contains(causes, backoff) {
+		if f := stats[st.Fleet].LaunchFailures; reconcile.InLaunchStreak(st, f) && !slices.Contains(causes, backoff) {
 			if t.inBackoff[st.Fleet] {
 				t.retries[st.Fleet]++ // the backoff ran out: one more retry of the streak
 				t.inBackoff[st.Fleet] = false

@@ -690,9 +690,10 @@ func TestLaunchBackoffRetriesAreOneBlock(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
 	now := r.clk.Now()
-	blocked := reconcile.Result{Fleets: []reconcile.FleetStatus{{Fleet: "web",
+	// A fleet of 1 without a healthy instance: its launches keep failing.
+	blocked := reconcile.Result{Fleets: []reconcile.FleetStatus{{Fleet: "web", Desired: 1,
 		Blocked: []reconcile.Block{{Cause: reconcile.CauseLaunchBackoff, Detail: "3 consecutive instances failed"}}}}}
-	retrying := reconcile.Result{Fleets: []reconcile.FleetStatus{{Fleet: "web"}}}
+	retrying := reconcile.Result{Fleets: []reconcile.FleetStatus{{Fleet: "web", Desired: 1}}}
 	failing := map[string]state.FleetStats{"web": {LaunchFailures: 3}}
 	for i := 0; i < 3; i++ {
 		r.term.recordBlocks(ctx, blocked, failing, now)
@@ -722,7 +723,7 @@ func TestLaunchBackoffRetriesAreOneBlock(t *testing.T) {
 	}
 	// Another cause next to the retry is a change, and says so.
 	r.term.recordBlocks(ctx, blocked, failing, now)
-	paused := reconcile.Result{Fleets: []reconcile.FleetStatus{{Fleet: "web", Blocked: []reconcile.Block{{Cause: reconcile.CausePaused, Detail: "p1"}}}}}
+	paused := reconcile.Result{Fleets: []reconcile.FleetStatus{{Fleet: "web", Desired: 1, Blocked: []reconcile.Block{{Cause: reconcile.CausePaused, Detail: "p1"}}}}}
 	r.term.recordBlocks(ctx, paused, failing, now)
 	if !r.j.hasEvent("remediation_blocked", "paused,launch_backoff") {
 		t.Fatalf("a pause during a failing launch streak was not recorded: %+v", r.j.events())

@@ -471,6 +471,18 @@ func Backoff(n int) time.Duration {
 	return d
 }
 
+// InLaunchStreak says whether a fleet is in a streak of failed launches
+// that its backoff governs, also between the waits, while a retry is
+// launched and starting: from the second instance in a row that failed
+// before it became healthy (the first is retried at once, see Backoff)
+// for as long as the fleet, not draining, lacks healthy instances. The
+// planner names launch_backoff only during a wait; what reports the
+// backoff to operators (events, metrics) uses this, so that a retry is not
+// taken for the end of the block.
+func InLaunchStreak(st FleetStatus, launchFailures int) bool {
+	return Backoff(launchFailures) > 0 && !st.Draining && st.States[StateHealthy] < st.Desired
+}
+
 // Plan decides what to do. It is pure: it reads only its input.
 //
 // Each fleet is planned in steps: tally (classify every instance and
