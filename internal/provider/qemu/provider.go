@@ -326,15 +326,6 @@ func HostTSCKHz() int {
 	return 0
 }
 
-// Accel returns the accelerator the provider's VMs use: kvm or tcg.
-func (p *Provider) Accel() string { return p.accel }
-
-// Version returns the QEMU version.
-func (p *Provider) Version() string { return p.version }
-
-// Dir returns the provider's (absolute) directory.
-func (p *Provider) Dir() string { return p.dir }
-
 // LogPath returns the file that receives the serial console of VM id;
 // Run keeps the previous part in LogPath(id)+".1". Both are kept after
 // the VM is gone.
