@@ -88,7 +88,14 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 	}
 	defer l.unlock()
 	if m, err := p.readMeta(req.InstanceID); err == nil {
-		return p.observed(m), nil // launched already
+		if m.PID != 0 {
+			return p.observed(m), nil // launched already
+		}
+		if obs := p.adoptInterrupted(m); obs.Phase == instance.Running {
+			return obs, nil // launched already, interrupted after QEMU started
+		}
+		// Cut before QEMU started: the launch did not happen; do it.
+		p.removeInstance(req.InstanceID)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return instance.Observed{}, err
 	}

@@ -51,11 +51,11 @@ func (p *Provider) listOne(id string) (instance.Observed, bool) {
 	}
 	obs := p.observed(m)
 	if m.PID == 0 {
-		// Recorded, but QEMU not (yet) started: a launch in progress
-		// holds the lock; otherwise it was interrupted.
+		// Recorded without a pid: a launch in progress holds the lock;
+		// otherwise it was interrupted, before or after QEMU started.
 		if l, err := p.tryLock(id); err == nil {
+			obs = p.adoptInterrupted(m)
 			l.unlock()
-			obs.Phase, obs.ExitReason = instance.Exited, "launch interrupted before QEMU started"
 		}
 		return obs, true
 	}
@@ -63,6 +63,30 @@ func (p *Provider) listOne(id string) (instance.Observed, bool) {
 		obs.Phase, obs.ExitReason = instance.Exited, p.exitReason(m)
 	}
 	return obs, true
+}
+
+// adoptInterrupted reports a record whose launch was interrupted (the
+// caller holds the instance's lock). When the launch got as far as
+// starting QEMU, the VM runs and occupies capacity: its pid is recorded
+// from the pid file, or, while QEMU still daemonizes and has written
+// none, the VM is reported running and adopted by a later List. Only a
+// launch cut before QEMU started is exited.
+func (p *Provider) adoptInterrupted(m meta) instance.Observed {
+	dir := p.instanceDir(m.ID)
+	if pid, start, err := readPIDFile(dir); err == nil && processAlive(pid, start) {
+		m.PID, m.PIDStart = pid, start
+		if err := writeMeta(dir, m); err != nil {
+			p.log.Warn("record the pid of an interrupted launch's vm failed", zapID(m.ID), zap.Error(err))
+		} else {
+			p.log.Info("vm of an interrupted launch adopted", zapID(m.ID), zap.Int("pid", pid))
+		}
+		return p.observed(m)
+	}
+	obs := p.observed(m)
+	if len(instanceQEMUs(dir)) == 0 {
+		obs.Phase, obs.ExitReason = instance.Exited, "launch interrupted before QEMU started"
+	}
+	return obs
 }
 
 // consoleTail is how much of the end of a console log exitReason reads.

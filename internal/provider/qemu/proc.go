@@ -92,3 +92,28 @@ func isInstanceQEMU(pid int, dir string) bool {
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return err == nil && bytes.Contains(cmdline, []byte("\x00-pidfile\x00"+filepath.Join(dir, pidFile)+"\x00"))
 }
+
+// instanceQEMUs lists the processes running the QEMU of the instance
+// directory dir, found by their command lines. It is the last resort for
+// a launch interrupted between starting QEMU and recording its pid: while
+// QEMU daemonizes there is no pid file yet, and for a moment two
+// processes (the parent and the daemon).
+func instanceQEMUs(dir string) []int {
+	des, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, de := range des {
+		pid, err := strconv.Atoi(de.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if isInstanceQEMU(pid, dir) {
+			if state, _, err := procStat(pid); err == nil && state != 'Z' && state != 'X' && state != 'x' {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
+}

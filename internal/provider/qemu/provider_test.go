@@ -113,6 +113,66 @@ func TestInterruptedLaunchIsExitedAndCleanedUp(t *testing.T) {
 	}
 }
 
+// An agent killed after QEMU started but before it recorded QEMU's pid
+// leaves a running VM behind a record without a pid. The VM is listed
+// running (it occupies capacity; a replacement next to it would go past
+// the fleet's surge), its pid is adopted from the pid file, and while
+// there is no pid file yet (QEMU still daemonizing) it is found by its
+// command line, listed running and killed by Terminate.
+func TestInterruptedLaunchWithARunningQEMUIsAdopted(t *testing.T) {
+	needVMs(t)
+	p := testProvider(t, t.TempDir())
+	for _, pidFileGone := range []bool{false, true} {
+		id := fmt.Sprintf("cut-%v", pidFileGone)
+		obs := bootOne(t, p, id)
+		idir := p.instanceDir(id)
+		m, err := p.readMeta(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid := m.PID
+		m.PID, m.PIDStart = 0, 0
+		if err := writeMeta(idir, m); err != nil {
+			t.Fatal(err)
+		}
+		if pidFileGone {
+			if err := os.Remove(filepath.Join(idir, pidFile)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		list, err := p.List(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != 1 || list[0].ID != id || list[0].Phase != instance.Running || list[0].Address != obs.Address {
+			t.Fatalf("pid file gone %v: list %+v; want %s running at %s", pidFileGone, list, id, obs.Address)
+		}
+		m, err = p.readMeta(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := pid; pidFileGone {
+			if m.PID != 0 {
+				t.Fatalf("record got pid %d with no pid file to prove it", m.PID)
+			}
+		} else if m.PID != want {
+			t.Fatalf("record's pid after List: %d; want QEMU's %d, adopted from the pid file", m.PID, want)
+		}
+		// Launching the id again (the leader retrying its maybe-applied
+		// launch) returns this VM, not a second one.
+		again, err := p.Launch(context.Background(), instance.LaunchRequest{InstanceID: id, Fleet: "f", ImageDigest: obs.ImageDigest, TemplateHash: "t"})
+		if err != nil || again.Address != obs.Address {
+			t.Fatalf("launch again: %+v, %v; want the running VM at %s", again, err, obs.Address)
+		}
+		if err := p.Terminate(context.Background(), id, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if left := instanceQEMUs(idir); len(left) != 0 {
+			t.Fatalf("QEMU %v of %s still runs after terminate (pid was %d)", left, id, pid)
+		}
+	}
+}
+
 // Watch wakes the leader as soon as a VM's QEMU dies.
 func TestWatchNotifiesWhenAVMDies(t *testing.T) {
 	p := testProvider(t, t.TempDir())

@@ -58,9 +58,30 @@ func (p *Provider) terminate(ctx context.Context, id string, grace time.Duration
 		if err := p.stop(ctx, id, dir, pid, start, grace); err != nil {
 			return err
 		}
+	} else if err := killUnrecorded(dir); err != nil {
+		return err
 	}
 	p.removeInstance(id)
 	p.log.Info("vm terminated", zapID(id))
+	return nil
+}
+
+// killUnrecorded kills the QEMU processes of dir that no pid names (a
+// launch interrupted while QEMU daemonized), so that none outlives the
+// directory it is removed with.
+func killUnrecorded(dir string) error {
+	for _, pid := range instanceQEMUs(dir) {
+		_, start, err := procStat(pid)
+		if err != nil {
+			continue
+		}
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("kill qemu %d: %w", pid, err)
+		}
+		if !waitExit(pid, start, time.Now().Add(quitWait), nil) {
+			return fmt.Errorf("qemu %d still runs %s after SIGKILL", pid, quitWait)
+		}
+	}
 	return nil
 }
 
@@ -123,6 +144,9 @@ func (p *Provider) removeUnrecorded(id string) {
 	if pid, start, err := readPIDFile(dir); err == nil && processAlive(pid, start) {
 		_ = unix.Kill(pid, unix.SIGKILL)
 		waitExit(pid, start, time.Now().Add(quitWait), nil)
+	}
+	if err := killUnrecorded(dir); err != nil {
+		p.log.Warn("kill the qemu of an unrecorded vm failed", zapID(id), zap.Error(err))
 	}
 	p.removeInstance(id)
 }
