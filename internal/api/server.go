@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 
@@ -75,6 +76,11 @@ func New(b Backend, reg *prometheus.Registry, log *zap.Logger) *Server {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	// Go's profiles, for a slow or hungry agent: they show the agent's
+	// internals (and cost CPU while they run), so they need the token.
+	mux.HandleFunc("GET /debug/pprof/", s.auth(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/profile", s.auth(pprof.Profile))
+	mux.HandleFunc("GET /debug/pprof/trace", s.auth(pprof.Trace))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

@@ -126,3 +126,33 @@ func TestReadyz(t *testing.T) {
 		t.Fatalf("readyz when ready: %d", resp.StatusCode)
 	}
 }
+
+// Go's profiles show the agent's internals and cost CPU: they need the
+// token too.
+func TestProfilesNeedTheToken(t *testing.T) {
+	b := &fakeBackend{token: "s3cret-token-0123456789"}
+	srv := httptest.NewServer(New(b, prometheus.NewRegistry(), zap.NewNop()).Handler())
+	defer srv.Close()
+	get := func(path, auth string) int {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/goroutine?debug=1", "/debug/pprof/profile?seconds=1", "/debug/pprof/trace?seconds=1"} {
+		if code := get(path, ""); code != http.StatusUnauthorized {
+			t.Errorf("%s without token: %d", path, code)
+		}
+	}
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/goroutine?debug=1"} {
+		if code := get(path, "Bearer s3cret-token-0123456789"); code != http.StatusOK {
+			t.Errorf("%s with the token: %d", path, code)
+		}
+	}
+}
