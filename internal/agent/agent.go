@@ -84,7 +84,7 @@ type Agent struct {
 	startHash   string
 	settledHash string
 	configErr   *api.ConfigStatus
-	lastStatus  *Status
+	lastStatus  *leader.Snapshot
 	autoDrain   bool
 	interval    time.Duration
 	limits      config.Limits

@@ -96,10 +96,10 @@ func (a *Agent) leaderSettings() leader.Settings {
 }
 
 // publishPass keeps the last pass for status.
-func (a *Agent) publishPass(s leader.Snapshot) {
+func (a *Agent) publishPass(s *leader.Snapshot) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.lastStatus = &Status{Fleets: s.Fleets}
+	a.lastStatus = s
 	a.lastPass = s.At
 }
 

@@ -140,7 +140,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	s.Diverged = a.fleetsHash != "" && committed != "" && a.fleetsHash != committed
 	a.mu.Unlock()
 	if s.IsLeader && last != nil {
-		s.Fleets = withLaunchErrors(last.Fleets, lastErr)
+		s.Fleets = withLaunchErrors(last.Fleets(), lastErr)
 		return s
 	}
 	// Follower (or leader before its first pass): the replicated view.

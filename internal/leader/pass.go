@@ -21,7 +21,9 @@ import (
 type view struct {
 	generation uint64
 	fleets     map[string]*state.DesiredFleet
-	records    map[string]state.Instance
+	// records are the state's own records: replaced, never changed, by
+	// the state, so shared here without a copy.
+	records map[string]*state.Instance
 	intents    []*state.Intent
 	stats      map[string]state.FleetStats
 	// The guards' inputs: remediation kill times, the cluster-wide
@@ -39,10 +41,7 @@ func (t *Term) readView() view {
 		for n, f := range st.Fleets {
 			v.fleets[n] = f // desired fleets are replaced, never mutated, by the state
 		}
-		v.records = make(map[string]state.Instance, len(st.Instances))
-		for id, in := range st.Instances {
-			v.records[id] = *in
-		}
+		v.records = maps.Clone(st.Instances)
 		for _, it := range st.SortedIntents() {
 			cp := *it
 			v.intents = append(v.intents, &cp)
@@ -107,8 +106,8 @@ func (t *Term) observe(ctx context.Context, v view) (map[string]instance.Observe
 		used[f.Spec.Provider] = true
 	}
 	t.watchEvents(ctx, used)
-	observed := map[string]instance.Observed{}
 	listErr := map[string]string{}
+	var lists [][]instance.Observed
 	for _, name := range slices.Sorted(maps.Keys(used)) {
 		p := t.cfg.Providers[name]
 		if p == nil {
@@ -141,7 +140,15 @@ func (t *Term) observe(ctx context.Context, v view) (map[string]instance.Observe
 			continue
 		}
 		t.listOK(name)
-		for _, o := range list {
+		lists = append(lists, list)
+	}
+	n := 0
+	for _, l := range lists {
+		n += len(l)
+	}
+	observed := make(map[string]instance.Observed, n)
+	for _, l := range lists {
+		for _, o := range l {
 			observed[o.ID] = o
 		}
 	}
@@ -195,27 +202,27 @@ type seen struct {
 // was seen.
 func (t *Term) joined(v view, sn *seen, now time.Time) reconcile.Input {
 	observed, listErr, judged, times := sn.observed, sn.listErr, sn.judged, sn.times
-	openBy := map[string]*state.Intent{}
+	openBy := make(map[string]*state.Intent, len(v.intents))
 	for _, it := range v.intents {
 		openBy[it.InstanceID] = it
 	}
-	ids := map[string]map[string]bool{}
-	add := func(fleet, id string) {
-		if ids[fleet] == nil {
-			ids[fleet] = map[string]bool{}
-		}
-		ids[fleet][id] = true
-	}
+	// The instances of each fleet: recorded, with an intent, or listed by
+	// a provider; sorted, each once.
+	ids := make(map[string][]string, len(v.fleets))
 	for id, r := range v.records {
-		add(r.Fleet, id)
+		ids[r.Fleet] = append(ids[r.Fleet], id)
 	}
 	for id, it := range openBy {
-		add(it.Fleet, id)
+		ids[it.Fleet] = append(ids[it.Fleet], id)
 	}
 	for id, o := range observed {
 		if v.fleets[o.Fleet] != nil {
-			add(o.Fleet, id)
+			ids[o.Fleet] = append(ids[o.Fleet], id)
 		}
+	}
+	for f, l := range ids {
+		slices.Sort(l)
+		ids[f] = slices.Compact(l)
 	}
 	settings := t.cfg.Settings()
 	in := reconcile.Input{Now: now, Limits: settings.Limits, Kills: v.kills, Storm: v.storm, Pauses: v.pauses}
@@ -223,14 +230,14 @@ func (t *Term) joined(v view, sn *seen, now time.Time) reconcile.Input {
 	defer t.driftMu.Unlock()
 	for _, name := range slices.Sorted(maps.Keys(v.fleets)) {
 		f := v.fleets[name]
-		fi := reconcile.FleetInput{Desired: f, Stats: v.stats[name], ObserveError: listErr[f.Spec.Provider]}
-		for _, id := range slices.Sorted(maps.Keys(ids[name])) {
-			x := reconcile.Inst{ID: id, Open: openBy[id]}
-			if r, ok := v.records[id]; ok {
-				x.Record = &r
-			}
+		fi := reconcile.FleetInput{Desired: f, Stats: v.stats[name], ObserveError: listErr[f.Spec.Provider],
+			Instances: make([]reconcile.Inst, 0, len(ids[name]))}
+		obs := make([]instance.Observed, 0, len(ids[name]))
+		for _, id := range ids[name] {
+			x := reconcile.Inst{ID: id, Open: openBy[id], Record: v.records[id]}
 			if o, ok := observed[id]; ok {
-				x.Observed = &o
+				obs = append(obs, o)
+				x.Observed = &obs[len(obs)-1]
 			}
 			if j, ok := judged[id]; ok {
 				x.Health, x.Evidence = j.Health, j.Evidence

@@ -14,39 +14,47 @@ import (
 // the intents started in this pass counted as launching or terminating
 // already.
 func (t *Term) publish(v view, in reconcile.Input, plan reconcile.Result, started []*state.Intent, now time.Time) {
+	// The metrics are the fleets' status with the intents this pass
+	// started and the traffic backends' blocks.
+	byName := make(map[string]reconcile.FleetStatus, len(plan.Fleets))
+	for _, st := range plan.Fleets {
+		for _, it := range started {
+			if it.Fleet == st.Fleet {
+				st.Started(it)
+			}
+		}
+		for _, why := range t.traffic.blocks(st.Fleet) {
+			st.Blocked = append(st.Blocked, reconcile.Block{Cause: reconcile.CauseTrafficBackend, Detail: why})
+		}
+		t.cfg.Metrics.Fleet(st)
+		byName[st.Fleet] = st
+	}
+	judged := t.Judged()
+	t.cfg.Publish(&Snapshot{At: now, build: func() []api.Fleet { return t.fleetRows(v, in, byName, started, judged) }})
+}
+
+// fleetRows is the status of every fleet: what the pass's input and plan
+// say of each and of its instances.
+func (t *Term) fleetRows(v view, in reconcile.Input, byName map[string]reconcile.FleetStatus, started []*state.Intent, judged map[string]Judgement) []api.Fleet {
 	startedBy := map[string]*state.Intent{}
 	for _, it := range started {
 		startedBy[it.InstanceID] = it
 	}
-	byName := map[string]reconcile.FleetStatus{}
-	for _, st := range plan.Fleets {
-		byName[st.Fleet] = st
-	}
-	judged := t.Judged()
-	drift := t.findings()
 	fleets := make([]api.Fleet, 0, len(in.Fleets))
 	for _, fi := range in.Fleets {
 		d := fi.Desired
 		st := byName[d.Spec.Name]
-		for _, it := range started {
-			if it.Fleet == d.Spec.Name {
-				st.Started(it)
-			}
-		}
 		f := api.FleetHeader(d, v.stats[d.Spec.Name])
 		f.Desired, f.UpToDate, f.Drifted, f.BackoffUntil = st.Desired, st.UpToDate, st.Drifted, st.BackoffUntil
 		for _, b := range st.Blocked {
 			f.Blocked = append(f.Blocked, api.Block{Cause: string(b.Cause), Detail: b.Detail})
 		}
-		for _, why := range t.traffic.blocks(d.Spec.Name) {
-			st.Blocked = append(st.Blocked, reconcile.Block{Cause: reconcile.CauseTrafficBackend, Detail: why})
-			f.Blocked = append(f.Blocked, api.Block{Cause: string(reconcile.CauseTrafficBackend), Detail: why})
-		}
+		f.Instances = make([]api.Instance, 0, len(fi.Instances))
 		for _, x := range fi.Instances {
 			if x.Open == nil && startedBy[x.ID] != nil {
 				x.Open = startedBy[x.ID]
 			}
-			row := instanceRow(d, x, st.Instances[x.ID].State, judged[x.ID], drift[x.ID])
+			row := instanceRow(d, x, st.Instances[x.ID].State, judged[x.ID], x.Drift)
 			row.Traffic = string(st.Instances[x.ID].Traffic)
 			row.Flapping, row.Recovering = st.Instances[x.ID].Flapping, st.Instances[x.ID].Recovering
 			if row.Traffic == string(reconcile.TrafficDraining) {
@@ -63,10 +71,9 @@ func (t *Term) publish(v view, in reconcile.Input, plan reconcile.Result, starte
 		for s, n := range st.States {
 			f.States[string(s)] = n
 		}
-		t.cfg.Metrics.Fleet(st)
 		fleets = append(fleets, f)
 	}
-	t.cfg.Publish(Snapshot{At: now, Fleets: fleets})
+	return fleets
 }
 
 // instanceRow is what the API shows of an instance: what is recorded and

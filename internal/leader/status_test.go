@@ -16,7 +16,7 @@ func TestStatusCountsTheIntentsOfThePass(t *testing.T) {
 		t.Helper()
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		return r.snaps[len(r.snaps)-1].Fleets[0]
+		return r.snaps[len(r.snaps)-1].Fleets()[0]
 	}
 	check := func(step string, want map[string]int, rows map[string]int) {
 		t.Helper()

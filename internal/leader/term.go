@@ -105,10 +105,27 @@ type Settings struct {
 	Limits   reconcile.Limits
 }
 
-// Snapshot is what one pass saw, for status.
+// Snapshot is what one pass saw, for status. Its fleets are built from
+// the pass's input and plan when first asked for, not in the pass: a
+// leader watching 100,000 instances makes a pass every second or so and
+// is asked for its status far less often.
 type Snapshot struct {
 	At     time.Time
-	Fleets []api.Fleet
+	once   sync.Once
+	build  func() []api.Fleet
+	fleets []api.Fleet
+}
+
+// NewSnapshot is a snapshot of fleets built already.
+func NewSnapshot(at time.Time, fleets []api.Fleet) *Snapshot {
+	return &Snapshot{At: at, build: func() []api.Fleet { return fleets }}
+}
+
+// Fleets is the status of every fleet, as the pass saw them. The slice is
+// shared: callers copy before they change it.
+func (s *Snapshot) Fleets() []api.Fleet {
+	s.once.Do(func() { s.fleets, s.build = s.build(), nil })
+	return s.fleets
 }
 
 // Config is everything a term needs.
@@ -132,7 +149,7 @@ type Config struct {
 	// Notify asks for a pass now (it sends on Wake's channel).
 	Notify func()
 	// Publish receives the snapshot of every pass; default: dropped.
-	Publish func(Snapshot)
+	Publish func(*Snapshot)
 	// Executor tunes the executor (retries); tests make it fast.
 	Executor reconcile.ExecutorOptions
 	// Backends are the traffic backends of fleets with a traffic gate;
@@ -222,7 +239,7 @@ func New(cfg Config) *Term {
 		cfg.Notify = func() {}
 	}
 	if cfg.Publish == nil {
-		cfg.Publish = func(Snapshot) {}
+		cfg.Publish = func(*Snapshot) {}
 	}
 	t := &Term{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), drift: map[string]driftEntry{}, observed: map[string]instance.Observed{},
 		listBackoff: map[string]*listRetry{}, judged: map[string]Judgement{}, blocked: map[string]string{}, retries: map[string]int{}, inBackoff: map[string]bool{}, watching: map[string]bool{},

@@ -261,7 +261,7 @@ func (m *metricsRec) ImageRefMoved(f string, moved bool) {
 
 // rig is a term with everything it talks to faked, but the state.
 type rig struct {
-	t     *testing.T
+	t     testing.TB
 	term  *Term
 	j     *memJournal
 	p     *fakeProvider
@@ -269,11 +269,11 @@ type rig struct {
 	clk   *clock
 	m     *metricsRec
 	logs  *observer.ObservedLogs
-	snaps []Snapshot
+	snaps []*Snapshot
 	mu    sync.Mutex
 }
 
-func newRig(t *testing.T, providers ...func(*fakeProvider) reconcile.Provider) *rig {
+func newRig(t testing.TB, providers ...func(*fakeProvider) reconcile.Provider) *rig {
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	r := &rig{t: t, j: newJournal(), p: newProvider(), clk: &clock{now: t0}, logs: logs,
@@ -284,7 +284,7 @@ func newRig(t *testing.T, providers ...func(*fakeProvider) reconcile.Provider) *
 		prov = providers[0](r.p)
 	}
 	r.term = New(Config{Node: "n1", Journal: r.j, Providers: map[string]reconcile.Provider{"fake": prov}, Judge: r.judge, Metrics: r.m,
-		Log: zap.New(core), Now: r.clk.Now, Publish: func(s Snapshot) { r.mu.Lock(); r.snaps = append(r.snaps, s); r.mu.Unlock() },
+		Log: zap.New(core), Now: r.clk.Now, Publish: func(s *Snapshot) { r.mu.Lock(); r.snaps = append(r.snaps, s); r.mu.Unlock() },
 		Executor: reconcile.ExecutorOptions{Backoff: time.Millisecond}})
 	close(r.term.ready)
 	return r
@@ -352,8 +352,8 @@ func TestPassLaunchesToSizeAndMarksHealthy(t *testing.T) {
 		t.Error("no leader_ready event after the first pass")
 	}
 	last := r.snaps[len(r.snaps)-1]
-	if len(last.Fleets) != 1 || len(last.Fleets[0].Instances) != 2 || last.Fleets[0].Instances[0].State != "healthy" {
-		t.Fatalf("published snapshot: %+v", last.Fleets)
+	if len(last.Fleets()) != 1 || len(last.Fleets()[0].Instances) != 2 || last.Fleets()[0].Instances[0].State != "healthy" {
+		t.Fatalf("published snapshot: %+v", last.Fleets())
 	}
 }
 

@@ -70,7 +70,7 @@ func TestTrafficAdmitsAfterMinReadyAndSyncsVerdicts(t *testing.T) {
 	b := &recBackend{}
 	r := newRig(t)
 	r.term = New(Config{Node: "n1", Journal: r.j, Providers: map[string]reconcile.Provider{"fake": r.p}, Judge: r.judge, Metrics: r.m,
-		Log: zap.NewNop(), Now: r.clk.Now, Publish: func(s Snapshot) { r.mu.Lock(); r.snaps = append(r.snaps, s); r.mu.Unlock() },
+		Log: zap.NewNop(), Now: r.clk.Now, Publish: func(s *Snapshot) { r.mu.Lock(); r.snaps = append(r.snaps, s); r.mu.Unlock() },
 		Executor: reconcile.ExecutorOptions{Backoff: time.Millisecond}, Backends: oneBackend{b}})
 	close(r.term.ready)
 	r.commit(gatedSpec("web", 2))
@@ -131,7 +131,7 @@ func lastBlocks(r *rig) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []string
-	for _, f := range r.snaps[len(r.snaps)-1].Fleets {
+	for _, f := range r.snaps[len(r.snaps)-1].Fleets() {
 		for _, b := range f.Blocked {
 			out = append(out, b.Cause+": "+b.Detail)
 		}

@@ -134,7 +134,7 @@ func randHex(n int) string {
 // intent. It returns the intents it started. records are the instance
 // records the plan was made on (traffic steps take the instance's image
 // from them).
-func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fleets map[string]*state.DesiredFleet, observed map[string]instance.Observed, records map[string]state.Instance) ([]*state.Intent, error) {
+func (e *Executor) Apply(ctx context.Context, generation uint64, plan Result, fleets map[string]*state.DesiredFleet, observed map[string]instance.Observed, records map[string]*state.Instance) ([]*state.Intent, error) {
 	now := e.now()
 	var adopt []*state.Instance
 	var quarantine []state.QuarantineEntry

@@ -90,11 +90,12 @@ func observedWeb1() map[string]instance.Observed {
 	return map[string]instance.Observed{"web-1": {ID: "web-1", Fleet: "web", ImageDigest: imgNew, Address: "127.0.0.1:9001", Phase: instance.Running}}
 }
 
-func recordsOf(j *memJournal) map[string]state.Instance {
-	out := map[string]state.Instance{}
+func recordsOf(j *memJournal) map[string]*state.Instance {
+	out := map[string]*state.Instance{}
 	j.read(func(st *state.State) {
 		for id, r := range st.Instances {
-			out[id] = *r
+			cp := *r
+			out[id] = &cp
 		}
 	})
 	return out

@@ -344,13 +344,13 @@ func (s *State) completeIntent(c *CompleteIntent) Result {
 		delete(s.Instances, it.InstanceID)
 		ev.Evidence = it.Evidence
 	case it.Kind == Drain && c.Outcome == Done:
-		if rec := s.Instances[it.InstanceID]; rec != nil {
+		if rec := s.edit(it.InstanceID); rec != nil {
 			rec.Admitted, rec.Drained = false, true
 		}
 		ev.Evidence = it.Evidence
 	case it.Kind == Admit && c.Outcome == Done:
-		rec := s.Instances[it.InstanceID]
-		if f := s.Fleets[it.Fleet]; rec != nil && f != nil && f.Spec.Traffic.Gated() {
+		if f := s.Fleets[it.Fleet]; s.Instances[it.InstanceID] != nil && f != nil && f.Spec.Traffic.Gated() {
+			rec := s.edit(it.InstanceID)
 			rec.Admitted, rec.AdmittedAt, rec.Drained = true, c.At, false
 			ev.Evidence = []string{"healthy for min_ready and confirmed by every traffic backend", "address " + rec.Address}
 		}
@@ -396,10 +396,10 @@ func (s *State) adopt(c *Adopt) Result {
 
 func (s *State) markHealthy(c *MarkHealthy) Result {
 	for _, id := range c.InstanceIDs {
-		rec := s.Instances[id]
-		if rec == nil || rec.EverHealthy {
+		if rec := s.Instances[id]; rec == nil || rec.EverHealthy {
 			continue
 		}
+		rec := s.edit(id)
 		rec.EverHealthy = true
 		if f := s.Fleets[rec.Fleet]; f != nil && rec.ImageDigest == f.ImageDigest && rec.TemplateHash == f.TemplateHash {
 			if st := s.Stats[rec.Fleet]; st != nil && st.LaunchFailures > 0 {
@@ -444,11 +444,27 @@ func (s *State) drainFleet(c *DrainFleet) Result {
 	return Result{Generation: s.Generation}
 }
 
+// edit replaces the record of instance id with a copy and returns the
+// copy, to be changed; nil when there is no record. Records are replaced,
+// never changed in place, so that a reader may keep pointers to them after
+// it released the state (the leader's pass shares the records instead of
+// copying each of them).
+func (s *State) edit(id string) *Instance {
+	rec := s.Instances[id]
+	if rec == nil {
+		return nil
+	}
+	cp := *rec
+	s.Instances[id] = &cp
+	return &cp
+}
+
 // ungate clears the traffic flags of a fleet's instances once the fleet
 // has no traffic backend any more: nothing is left to drain them from.
 func (s *State) ungate(fleet string) {
-	for _, in := range s.Instances {
-		if in.Fleet == fleet {
+	for id, in := range s.Instances {
+		if in.Fleet == fleet && (in.Admitted || !in.AdmittedAt.IsZero() || in.Drained) {
+			in = s.edit(id)
 			in.Admitted, in.AdmittedAt, in.Drained = false, time.Time{}, false
 		}
 	}
@@ -457,6 +473,15 @@ func (s *State) ungate(fleet string) {
 // forgetDrained removes draining fleets that have no instances and no open
 // intents left.
 func (s *State) forgetDrained(at time.Time) {
+	// It runs at every finished intent: the common case, no fleet
+	// draining, costs no sort of the fleet names.
+	draining := false
+	for _, f := range s.Fleets {
+		draining = draining || f.Draining
+	}
+	if !draining {
+		return
+	}
 	for _, name := range s.FleetNames() {
 		f := s.Fleets[name]
 		if !f.Draining {
@@ -602,7 +627,7 @@ func (s *State) quarantine(c *Quarantine) Result {
 			res.Rejected[q.InstanceID] = why
 			continue
 		}
-		rec := s.Instances[q.InstanceID]
+		rec := s.edit(q.InstanceID)
 		if !rec.Drained && slices.Contains(RemediationReasons, q.Reason) { // a drain was the kill the rates counted
 			s.recordKill(q.Fleet, c.At)
 		}

@@ -29,7 +29,20 @@ func mustApply(t *testing.T, s *State, c Command) Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s.Apply(d)
+	// Records are replaced, never changed in place (the leader's pass
+	// keeps pointers to them): every record held before the command is
+	// as it was after it.
+	held := map[*Instance]Instance{}
+	for _, in := range s.Instances {
+		held[in] = *in
+	}
+	res := s.Apply(d)
+	for p, was := range held {
+		if !reflect.DeepEqual(*p, was) {
+			t.Fatalf("%T changed record %s in place: %+v, was %+v", c, was.ID, *p, was)
+		}
+	}
+	return res
 }
 
 func TestEncodeDecode(t *testing.T) {
