@@ -24,8 +24,8 @@ type view struct {
 	// records are the state's own records: replaced, never changed, by
 	// the state, so shared here without a copy.
 	records map[string]*state.Instance
-	intents    []*state.Intent
-	stats      map[string]state.FleetStats
+	intents []*state.Intent
+	stats   map[string]state.FleetStats
 	// The guards' inputs: remediation kill times, the cluster-wide
 	// storm, operators' pauses.
 	kills  []time.Time
