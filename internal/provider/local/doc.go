@@ -44,7 +44,9 @@
 //
 // The provider only launches and terminates; it never changes a running
 // instance. Inspect compares an instance root with its image and reports
-// in-place drift.
+// in-place drift; a per-instance cache keyed on each file's stat (ctime
+// included) spares it re-hashing unchanged files, with a slow full
+// re-hash as a backstop (driftcache.go).
 //
 // Limits: processes that leave the instance's session (a second setsid or
 // a double fork into a new session) are not tracked or terminated, and

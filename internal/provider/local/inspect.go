@@ -27,9 +27,13 @@ import (
 // segment matches any number of segments, and a pattern that matches a
 // directory ignores everything below it.
 //
-// Every file is hashed on every call; there is no size/mtime cache, so
-// an edit that keeps a file's size and mtime is still found. That is
-// cheap for the small trees instances are, and it is the safe choice.
+// A file is hashed only when its stat (device, inode, size, mtime, ctime,
+// mode) differs from when it was last hashed, or when the slow backstop
+// says so; the ctime in that key means an edit that keeps a file's size
+// and restores its mtime is still found (see driftcache.go). Only the
+// files the image has as files are hashed: the content of an added path
+// is not part of the finding. Inspections of different instances may run
+// in parallel; those of one instance take turns.
 func (p *Provider) Inspect(ctx context.Context, obs instance.Observed, ignore []string) (*instance.Finding, error) {
 	f, err := p.inspect(ctx, obs, ignore)
 	if err != nil {
@@ -59,11 +63,33 @@ func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []
 	if err != nil {
 		return nil, err
 	}
-	got, err := walkTree(ctx, p.instanceRoot(id), walkOptions{skip: ign.Match})
+	var want []entry
+	for _, e := range rec.Entries {
+		if !ign.Match(e.Path) {
+			want = append(want, e)
+		}
+	}
+	st := &inspectState{want: want, id: id, now: p.now().UnixNano(), rehashAfter: p.rehashAfter, racyWindow: p.racyWindow}
+	var ic *instanceCache
+	if !p.noCache {
+		ic = p.drift.get(id)
+		ic.mu.Lock()
+		defer ic.mu.Unlock()
+		if ic.digest != digest {
+			ic.digest, ic.files = digest, nil
+		}
+		ic.gen++
+		st.cache = ic
+	}
+	got, err := walkTree(ctx, p.instanceRoot(id), walkOptions{skip: ign.Match, inspect: st})
+	p.hashedBytes.Add(st.hashed)
 	if h := inspectHook.Load(); h != nil {
 		(*h)(id)
 	}
 	if _, merr := p.readMeta(id); errors.Is(merr, fs.ErrNotExist) {
+		if ic != nil {
+			p.drift.dropIf(id, ic)
+		}
 		return nil, ErrNotFound // terminated while we looked
 	}
 	var notDir *notDirError
@@ -75,11 +101,8 @@ func (p *Provider) inspect(ctx context.Context, obs instance.Observed, ignore []
 	if err != nil {
 		return nil, err
 	}
-	var want []entry
-	for _, e := range rec.Entries {
-		if !ign.Match(e.Path) {
-			want = append(want, e)
-		}
+	if ic != nil {
+		st.prune()
 	}
 	evidence := diffEntries(want, got)
 	if len(evidence) == 0 {

@@ -325,6 +325,7 @@ func isExecutable(p string) bool {
 // an interrupted removal is retried. The caller holds the instance lock,
 // whose file unlock then removes.
 func (p *Provider) removeInstanceFiles(id string, port int) error {
+	p.drift.drop(id)
 	var errs []error
 	for _, d := range []string{p.instanceRoot(id), p.instanceTmp(id)} {
 		if err := hostdir.RemoveTree(d); err != nil {

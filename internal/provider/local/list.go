@@ -43,6 +43,13 @@ func (p *Provider) List(ctx context.Context) ([]instance.Observed, error) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	// Instances removed behind this provider's back (by another agent
+	// sharing the directory) lose their drift cache here.
+	listed := make(map[string]bool, len(out))
+	for _, o := range out {
+		listed[o.ID] = true
+	}
+	p.drift.retain(listed)
 	return out, nil
 }
 

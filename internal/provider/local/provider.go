@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -55,6 +56,13 @@ type Options struct {
 	// that is gone, for 7 days, at most 500 of them (hostdir.Archive).
 	// Default <Dir>/kept-logs.
 	KeptLogDir string
+	// DriftRehashInterval bounds how long Inspect trusts its drift cache
+	// for a file: every file of every instance is hashed again at least
+	// this often (each at its own period between half of it and all of
+	// it), even if its stat did not change. Default
+	// DefaultDriftRehashInterval (5 minutes); negative turns the backstop
+	// off. See driftcache.go.
+	DriftRehashInterval time.Duration
 	// Logger receives the provider's logs. Default: no logging.
 	Logger *zap.Logger
 }
@@ -82,6 +90,12 @@ type Provider struct {
 
 	importSem chan struct{} // one import at a time
 	locks     keyedLocks
+
+	drift       driftCache
+	rehashAfter time.Duration // Options.DriftRehashInterval, <= 0: no backstop
+	racyWindow  time.Duration // racyWindow; tests shorten it
+	noCache     bool          // hash every file at every inspection (benchmarks)
+	hashedBytes atomic.Int64  // file content hashed by inspections
 
 	mu       sync.Mutex
 	children map[string]*child       // processes this provider started and still waits for
@@ -125,6 +139,10 @@ func New(opts Options) (*Provider, error) {
 	if net.ParseIP(host) == nil && host != "localhost" {
 		return nil, fmt.Errorf("local: bind host %q is not an IP address", host)
 	}
+	rehash := opts.DriftRehashInterval
+	if rehash == 0 {
+		rehash = DefaultDriftRehashInterval
+	}
 	log := opts.Logger
 	if log == nil {
 		log = zap.NewNop()
@@ -139,6 +157,8 @@ func New(opts Options) (*Provider, error) {
 		logDir:       logDir,
 		tmpDir:       filepath.Join(dir, "tmp"),
 		logMaxSize:   logMax,
+		rehashAfter:  rehash,
+		racyWindow:   racyWindow,
 		bindHost:     host,
 		procRoot:     "/proc",
 		log:          log.Named("local"),

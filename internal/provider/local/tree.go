@@ -123,6 +123,9 @@ type walkOptions struct {
 	skip func(rel string) bool
 	// fsync syncs every copied file and directory (copyTree only).
 	fsync bool
+	// inspect, set by Inspect (walkTree only), hashes only the files the
+	// image has and goes through the drift cache (driftcache.go).
+	inspect *inspectState
 }
 
 // notDirError says that the root given to walkTree or copyTree is not a
@@ -152,7 +155,7 @@ func walkTree(ctx context.Context, root string, opts walkOptions) ([]entry, erro
 		return nil, err
 	}
 	defer d.Close()
-	w := &walker{ctx: ctx, opts: opts, h: sha256.New(), buf: make([]byte, 64<<10)}
+	w := &walker{ctx: ctx, opts: opts, h: sha256.New()}
 	if err := w.dir(d, "", ""); err != nil {
 		return nil, err
 	}
@@ -191,7 +194,7 @@ func copyTree(ctx context.Context, src, dst string, opts walkOptions) ([]entry, 
 	if err := os.Mkdir(dst, 0o700); err != nil {
 		return nil, err
 	}
-	w := &walker{ctx: ctx, opts: opts, h: sha256.New(), buf: make([]byte, 64<<10)}
+	w := &walker{ctx: ctx, opts: opts, h: sha256.New()}
 	if err := w.dir(d, dst, ""); err != nil {
 		return nil, err
 	}
@@ -211,8 +214,15 @@ type walker struct {
 	ctx  context.Context
 	opts walkOptions
 	h    hash.Hash
-	buf  []byte
+	buf  []byte // made when the first file is read (an inspection may read none)
 	out  []entry
+}
+
+func (w *walker) buffer() []byte {
+	if w.buf == nil {
+		w.buf = make([]byte, 64<<10)
+	}
+	return w.buf
 }
 
 // dir walks the open directory src (relative path rel; its name is the
@@ -270,7 +280,14 @@ func (w *walker) entry(dirfd int, name, srcPath, dst, rel string) error {
 	case typeDir:
 		return w.dirEntry(dirfd, name, srcPath, dst, e)
 	case typeFile:
-		sum, size, err := w.file(dirfd, name, srcPath, dst, e.Mode)
+		var sum string
+		var size int64
+		var err error
+		if w.opts.inspect != nil && dst == "" {
+			sum, size, err = w.inspectFile(dirfd, name, srcPath, rel, &st)
+		} else {
+			sum, size, err = w.file(dirfd, name, srcPath, dst, e.Mode)
+		}
 		switch {
 		case err == nil:
 		case w.opts.strict:
@@ -372,7 +389,7 @@ func (w *walker) file(dirfd int, name, srcPath, dst string, mode uint32) (string
 		defer out.Close()
 		sink = io.MultiWriter(w.h, out)
 	}
-	n, err := io.CopyBuffer(sink, in, w.buf)
+	n, err := io.CopyBuffer(sink, in, w.buffer())
 	if err != nil {
 		return "", 0, err
 	}
