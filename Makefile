@@ -17,12 +17,18 @@ TEST_TIMEOUT ?= 18m
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: $(BIN) images ## build immutd and the sample app images
+SIMHOST     := bin/immutd-simhost
+
+build: $(BIN) $(SIMHOST) images ## build immutd, the sim provider's host (a benchmark tool) and the sample app images
 
 $(BIN): $(GOFILES) go.mod go.sum
 	@mkdir -p bin
 	@[ -n "$$(ls $$($(GO) env GOMODCACHE)/github.com/hashicorp 2>/dev/null)" ] || echo "immutd: first build: downloading the Go modules and compiling (a few minutes on 2 cores)..."
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $@ ./cmd/immutd
+
+$(SIMHOST): $(GOFILES) go.mod go.sum
+	@mkdir -p bin
+	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./cmd/immutd-simhost
 
 images: $(IMAGES) ## build the two sample app golden images (bundles)
 

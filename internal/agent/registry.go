@@ -10,6 +10,7 @@ import (
 	"github.com/immutd/immutd/internal/provider/docker"
 	"github.com/immutd/immutd/internal/provider/local"
 	"github.com/immutd/immutd/internal/provider/qemu"
+	"github.com/immutd/immutd/internal/provider/sim"
 	"github.com/immutd/immutd/internal/reconcile"
 )
 
@@ -46,6 +47,16 @@ func providerRegistry(cfg *config.Agent, log *zap.Logger) (map[string]reconcile.
 			return nil, fmt.Errorf("agent: qemu provider: %w", err)
 		}
 		providers[config.ProviderQEMU] = qp
+	}
+	// The sim provider, a benchmark tool, exists only when configured:
+	// New finds its host program, so an agent without one fails here.
+	if s := cfg.Sim; s.Enabled {
+		sp, err := sim.New(sim.Options{Dir: s.Dir, Binary: s.Binary, LaunchLatency: s.LaunchLatency, FailureRate: s.FailureRate,
+			HealthFlipRate: s.HealthFlipRate, Seed: s.Seed, HostCapacity: s.HostCapacity, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("agent: sim provider: %w", err)
+		}
+		providers[config.ProviderSim] = sp
 	}
 	return providers, nil
 }

@@ -79,7 +79,8 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 		ls.done()
 	}
 
-	var localBlock, dockerBlock, qemuBlock *section
+	var localBlock, dockerBlock, qemuBlock, simBlock *section
+	simDirSet := false
 	for _, b := range s.labelled("provider", "provider name") {
 		ps := s.child(b)
 		switch b.Labels[0] {
@@ -107,6 +108,12 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 			}
 			qemuBlock = ps
 			decodeQEMUProvider(ps, &a.QEMU)
+		case providerSim:
+			if simBlock != nil {
+				d.errorf(b.TypeRange, ps.path, "duplicate provider block; the first is at %s", rangePos(simBlock.header))
+			}
+			simBlock = ps
+			simDirSet = decodeSimProvider(ps, &a.Sim)
 		default:
 			d.errorf(b.LabelRanges[0], ps.path, "unknown provider; expected %s", orList(providerNames))
 			continue
@@ -122,6 +129,7 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 	a.QEMU.Dir = resolvePath(base, a.QEMU.Dir)
 	a.QEMU.SlotDir = resolvePath(base, a.QEMU.SlotDir)
 	a.QEMU.LogDir = resolvePath(base, a.QEMU.LogDir)
+	a.Sim.Dir = resolvePath(base, a.Sim.Dir)
 	a.Docker.CertPath = resolvePath(base, a.Docker.CertPath)
 	a.Cluster.TLS.CAFile = resolvePath(base, a.Cluster.TLS.CAFile)
 	a.Cluster.TLS.CertFile = resolvePath(base, a.Cluster.TLS.CertFile)
@@ -136,6 +144,9 @@ func parseAgent(display, abs string, src []byte, env agentEnv) (*Agent, error) {
 			r, field = cluster.header, cluster.field("tls")
 		}
 		d.errorf(r, field, "a cluster of more than one agent needs mutual TLS: set tls { ca_file, cert_file, key_file } (`immutd tls init` makes them)")
+	}
+	if msg := simDefaults(&a, simDirSet); msg != "" {
+		d.errorf(simBlock.header, simBlock.field("dir"), "%s", msg)
 	}
 	if err := deriveAgentDefaults(&a, set, env); err != nil {
 		d.errorf(start, "node_name", "not set and the hostname is unknown (%v); set node_name", err)

@@ -345,7 +345,7 @@ func (d *decoder) fleet(b *hclsyntax.Block, absDir, displayDir string) *Fleet {
 	if sizeGot == missing {
 		s.required("size", fmt.Sprintf("the number of instances, from 0 to %d", maxFleetSize))
 	}
-	providerGot := s.oneOf("provider", &f.Provider, providerNames...)
+	providerGot := s.fleetProvider(&f.Provider)
 	if providerGot == missing {
 		s.required("provider", orList(providerNames))
 	}
@@ -395,6 +395,13 @@ func (s *section) image(f *Fleet, image, absDir, displayDir string) {
 		if err := checkImageRef(image); err != nil {
 			s.fail("image", "%v", err)
 		}
+	case providerSim:
+		abs, shown := image, image
+		if !filepath.IsAbs(image) {
+			abs, shown = filepath.Join(absDir, image), filepath.Join(displayDir, image)
+		}
+		f.Image = filepath.Clean(abs)
+		s.simImage(f.Image, shown)
 	case providerLocal, providerQEMU:
 		abs, shown := image, image
 		if !filepath.IsAbs(image) {

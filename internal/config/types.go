@@ -43,6 +43,7 @@ type Agent struct {
 	Local   LocalProvider  `json:"local"`
 	Docker  DockerProvider `json:"docker"`
 	QEMU    QEMUProvider   `json:"qemu"`
+	Sim     SimProvider    `json:"sim"`
 
 	// Warnings are settings that work but that an operator should know
 	// about (for example an API token sent in cleartext). They are not

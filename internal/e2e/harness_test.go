@@ -101,6 +101,10 @@ func setup(m *testing.M) (int, error) {
 	} else if err := goBuild(repoRoot, filepath.Join(binDir, "immutd"), "-X github.com/immutd/immutd/internal/agent.Version=e2e", "./cmd/immutd"); err != nil {
 		return 0, err
 	}
+	// The sim provider's host (a benchmark tool), found beside immutd.
+	if err := goBuild(repoRoot, filepath.Join(binDir, "immutd-simhost"), "", "./cmd/immutd-simhost"); err != nil {
+		return 0, err
+	}
 	for _, v := range []string{"1", "2"} {
 		dst := filepath.Join(imagesDir, "sampleapp-v"+v)
 		if err := copyTree(filepath.Join(repoRoot, "configs", "images", "sampleapp-v"+v), dst); err != nil {
