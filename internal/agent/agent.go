@@ -50,6 +50,9 @@ type Agent struct {
 	level      zap.AtomicLevel
 	m          *metrics
 	quorum     QuorumRule
+	// probeAgents is cluster.probe_agents: how many voters probe each
+	// instance (0: all of them).
+	probeAgents int
 
 	node      *cluster.Node
 	prober    *probe.Prober
@@ -162,7 +165,7 @@ func NewWith(cfg *config.Agent, log *zap.Logger, level zap.AtomicLevel, opts Opt
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: log, level: level, m: newMetrics(), quorum: q, votes: newVotes(),
+	a := &Agent{cfg: cfg, log: log, level: level, m: newMetrics(), quorum: q, probeAgents: cfg.Cluster.ProbeAgents, votes: newVotes(),
 		wake: make(chan struct{}, 1), proposeNow: make(chan struct{}, 1), verdictChanged: make(chan struct{}, 1), stop: make(chan struct{}),
 		started: make(chan struct{}), providers: opts.Providers, autoDrain: cfg.AutoDrainRemovedFleets,
 		interval: cfg.ReconcileInterval, limits: cfg.Limits, firstSeen: map[string]time.Time{}, knownFleets: map[string]bool{}}
@@ -716,10 +719,11 @@ func (a *Agent) setProbeTargets() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	seen := map[string]bool{}
+	sub, self := newSubset(a.probeAgents, a.node.VoterIDs()), a.node.ID()
 	a.node.Read(func(st *state.State) {
 		for _, in := range st.Instances {
 			f := st.Fleets[in.Fleet]
-			if f == nil || in.Address == "" {
+			if f == nil || in.Address == "" || !sub.probes(self, in.ID) {
 				continue
 			}
 			seen[in.ID] = true

@@ -1,9 +1,13 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,32 +91,47 @@ func (v *votes) reset() {
 
 // aggregate combines this agent's own verdicts (self is its name and
 // selfID its node id) with the fresh reports of the other voters; voters
-// holds the node ids of the cluster's voters.
-func (v *votes) aggregate(self, selfID string, local map[string]probe.Verdict, voterIDs map[string]bool, rule QuorumRule, now time.Time) map[string]leader.Judgement {
+// holds the node ids of the cluster's voters. With a probe subset, an
+// instance's votes are those of the agents assigned to probe it, and the
+// quorum is counted among them.
+func (v *votes) aggregate(self, selfID string, local map[string]probe.Verdict, voterIDs map[string]bool, rule QuorumRule, sub subset, now time.Time) map[string]leader.Judgement {
 	voters := max(len(voterIDs), 1)
 	type vote struct {
-		node     string
-		state    string
-		evidence []string
+		node, nodeID string
+		state        string
+		evidence     []string
 	}
-	byInst := map[string][]vote{}
+	byInst := make(map[string][]vote, len(local))
 	for id, vd := range local {
-		byInst[id] = append(byInst[id], vote{self, string(vd.State), vd.Evidence})
+		byInst[id] = append(byInst[id], vote{self, selfID, string(vd.State), vd.Evidence})
 	}
 	v.mu.Lock()
 	for id, r := range v.reports {
 		if now.Sub(r.at) > verdictFreshness || id == selfID || !voterIDs[id] {
 			continue
 		}
-		for id, vd := range r.rep.Verdicts {
-			byInst[id] = append(byInst[id], vote{r.rep.NodeName, vd.State, vd.Evidence})
+		for iid, vd := range r.rep.Verdicts {
+			byInst[iid] = append(byInst[iid], vote{r.rep.NodeName, id, vd.State, vd.Evidence})
 		}
 	}
 	v.mu.Unlock()
 
+	if sub.active() {
+		voters = sub.k
+	}
 	need := rule(voters)
 	out := make(map[string]leader.Judgement, len(byInst))
+	var assigned []string
 	for id, vs := range byInst {
+		if sub.active() {
+			// Votes of agents not assigned to the instance (a report
+			// from before a membership change) do not count.
+			assigned = sub.pick(id, assigned[:0])
+			vs = slices.DeleteFunc(vs, func(x vote) bool { return !slices.Contains(assigned, x.nodeID) })
+			if len(vs) == 0 {
+				continue
+			}
+		}
 		sort.Slice(vs, func(i, j int) bool { return vs[i].node < vs[j].node })
 		var j leader.Judgement
 		unhealthy, never := 0, 0
@@ -154,4 +173,81 @@ func (v *votes) aggregate(self, selfID string, local map[string]probe.Verdict, v
 		out[id] = j
 	}
 	return out
+}
+
+// subset is the probe subset mode (cluster.probe_agents): each instance
+// is probed by k of the cluster's voters instead of by all of them, so
+// that the probes of a cluster grow with its instances, not with
+// instances times agents. The k agents of an instance are chosen by
+// rendezvous hashing of each voter's node id with the instance id: every
+// agent computes the same choice from the same raft configuration,
+// without coordination, and a change of voters moves only the instances
+// of the voters that came or went. k below 1, or at least the number of
+// voters, is the default: every agent probes every instance.
+type subset struct {
+	k      int
+	voters []string // node ids, sorted
+}
+
+func newSubset(k int, voterIDs map[string]bool) subset {
+	if k <= 0 || k >= len(voterIDs) {
+		return subset{}
+	}
+	return subset{k: k, voters: slices.Sorted(maps.Keys(voterIDs))}
+}
+
+func (s subset) active() bool { return s.k > 0 }
+
+// pick appends to buf the node ids of the k voters that probe instance
+// id: those with the highest rendezvous scores.
+func (s subset) pick(id string, buf []string) []string {
+	type scored struct {
+		score uint64
+		node  string
+	}
+	var arr [16]scored
+	sc := arr[:0]
+	for _, node := range s.voters {
+		sc = append(sc, scored{rendezvous(node, id), node})
+	}
+	slices.SortFunc(sc, func(a, b scored) int {
+		if c := cmp.Compare(b.score, a.score); c != 0 {
+			return c
+		}
+		return strings.Compare(a.node, b.node)
+	})
+	for _, c := range sc[:min(s.k, len(sc))] {
+		buf = append(buf, c.node)
+	}
+	return buf
+}
+
+// rendezvous is the FNV-1a hash of node, a zero byte and id, mixed by
+// MurmurHash3's 64-bit finalizer (FNV alone ranks voters unevenly for ids
+// that differ in their last bytes).
+func rendezvous(node, id string) uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(node); i++ {
+		h = (h ^ uint64(node[i])) * prime
+	}
+	h *= prime // the zero byte
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint64(id[i])) * prime
+	}
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return h
+}
+
+// probes says whether agent node probes instance id.
+func (s subset) probes(node, id string) bool {
+	if !s.active() {
+		return true
+	}
+	var buf [16]string
+	return slices.Contains(s.pick(id, buf[:0]), node)
 }

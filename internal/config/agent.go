@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -217,6 +218,11 @@ func decodeCluster(s *section, c *ClusterConfig) (bind, advertise got, secured b
 		}
 	}
 	s.text("health_quorum", &c.HealthQuorum, checkHealthQuorum)
+	if s.integer("probe_agents", 1, maxClusterSize, &c.ProbeAgents) == valid {
+		if n, err := strconv.Atoi(c.HealthQuorum); err == nil && n > c.ProbeAgents {
+			s.fail("probe_agents", "health_quorum %d needs %d agreeing agents, but only %d probe each instance", n, n, c.ProbeAgents)
+		}
+	}
 	s.boolean("leave_on_terminate", &c.LeaveOnTerminate)
 	var tlsBlock *section
 	if b := s.block("tls"); b != nil {

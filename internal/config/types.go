@@ -87,6 +87,11 @@ type ClusterConfig struct {
 	// HealthQuorum is how many agents must agree on a verdict: "majority"
 	// (default), "all", or a count.
 	HealthQuorum string `json:"health_quorum"`
+	// ProbeAgents is how many agents probe each instance: 0 (default)
+	// every agent probes every instance; k (1 to 9) each instance is
+	// probed by k of the voters, chosen by rendezvous hashing, and its
+	// verdict needs health_quorum of those k.
+	ProbeAgents int `json:"probe_agents,omitempty"`
 	// LeaveOnTerminate removes this agent from the cluster on SIGTERM
 	// (after handing leadership over). Default false: a restart keeps
 	// membership.
