@@ -99,6 +99,8 @@ type record struct {
 	// Mutations are the simulated in-place changes (paths added), only
 	// in GET /v1/instances/{id}.
 	Mutations []string `json:"mutations,omitempty"`
+	// Changed, in the list only, says that Mutations is not empty.
+	Changed bool `json:"-"`
 }
 
 // hostStats is GET /v1/stats.
@@ -120,8 +122,10 @@ type hostConfig struct {
 
 // The list (GET /v1/instances) is one line per instance, tab-separated,
 // so that 100,000 instances decode in milliseconds:
-// id fleet digest template address started(unix ns) phase health stubborn reason.
-const listFields = 10
+// id fleet digest template address started(unix ns) phase health stubborn
+// changed reason. changed is 1 when the instance has simulated in-place
+// changes (their paths are in GET /v1/instances/{id}).
+const listFields = 11
 
 // appendLine appends r's list line.
 func appendLine(b []byte, r *record) []byte {
@@ -147,6 +151,11 @@ func appendLine(b []byte, r *record) []byte {
 		b = append(b, "\thealthy"...)
 	}
 	if r.Stubborn {
+		b = append(b, "\t1"...)
+	} else {
+		b = append(b, "\t0"...)
+	}
+	if len(r.Mutations) > 0 {
 		b = append(b, "\t1\t"...)
 	} else {
 		b = append(b, "\t0\t"...)
@@ -189,7 +198,7 @@ func parseList(body string) ([]record, error) {
 		}
 		out = append(out, record{ID: f[0], Fleet: f[1], ImageDigest: f[2], TemplateHash: f[3], Address: f[4],
 			StartedAt: time.Unix(0, ns), Exited: f[6] == "exited", Failing: f[7] == "failing", Stubborn: f[8] == "1",
-			ExitReason: f[9]})
+			Changed: f[9] == "1", ExitReason: f[10]})
 	}
 	return out, nil
 }
