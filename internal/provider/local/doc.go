@@ -40,7 +40,10 @@
 //   - the processes themselves: each instance runs in its own session
 //     (setsid) so it survives a restart of the agent. A process is
 //     identified by its pid together with its start time from
-//     /proc/<pid>/stat, which guards against pid reuse.
+//     /proc/<pid>/stat, which guards against pid reuse. The provider
+//     reaps the processes it started with one goroutine for all of them,
+//     waiting on their pidfds in one epoll set (reaper.go), and Watch
+//     tells the leader when one of them exits.
 //
 // The provider only launches and terminates; it never changes a running
 // instance. Inspect compares an instance root with its image and reports

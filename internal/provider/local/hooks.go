@@ -6,8 +6,8 @@ import "sync/atomic"
 // an earlier test (a reaper, a log keeper) may still read them while the
 // next test sets its own.
 var (
-	// reapHook runs in the reaper after the process was waited for and
-	// before its exit is recorded.
+	// reapHook runs after the reaper waited for the process and before
+	// its exit is recorded, in the goroutine that records it.
 	reapHook atomic.Pointer[func(id string)]
 	// rotateHook runs when a log was rotated, under the instance lock:
 	// seen is the log's size when the keeper copied it, copied the bytes

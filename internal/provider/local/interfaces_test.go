@@ -13,4 +13,5 @@ var (
 	_ leader.DriftInspector   = (*Provider)(nil)
 	_ leader.ImageResolver    = (*Provider)(nil)
 	_ leader.PlacementChecker = (*Provider)(nil)
+	_ leader.EventSource      = (*Provider)(nil)
 )

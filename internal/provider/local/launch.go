@@ -176,7 +176,7 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 		return instance.Observed{}, fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	pid := cmd.Process.Pid
-	// Not reaped before the goroutine below runs, so /proc still has it.
+	// Not reaped before reapChild below, so /proc still has it.
 	st, err := readProcStat(p.procRoot, pid)
 	if err == nil {
 		m.PID, m.StartTicks = pid, st.StartTicks
@@ -195,7 +195,7 @@ func (p *Provider) launch(ctx context.Context, req instance.LaunchRequest) (inst
 	p.mu.Lock()
 	p.children[id] = c
 	p.mu.Unlock()
-	go p.reap(id, cmd, c, st.StartTicks)
+	p.reapChild(id, cmd, c, st.StartTicks)
 
 	p.log.Info("instance launched", zapID(id), zap.String("fleet", req.Fleet),
 		zap.String("image", req.ImageDigest), zapPID(pid), zap.String("address", m.Address))
@@ -224,31 +224,39 @@ func startRetrying(ctx context.Context, newCmd func() *exec.Cmd) (*exec.Cmd, err
 	}
 }
 
-// reap waits for a process this provider started, so it never lingers
-// as a zombie, and records how it ended.
-//
-// Another agent may have terminated the instance meanwhile and removed
-// its files. So the exit is recorded only under the instance lock and
-// only into metadata that still exists and still names this process:
-// the reaper updates a record, it never recreates one.
-func (p *Provider) reap(id string, cmd *exec.Cmd, c *child, ticks uint64) {
-	werr := cmd.Wait()
-	reason := ""
-	if cmd.ProcessState != nil {
-		reason = cmd.ProcessState.String()
-	} else if werr != nil {
-		reason = werr.Error()
-	}
+// exited is told by the reaper (reaper.go) that the child c of instance
+// id has been reaped, for reason ("exit status 1", "signal: killed"). It
+// wakes whoever waits for the child (waitGone) and records the exit in a
+// goroutine of its own, which lives only as long as that takes: the
+// instance lock may be busy, and the reaper must not wait for it.
+func (p *Provider) exited(id string, c *child, ticks uint64, reason string) {
 	close(c.done)
 	p.mu.Lock()
 	if p.children[id] == c {
 		delete(p.children, id)
 	}
 	p.mu.Unlock()
+	go p.recordExit(id, c, ticks, reason)
+}
 
+// recordExit records how a process this provider started ended.
+//
+// Another agent may have terminated the instance meanwhile and removed
+// its files. So the exit is recorded only under the instance lock and
+// only into metadata that still exists and still names this process:
+// the reaper updates a record, it never recreates one.
+func (p *Provider) recordExit(id string, c *child, ticks uint64, reason string) {
 	if h := reapHook.Load(); h != nil {
 		(*h)(id)
 	}
+	// Watch hears of the exit once it is recorded (or recording failed),
+	// after the lock is released.
+	notify := true
+	defer func() {
+		if notify {
+			p.notifyWatchers()
+		}
+	}()
 	lock, err := p.lockInstance(context.Background(), id)
 	if err != nil {
 		p.log.Warn("record exit failed", zapID(id), zapErr(err))
@@ -260,6 +268,7 @@ func (p *Provider) reap(id string, cmd *exec.Cmd, c *child, ticks uint64) {
 		// Terminated and removed (maybe by another agent), or another
 		// instance by now: there is nothing to record.
 		p.log.Debug("exit not recorded, instance removed", zapID(id), zapPID(c.pid))
+		notify = false
 		return
 	}
 	if err != nil {

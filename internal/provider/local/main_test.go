@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -38,8 +39,13 @@ const (
 // helperEnv makes the test binary act as an instance command:
 // "group-parent" starts a "sleeper" child in a process group of its own
 // and waits for it; "sleeper" sleeps for a bounded time; "spew" writes
-// lines to stdout as fast as it can, for a bounded time.
+// lines to stdout as fast as it can, for a bounded time; "exit-on-usr1"
+// writes "ready" to stdout once it handles SIGUSR1, then exits with the
+// status in helperCodeEnv when it gets one (bounded).
 const helperEnv = "IMMUTD_LOCAL_TEST_HELPER"
+
+// helperCodeEnv is the exit status of the "exit-on-usr1" helper.
+const helperCodeEnv = "IMMUTD_LOCAL_TEST_HELPER_CODE"
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(agentEnv); dir != "" {
@@ -57,6 +63,17 @@ func TestMain(m *testing.M) {
 	case "sleeper":
 		time.Sleep(5 * time.Minute)
 		os.Exit(0)
+	case "exit-on-usr1":
+		code, _ := strconv.Atoi(os.Getenv(helperCodeEnv))
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		fmt.Println("ready")
+		select {
+		case <-usr1:
+			os.Exit(code)
+		case <-time.After(5 * time.Minute):
+			os.Exit(0)
+		}
 	case "spew":
 		line := []byte(strings.Repeat("x", 99) + "\n")
 		for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); {

@@ -97,12 +97,15 @@ type Provider struct {
 	noCache     bool          // hash every file at every inspection (benchmarks)
 	hashedBytes atomic.Int64  // file content hashed by inspections
 
+	reaper reaper // waits for the children, one goroutine for all (reaper.go)
+
 	mu       sync.Mutex
 	children map[string]*child       // processes this provider started and still waits for
 	records  map[string]*imageRecord // image records by digest
+	watchers map[*int]func()         // Watch's notify funcs
 }
 
-// child is a process started by this provider, reaped by a goroutine.
+// child is a process started by this provider, reaped by its reaper.
 type child struct {
 	pid  int
 	done chan struct{} // closed when the process has been reaped
