@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -700,15 +701,30 @@ func (a *Agent) notifySystemd(ctx context.Context) error {
 func (a *Agent) followState(ctx context.Context) error {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
+	// The probe targets follow the instances and, with probe_agents, the
+	// voters: they are built again when the state changed or the voters
+	// did, not at every tick (10,000 targets cost milliseconds).
+	changed, voters := true, ""
 	for {
 		changes := a.node.Changes()
-		a.setProbeTargets()
+		if now := strings.Join(slices.Sorted(maps.Keys(a.node.VoterIDs())), ","); changed || now != voters {
+			a.setProbeTargets()
+			voters = now
+		}
 		a.publishDesired()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-changes:
+			changed = true
 		case <-t.C:
+			// A change that came with the tick is not lost.
+			select {
+			case <-changes:
+				changed = true
+			default:
+				changed = false
+			}
 		}
 	}
 }

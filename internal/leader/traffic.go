@@ -49,8 +49,22 @@ func (t *Term) syncTraffic(ctx context.Context, v view, judged map[string]Judgem
 	if t.cfg.Backends == nil {
 		return
 	}
+	gated := map[string]bool{}
+	for name, d := range v.fleets {
+		if d.Spec.Traffic.Gated() {
+			gated[name] = true
+		}
+	}
+	if len(gated) == 0 {
+		return
+	}
+	// What each gated fleet knows of (its entries of other instances are
+	// removed from its backends) and admits, in one look at each list.
 	known := map[string]map[string]bool{}
 	note := func(fleet, id string) {
+		if !gated[fleet] {
+			return
+		}
 		if known[fleet] == nil {
 			known[fleet] = map[string]bool{}
 		}
@@ -63,8 +77,12 @@ func (t *Term) syncTraffic(ctx context.Context, v view, judged map[string]Judgem
 			draining[it.InstanceID] = true
 		}
 	}
+	admittedBy := map[string][]*state.Instance{}
 	for id, r := range v.records {
 		note(r.Fleet, id)
+		if gated[r.Fleet] && r.Admitted && !draining[id] {
+			admittedBy[r.Fleet] = append(admittedBy[r.Fleet], r)
+		}
 	}
 	t.driftMu.Lock()
 	for id, o := range t.observed {
@@ -88,11 +106,9 @@ func (t *Term) syncTraffic(ctx context.Context, v view, judged map[string]Judgem
 			continue
 		}
 		var admitted []traffic.Member
-		for id, r := range v.records {
-			if r.Fleet == name && r.Admitted && !draining[id] {
-				admitted = append(admitted, traffic.Member{Fleet: name, InstanceID: id, Address: r.Address, ImageDigest: r.ImageDigest,
-					Version: r.Image, Healthy: judged[id].Health == reconcile.Healthy, Canary: reconcile.IsCanary(d, r.ImageDigest, r.TemplateHash)})
-			}
+		for _, r := range admittedBy[name] {
+			admitted = append(admitted, traffic.Member{Fleet: name, InstanceID: r.ID, Address: r.Address, ImageDigest: r.ImageDigest,
+				Version: r.Image, Healthy: judged[r.ID].Health == reconcile.Healthy, Canary: reconcile.IsCanary(d, r.ImageDigest, r.TemplateHash)})
 		}
 		sort.Slice(admitted, func(i, j int) bool { return admitted[i].InstanceID < admitted[j].InstanceID })
 		keep := known[name]

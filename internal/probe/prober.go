@@ -627,6 +627,23 @@ func (p *Prober) Verdicts() map[string]Verdict {
 	return out
 }
 
+// Brief returns the verdict of every instance without its per-check
+// states (Checks is nil): what a leader's pass and a verdict report need,
+// at a fraction of Verdicts' cost for thousands of instances.
+func (p *Prober) Brief() map[string]Verdict {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]Verdict, len(p.targets))
+	for id, t := range p.targets {
+		v := Verdict{State: t.state, Since: t.since}
+		if t.state != Healthy {
+			v.Evidence = t.evidence()
+		}
+		out[id] = v
+	}
+	return out
+}
+
 // History returns the kept results of an instance, newest first: the
 // last 10 successes and the last 50 failures of all its checks. It is
 // nil for an unknown instance.
