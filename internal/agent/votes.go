@@ -96,10 +96,16 @@ func (v *votes) reset() {
 // quorum is counted among them.
 func (v *votes) aggregate(self, selfID string, local map[string]probe.Verdict, voterIDs map[string]bool, rule QuorumRule, sub subset, now time.Time) map[string]leader.Judgement {
 	voters := max(len(voterIDs), 1)
-	type vote struct {
-		node, nodeID string
-		state        string
-		evidence     []string
+	if voters == 1 && !sub.active() {
+		// A single agent: its own verdicts are the judgements, without
+		// collecting votes per instance.
+		need := rule(1)
+		out := make(map[string]leader.Judgement, len(local))
+		for id, vd := range local {
+			one := [1]vote{{self, selfID, string(vd.State), vd.Evidence}}
+			out[id] = judge(one[:], 1, need)
+		}
+		return out
 	}
 	byInst := make(map[string][]vote, len(local))
 	for id, vd := range local {
@@ -133,46 +139,59 @@ func (v *votes) aggregate(self, selfID string, local map[string]probe.Verdict, v
 			}
 		}
 		sort.Slice(vs, func(i, j int) bool { return vs[i].node < vs[j].node })
-		var j leader.Judgement
-		unhealthy, never := 0, 0
-		for _, x := range vs {
-			switch probe.State(x.state) {
-			case probe.Healthy:
-				j.HealthyOn = append(j.HealthyOn, x.node)
-			case probe.Unhealthy, probe.NeverHealthy:
-				if probe.State(x.state) == probe.NeverHealthy {
-					never++
-				} else {
-					unhealthy++
-				}
-				j.FailingOn = append(j.FailingOn, x.node)
-				for _, e := range x.evidence {
-					if voters > 1 {
-						e = x.node + ": " + e
-					}
-					j.Evidence = append(j.Evidence, e)
-				}
-			}
-		}
-		switch {
-		case unhealthy+never >= need:
-			j.Health = reconcile.Unhealthy
-			if never > unhealthy {
-				j.Health = reconcile.NeverHealthy
-			}
-			if voters > 1 {
-				j.Evidence = append(j.Evidence, fmt.Sprintf("failing on %d of %d agents (quorum %d)", unhealthy+never, voters, need))
-			}
-		case len(j.HealthyOn) >= need:
-			j.Health = reconcile.Healthy
-		default:
-			// Not enough agents agree either way: neither killed nor
-			// counted as available.
-			j.Health = reconcile.Starting
-		}
-		out[id] = j
+		out[id] = judge(vs, voters, need)
 	}
 	return out
+}
+
+// vote is one agent's verdict on an instance.
+type vote struct {
+	node, nodeID string
+	state        string
+	evidence     []string
+}
+
+// judge counts the votes on one instance, sorted by node, among voters
+// agents of which need must agree.
+func judge(vs []vote, voters, need int) leader.Judgement {
+	var j leader.Judgement
+	unhealthy, never := 0, 0
+	for _, x := range vs {
+		switch probe.State(x.state) {
+		case probe.Healthy:
+			j.HealthyOn = append(j.HealthyOn, x.node)
+		case probe.Unhealthy, probe.NeverHealthy:
+			if probe.State(x.state) == probe.NeverHealthy {
+				never++
+			} else {
+				unhealthy++
+			}
+			j.FailingOn = append(j.FailingOn, x.node)
+			for _, e := range x.evidence {
+				if voters > 1 {
+					e = x.node + ": " + e
+				}
+				j.Evidence = append(j.Evidence, e)
+			}
+		}
+	}
+	switch {
+	case unhealthy+never >= need:
+		j.Health = reconcile.Unhealthy
+		if never > unhealthy {
+			j.Health = reconcile.NeverHealthy
+		}
+		if voters > 1 {
+			j.Evidence = append(j.Evidence, fmt.Sprintf("failing on %d of %d agents (quorum %d)", unhealthy+never, voters, need))
+		}
+	case len(j.HealthyOn) >= need:
+		j.Health = reconcile.Healthy
+	default:
+		// Not enough agents agree either way: neither killed nor
+		// counted as available.
+		j.Health = reconcile.Starting
+	}
+	return j
 }
 
 // subset is the probe subset mode (cluster.probe_agents): each instance

@@ -211,6 +211,8 @@ type envOpts struct {
 	extra string
 	// dataDir puts the data directory elsewhere (default: its own).
 	dataDir string
+	// logLevel is the agent's log level (default debug).
+	logLevel string
 }
 
 // newEnv writes the configuration of an agent and registers its cleanup;
@@ -220,6 +222,9 @@ func newEnv(t testing.TB, o envOpts) *env {
 	dir := t.TempDir()
 	if o.name == "" {
 		o.name = "e2e"
+	}
+	if o.logLevel == "" {
+		o.logLevel = "debug"
 	}
 	e := &env{t: t, dir: dir, fleetsDir: filepath.Join(dir, "fleets.d"), dataDir: filepath.Join(dir, "data"),
 		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), raftAddr: o.raftAddr}
@@ -240,7 +245,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 data_dir = %q
 fleets_dir = %q
 http_addr = %q
-log_level = "debug"
+log_level = %q
 auto_drain_removed_fleets = %v
 reconcile_interval = "500ms"
 cluster {
@@ -248,7 +253,7 @@ cluster {
 %s
 }
 %s
-`, o.name, e.dataDir, e.fleetsDir, e.httpAddr, o.autoDrain, e.raftAddr, o.cluster, o.extra)
+`, o.name, e.dataDir, e.fleetsDir, e.httpAddr, o.logLevel, o.autoDrain, e.raftAddr, o.cluster, o.extra)
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -212,13 +212,13 @@ func (t *Term) joined(v view, sn *seen, now time.Time) reconcile.Input {
 	for id, r := range v.records {
 		ids[r.Fleet] = append(ids[r.Fleet], id)
 	}
-	for id, it := range openBy {
-		ids[it.Fleet] = append(ids[it.Fleet], id)
-	}
 	for id, o := range observed {
-		if v.fleets[o.Fleet] != nil {
+		if r, recorded := v.records[id]; (!recorded || r.Fleet != o.Fleet) && v.fleets[o.Fleet] != nil {
 			ids[o.Fleet] = append(ids[o.Fleet], id)
 		}
+	}
+	for id, it := range openBy {
+		ids[it.Fleet] = append(ids[it.Fleet], id) // a launch's instance may be listed already: Compact
 	}
 	for f, l := range ids {
 		slices.Sort(l)
