@@ -102,13 +102,15 @@ integ-consul: ## the Consul backend's contract suite against a real Consul agent
 	@[ -n "$$CONSUL_HTTP_ADDR" ] || { echo "integ-consul: set CONSUL_HTTP_ADDR to a Consul agent's HTTP address (and CONSUL_HTTP_TOKEN, CONSUL_CACERT, CONSUL_TLS_SERVER_NAME as it needs)"; exit 2; }
 	$(GO) test -race -count=1 -run 'TestContract' -v ./internal/traffic/consul/
 
-bench: build vm-images ## run the benchmarks recorded in BENCHMARKS.md (about 15 minutes; output in build/bench.txt)
+bench: build vm-images ## run the benchmarks recorded in BENCHMARKS.md (about an hour, half of it the scale runs; output in build/bench.txt)
 	@mkdir -p build
-	set -o pipefail; { date -u; uname -srm; grep -m1 'model name' /proc/cpuinfo; nproc; \
+	set -o pipefail; { date -u; git rev-parse --short HEAD 2>/dev/null || true; uname -srm; grep -m1 'model name' /proc/cpuinfo; nproc; \
 	  $(GO) test -run '^$$' -bench . -benchtime 2s -count 3 -cpu 1 ./internal/reconcile/ && \
 	  $(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./internal/probe/ && \
 	  $(GO) test -run '^$$' -bench . -benchtime 3s ./internal/cluster/ && \
-	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./internal/e2e/ ; } 2>&1 | tee build/bench.txt
+	  $(GO) test -run '^$$' -bench . -benchtime 20x ./internal/leader/ && \
+	  $(GO) test -run '^$$' -bench . -benchtime 2s ./internal/provider/local/ && \
+	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 150m ./internal/e2e/ ; } 2>&1 | tee build/bench.txt
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

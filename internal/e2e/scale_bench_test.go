@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,7 +37,7 @@ func simImage(b testing.TB, dir, v string) string {
 }
 
 // scaleFleets is n sim instances in fleets of 1,000 (the first holds the
-// rest), probed over
+// rest), up to 100 kills in flight per fleet, probed over
 // HTTP every probe and inspected for drift every 2 probes.
 func scaleFleets(n int, image string, probe time.Duration, surge string) string {
 	var sb strings.Builder
@@ -65,6 +67,11 @@ func scaleFleets(n int, image string, probe time.Duration, surge string) string 
     max_surge       = %q
     max_unavailable = 0
   }
+  # Kills in flight per fleet (default 1): a scale-down and a rollout's
+  # kills go at this pace.
+  remediation {
+    max_parallel = 100
+  }
 }
 `, i, size, image, probe.String(), probe.String(), (2 * probe).String(), surge)
 	}
@@ -78,6 +85,10 @@ func simBlock(dir string, latency time.Duration) string {
 	return fmt.Sprintf(`provider "sim" {
   dir            = %q
   launch_latency = %q
+  # A host keeps a listener per instance and a connection per instance
+  # and prober: 4,000 instances and three agents' 12,000 connections fit
+  # a 20,000 open-file limit.
+  host_capacity  = 4000
 }
 limits {
   max_instances          = 200000
@@ -294,5 +305,238 @@ func BenchmarkScaleOneAgent(b *testing.B) {
 		b.Logf("rollout of 10,000 with max_surge 10%% and launch latency 200ms: %v (floor %v)", roll.Round(time.Millisecond), floor)
 		b.ReportMetric(roll.Seconds(), "rollout_10k_s")
 		b.ReportMetric(floor.Seconds(), "rollout_floor_s")
+	}
+}
+
+// localFleet is the issue's local-provider setting: one fleet of size
+// sample app instances, probed every 1s, inspected every 2s.
+func localFleet(size int) string {
+	return fmt.Sprintf(`fleet "web" {
+  size     = %d
+  provider = "local"
+  image    = %q
+  launch {
+    stop_grace = "2s"
+  }
+  health {
+    http "ready" {
+      path                = "/healthz"
+      interval            = "1s"
+      timeout             = "1s"
+      unhealthy_threshold = 3
+      startup_timeout     = "2m"
+    }
+  }
+  drift {
+    interval = "2s"
+  }
+  rollout {
+    max_surge = "100%%"
+  }
+}
+`, size, filepath.Join(imagesDir, "sampleapp-v1"))
+}
+
+// BenchmarkScaleLocal measures again the local-provider table the scale
+// issue started from (dbf9177: 0, 50, 200 and 500 instances; 0 -> 500 in
+// 9.8s, 500 -> 0 in 30.5s): one agent, one fleet of the sample app.
+func BenchmarkScaleLocal(b *testing.B) {
+	for b.Loop() {
+		e := newEnv(b, envOpts{logLevel: "info", extra: "limits {\n  max_launches_in_flight = 500\n}\n"})
+		b.Cleanup(func() {
+			for _, pid := range processesUnder(e.dataDir) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		})
+		e.start()
+		base := measure(b, e, scaleWindow)
+		b.Logf("0 instances: %s", base)
+		for _, n := range []int{50, 200, 500} {
+			e.writeFleet("web.hcl", localFleet(n))
+			took := allHealthy(b, e, n, "", 10*time.Minute)
+			b.Logf("scaled to %d healthy in %v", n, took.Round(time.Millisecond))
+			time.Sleep(10 * time.Second) // into the steady rhythm of probes and drift checks
+			s := measure(b, e, scaleWindow)
+			b.Logf("%d instances: %s; per instance %.0f KiB", n, s, (s.rssMiB-base.rssMiB)*1024/float64(n))
+			b.ReportMetric(100*s.cpu, fmt.Sprintf("cpu_pct_at_%d", n))
+		}
+		e.writeFleet("web.hcl", localFleet(0))
+		down := allHealthy(b, e, 0, "", 10*time.Minute)
+		e.writeFleet("web.hcl", localFleet(500))
+		up := allHealthy(b, e, 500, "", 10*time.Minute)
+		b.Logf("500 -> 0 in %v; 0 -> 500 healthy in %v", down.Round(time.Millisecond), up.Round(time.Millisecond))
+		b.ReportMetric(down.Seconds(), "scale_500_to_0_s")
+		b.ReportMetric(up.Seconds(), "scale_0_to_500_s")
+	}
+}
+
+// simCluster is n agents sharing one fleets directory and one sim
+// provider directory; cluster is extra HCL for the cluster block.
+func simCluster(b testing.TB, n int, cluster string, latency time.Duration) (agents []*env, simDir string) {
+	b.Helper()
+	base := b.TempDir()
+	fleets, tlsDir := filepath.Join(base, "fleets.d"), filepath.Join(base, "tls")
+	simDir = filepath.Join(base, "sim")
+	must(b, os.MkdirAll(fleets, 0o755))
+	must(b, os.MkdirAll(tlsDir, 0o755))
+	b.Cleanup(func() { stopSimHosts(b, simDir) })
+	var names, addrs []string
+	for i := 0; i < n; i++ {
+		names = append(names, fmt.Sprintf("agent-%d", i+1))
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", freePort(b)))
+	}
+	makeCerts(b, tlsDir, names...)
+	for i, name := range names {
+		agents = append(agents, newEnv(b, envOpts{name: name, fleetsDir: fleets, raftAddr: addrs[i], logLevel: "info",
+			cluster: clusterBlock(tlsDir, name, addrs, n) + "\n" + cluster, extra: simBlock(simDir, latency)}))
+	}
+	for _, e := range agents {
+		e.launch()
+	}
+	for _, e := range agents {
+		e.waitReady(time.Minute)
+	}
+	return agents, simDir
+}
+
+// leaderOf is the index of the agent whose immutd_cluster_is_leader is 1
+// (the metric: a status read at 100,000 instances is costly), skipping
+// the agents in down.
+func leaderOf(b testing.TB, agents []*env, down ...int) int {
+	b.Helper()
+	idx := -1
+	agents[0].waitFor("a leader", time.Minute, func() (bool, string) {
+		for i, e := range agents {
+			if slices.Contains(down, i) {
+				continue
+			}
+			if metricSum(b, e.httpAddr, "immutd_cluster_is_leader") == 1 {
+				idx = i
+				return true, ""
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		return false, "no agent says it leads"
+	})
+	return idx
+}
+
+// measureAll samples every agent over one window.
+func measureAll(b testing.TB, agents []*env, window time.Duration) []steady {
+	b.Helper()
+	type sample struct{ cpu, probes float64 }
+	at := func() []sample {
+		out := make([]sample, len(agents))
+		for i, e := range agents {
+			out[i] = sample{cpuSeconds(b, e.pid()), metricSum(b, e.httpAddr, "immutd_probe_duration_seconds_count")}
+		}
+		return out
+	}
+	start, s0 := time.Now(), at()
+	time.Sleep(window) // a measurement window, not a wait for a condition
+	s1, took := at(), time.Since(start).Seconds()
+	out := make([]steady, len(agents))
+	for i, e := range agents {
+		out[i] = steady{cpu: (s1[i].cpu - s0[i].cpu) / took, probesPerS: (s1[i].probes - s0[i].probes) / took,
+			rssMiB: float64(procValue(b, e.pid(), "status", "VmRSS")) / 1024, goroutines: metricSum(b, e.httpAddr, "go_goroutines")}
+	}
+	return out
+}
+
+// BenchmarkScaleThreeAgents: three agents keep 10,000 sim instances
+// (probes every 1s), first with every agent probing every instance, then
+// with probe_agents = 2; each agent's CPU, memory and probes per second.
+func BenchmarkScaleThreeAgents(b *testing.B) {
+	for b.Loop() {
+		for _, mode := range []struct{ name, cluster string }{{"all agents probe", ""}, {"probe_agents = 2", "  probe_agents = 2"}} {
+			agents, _ := simCluster(b, 3, mode.cluster, 0)
+			image := simImage(b, b.TempDir(), "1")
+			base := measureAll(b, agents, scaleWindow)
+			l := leaderOf(b, agents)
+			agents[0].writeFleet("scale.hcl", scaleFleets(10000, image, time.Second, "10%"))
+			took := allHealthy(b, agents[l], 10000, "", 15*time.Minute)
+			time.Sleep(10 * time.Second) // into the steady rhythm
+			got := measureAll(b, agents, scaleWindow)
+			var cpu, probes float64
+			for i, s := range got {
+				role := "follower"
+				if i == l {
+					role = "leader"
+				}
+				b.Logf("%s, 10,000 instances (healthy in %v): agent-%d (%s): %s; per 1,000 instances %.1f%% of a core, per instance %.1f KiB",
+					mode.name, took.Round(time.Millisecond), i+1, role, s, 100*1000*(s.cpu-base[i].cpu)/10000, (s.rssMiB-base[i].rssMiB)*1024/10000)
+				cpu += s.cpu - base[i].cpu
+				probes += s.probesPerS
+			}
+			b.Logf("%s: the three agents: %.1f%% of a core per 1,000 instances in all, %.0f probes/s in all", mode.name, 100*1000*cpu/10000, probes)
+			for _, e := range agents {
+				e.kill9()
+			}
+		}
+	}
+}
+
+// BenchmarkScale100k: one agent keeps 100,000 sim instances in 100
+// fleets. At a 1s probe interval that would be 100,000 probes a second,
+// more than two shared cores serve (and the agent may keep only 15,000
+// probe connections under its 20,000 open-file limit), so the probes run
+// every 10s (drift every 20s) and the per-instance cost is read at that
+// rate. Measured: the steady state, the pass, the raft snapshot (size,
+// and how long a restarted agent takes from its start to its first pass
+// as leader, restoring it) and a snapshot saved through the API.
+func BenchmarkScale100k(b *testing.B) {
+	for b.Loop() {
+		dir := b.TempDir()
+		simDir := filepath.Join(dir, "sim")
+		b.Cleanup(func() { stopSimHosts(b, simDir) })
+		e := newEnv(b, envOpts{logLevel: "info", extra: simBlock(simDir, 0)})
+		image := simImage(b, dir, "1")
+		e.start()
+		base := measure(b, e, scaleWindow)
+		start := time.Now()
+		e.writeFleet("scale.hcl", scaleFleets(100000, image, 10*time.Second, "10%"))
+		allHealthy(b, e, 100000, "", 30*time.Minute)
+		b.Logf("0 -> 100,000 healthy in %v", time.Since(start).Round(time.Second))
+		time.Sleep(20 * time.Second) // into the steady rhythm
+		s := measure(b, e, 2*scaleWindow)
+		b.Logf("100,000 instances, probes every 10s: %s; per 1,000 instances %.2f%% of a core, per instance %.1f KiB",
+			s, 100*1000*(s.cpu-base.cpu)/100000, (s.rssMiB-base.rssMiB)*1024/100000)
+		b.ReportMetric(s.passMs, "pass_ms_at_100k")
+		// The raft snapshot the agent keeps, and one saved through the API.
+		snaps, _ := filepath.Glob(filepath.Join(e.dataDir, "raft", "snapshots", "*", "state.bin"))
+		var newest int64
+		for _, f := range snaps {
+			if fi, err := os.Stat(f); err == nil {
+				newest = fi.Size()
+			}
+		}
+		t0 := time.Now()
+		out, code := e.cli("snapshot", "save", filepath.Join(dir, "backup.snap"))
+		if code != 0 {
+			b.Fatalf("snapshot save: %s", out)
+		}
+		saved := time.Since(t0)
+		fi, err := os.Stat(filepath.Join(dir, "backup.snap"))
+		must(b, err)
+		b.Logf("raft snapshot on disk %d bytes (%.0f bytes per instance); immutd snapshot save: %d bytes in %v",
+			newest, float64(newest)/100000, fi.Size(), saved.Round(time.Millisecond))
+		// Restart: the agent restores the snapshot (and the log after it)
+		// and takes over as leader; its first pass is the measure.
+		e.kill9()
+		t0 = time.Now()
+		e.launch()
+		e.waitFor("the restarted agent's first pass", 10*time.Minute, func() (bool, string) {
+			resp, err := http.Get("http://" + e.httpAddr + "/metrics")
+			if err != nil {
+				time.Sleep(50 * time.Millisecond)
+				return false, err.Error()
+			}
+			resp.Body.Close()
+			n := metricSum(b, e.httpAddr, "immutd_reconcile_passes_total")
+			return n > 0, fmt.Sprintf("%v passes", n)
+		})
+		b.Logf("kill -9 and restart at 100,000 instances: first pass %v after the start", time.Since(t0).Round(time.Millisecond))
+		b.ReportMetric(time.Since(t0).Seconds(), "restart_to_first_pass_s")
+		b.ReportMetric(float64(newest), "snapshot_bytes")
 	}
 }

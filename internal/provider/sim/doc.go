@@ -13,10 +13,12 @@
 // (cmd/immutd-simhost, the same package's RunHost) serve them. A host
 // serves at most its capacity (DefaultHostCapacity, 5,000) instances:
 // each costs one listening socket and, while a prober keeps one, one
-// accepted connection, and a host accepts at most 2 x capacity
-// connections (closing new ones beyond that), so it stays under the
-// 20,000 open-file limit with room to spare. 100,000 instances are 20
-// hosts. Host k serves on 127.X.k.1 (X from 100 to 199, from a hash of
+// accepted connection per agent probing it, and a host accepts as many
+// connections as its open-file limit leaves (closing new ones beyond
+// that): under a 20,000 limit, 15,000 connections next to 5,000
+// listeners, enough for three agents each probing every instance only
+// with a capacity of 4,000 or less (host_capacity). 100,000 instances are
+// 20 hosts. Host k serves on 127.X.k.1 (X from 100 to 199, from a hash of
 // the directory), ports 20000 upwards: ports below
 // the ephemeral range (32768-60999), so the listeners never take a port
 // an outgoing connection needs, on an address of its own, so hosts never

@@ -32,8 +32,8 @@ type HostOptions struct {
 	Index int
 	// Capacity is how many instances it serves (default
 	// DefaultHostCapacity, at most MaxHostCapacity); MaxConns bounds the
-	// connections it accepts (default 2 x Capacity). Both must fit the
-	// open-file limit.
+	// connections it accepts (default what the open-file limit leaves
+	// after Capacity and 64 more). Both must fit the open-file limit.
 	Capacity int
 	MaxConns int
 	// HealthFlipRate is the fraction of its healthy instances per minute
@@ -107,8 +107,15 @@ func RunHost(ctx context.Context, o HostOptions) error {
 	if o.Capacity < 1 || o.Capacity > MaxHostCapacity {
 		return fmt.Errorf("simhost: capacity %d: want 1 to %d", o.Capacity, MaxHostCapacity)
 	}
+	var lim unix.Rlimit
+	limited := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil // Go raised the soft limit to the hard one at start
 	if o.MaxConns == 0 {
+		// What the open-file limit leaves: several agents each keep a
+		// probe connection per instance.
 		o.MaxConns = 2 * o.Capacity
+		if limited && lim.Cur > uint64(o.Capacity+64) {
+			o.MaxConns = int(min(lim.Cur-uint64(o.Capacity)-64, 1<<20))
+		}
 	}
 	if o.MaxConns < 1 {
 		return fmt.Errorf("simhost: max conns %d: want at least 1", o.MaxConns)
@@ -116,9 +123,7 @@ func RunHost(ctx context.Context, o HostOptions) error {
 	if err := checkFlipRate(o.HealthFlipRate); err != nil {
 		return fmt.Errorf("simhost: %w", err)
 	}
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil {
-		// Go raised the soft limit to the hard one at start.
+	if limited {
 		if need := uint64(o.Capacity + o.MaxConns + 64); need > lim.Cur {
 			return fmt.Errorf("simhost: capacity %d plus max conns %d need %d descriptors; the open-file limit is %d: lower them",
 				o.Capacity, o.MaxConns, need, lim.Cur)
