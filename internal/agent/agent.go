@@ -703,13 +703,19 @@ func (a *Agent) followState(ctx context.Context) error {
 	defer t.Stop()
 	// The probe targets follow the instances and, with probe_agents, the
 	// voters: they are built again when the state changed or the voters
-	// did, not at every tick (10,000 targets cost milliseconds).
+	// did, not at every tick, and while the state keeps changing (a
+	// scale-up of thousands) at most every ten times what the last build
+	// took, so that rebuilding takes at most a tenth of a core (100,000
+	// targets cost tens of milliseconds).
 	changed, voters := true, ""
+	var next time.Time
 	for {
 		changes := a.node.Changes()
-		if now := strings.Join(slices.Sorted(maps.Keys(a.node.VoterIDs())), ","); changed || now != voters {
+		if now := strings.Join(slices.Sorted(maps.Keys(a.node.VoterIDs())), ","); (changed || now != voters) && !time.Now().Before(next) {
+			start := time.Now()
 			a.setProbeTargets()
-			voters = now
+			next = time.Now().Add(10 * time.Since(start))
+			changed, voters = false, now
 		}
 		a.publishDesired()
 		select {
@@ -723,7 +729,6 @@ func (a *Agent) followState(ctx context.Context) error {
 			case <-changes:
 				changed = true
 			default:
-				changed = false
 			}
 		}
 	}

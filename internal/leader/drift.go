@@ -3,7 +3,7 @@ package leader
 import (
 	"context"
 	"errors"
-	"sort"
+	"maps"
 	"time"
 
 	"go.uber.org/zap"
@@ -34,20 +34,22 @@ func (t *Term) inspectDrift(ctx context.Context) {
 
 // inspectDue inspects every instance whose inspection is due.
 func (t *Term) inspectDue(ctx context.Context) {
-	v := t.readView()
+	// It runs every driftTick: it reads the fleets and the open intents,
+	// not a view of every record, and walks the last listing as it is
+	// (a pass replaces it, never changes it), in no particular order.
+	var fleets map[string]*state.DesiredFleet
 	leaving := map[string]bool{}
-	for _, it := range v.intents {
-		leaving[it.InstanceID] = true
-	}
+	t.cfg.Journal.Read(func(st *state.State) {
+		fleets = maps.Clone(st.Fleets)
+		for _, it := range st.Intents {
+			leaving[it.InstanceID] = true
+		}
+	})
 	t.driftMu.Lock()
-	list := make([]instance.Observed, 0, len(t.observed))
-	for _, o := range t.observed {
-		list = append(list, o)
-	}
+	observed := t.observed
 	t.driftMu.Unlock()
-	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-	for _, o := range list {
-		f := v.fleets[o.Fleet]
+	for _, o := range observed {
+		f := fleets[o.Fleet]
 		// An instance with an intent open is being launched or removed by
 		// immutd itself: its files are in flux, so a look now would only
 		// report immutd's own work as drift.
