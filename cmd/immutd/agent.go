@@ -6,15 +6,27 @@ import (
 	"flag"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/immutd/immutd/internal/agent"
 	"github.com/immutd/immutd/internal/config"
 )
 
+// agentGCPercent is the agent's garbage collection target (GOGC).
+const agentGCPercent = 50
+
 func setupAgent(fs *flag.FlagSet) runFunc {
 	cfgPath := fs.String("config", "/etc/immutd/agent.hcl", "agent configuration file")
 	return func(ctx context.Context, w streams, _ []string) error {
+		// The agent keeps thousands of small records alive for as long
+		// as it runs: collecting at 50% heap growth instead of Go's 100%
+		// costs a few percent of its CPU and keeps its memory per
+		// instance near the live heap (BENCHMARKS.md, "Scale"). GOGC in
+		// the environment overrides it.
+		if os.Getenv("GOGC") == "" {
+			debug.SetGCPercent(agentGCPercent)
+		}
 		cfg, err := config.LoadAgent(*cfgPath)
 		if err != nil {
 			return configError(w.err, err)

@@ -53,9 +53,10 @@ func statusDetail(code int) string {
 // httpChecker runs http checks over HTTP/1.1 keep-alive connections that
 // it keeps itself, one idle connection per instance (more while one
 // instance's checks overlap). A probe runs on its worker's goroutine from
-// dial to the last byte, and an idle connection is a socket and a 1 KiB
-// buffer: unlike net/http's Transport (two goroutines and 8 KiB of
-// buffers per connection), watching an instance costs no goroutine.
+// dial to the last byte, and an idle connection is a socket (a probe
+// reads through a pooled 1 KiB buffer): unlike net/http's Transport (two
+// goroutines and 8 KiB of buffers per connection), watching an instance
+// costs no goroutine and no buffer.
 // Probes never go through a proxy and never follow redirects: a 3xx is
 // judged by expect_status like any status.
 //
@@ -71,13 +72,16 @@ type httpChecker struct {
 	nidle int
 }
 
-// httpConn is one connection and its read side. budget bounds what one
-// response may send (headers and the body read).
+// httpConn is one connection. budget bounds what one response may send
+// (headers and the body read). A probe reads through a buffer from a
+// pool: a connection is reused only when its answer left nothing
+// buffered, so an idle connection needs none.
 type httpConn struct {
 	c      net.Conn
-	br     *bufio.Reader
 	budget int64
 }
+
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBuffer) }}
 
 func (hc *httpConn) Read(p []byte) (int, error) {
 	if hc.budget <= 0 {
@@ -143,7 +147,6 @@ func (h *httpChecker) run(ctx context.Context, j *job) (bool, string) {
 				return false, j.describe(ctx, err)
 			}
 			hc = &httpConn{c: c}
-			hc.br = bufio.NewReaderSize(hc, readBuffer)
 		}
 		code, keep, err := roundTrip(ctx, hc, req)
 		if err != nil {
@@ -195,7 +198,10 @@ func roundTrip(ctx context.Context, hc *httpConn, req []byte) (code int, keep bo
 	if _, err := hc.c.Write(req); err != nil {
 		return 0, false, err
 	}
-	resp, err := http.ReadResponse(hc.br, nil)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(hc)
+	defer func() { br.Reset(nil); readers.Put(br) }()
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		return 0, false, err
 	}
@@ -208,7 +214,7 @@ func roundTrip(ctx context.Context, hc *httpConn, req []byte) (code int, keep bo
 	// A body longer than maxBody is not read to its end: the connection
 	// cannot be reused, and the probe is judged by its status.
 	complete := err == nil && n <= maxBody
-	return resp.StatusCode, complete && !resp.Close && hc.br.Buffered() == 0, nil
+	return resp.StatusCode, complete && !resp.Close && br.Buffered() == 0, nil
 }
 
 // validRequestTarget refuses a path that would break the request line.
