@@ -170,6 +170,12 @@ func rollVMs(t *testing.T, e *env) {
 	e.writeFleet("vm.hcl", vmFleetFile(t, "v2"))
 	deadline := time.Now().Add(6 * time.Minute)
 	samples, midway, maxVMs, crashed := 0, 0, 0, false
+	// After the agent's restart its status has no verdicts until its own
+	// probes come back (every VM "starting"): until it judges three VMs
+	// healthy again, the VMs that served before the kill are asked
+	// directly, and must answer.
+	var rejudging map[string]string // id -> address of the VMs serving at the kill
+	rejudged := 0
 	for {
 		// Distinct VMs: while QEMU daemonizes, its parent and the VM
 		// process share one command line for a moment.
@@ -180,6 +186,22 @@ func rollVMs(t *testing.T, e *env) {
 		}
 		c := e.checkServing("vm")
 		f := c.after
+		if rejudging != nil && c.healthy < 3 {
+			for _, in := range f.Instances {
+				if addr, ok := rejudging[in.ID]; ok && in.State == "starting" {
+					if err := answerErr(addr); err != nil {
+						t.Fatalf("VM %s stopped answering while the restarted agent re-probed: %v: %s", in.ID, err, describe(f))
+					}
+				}
+			}
+			rejudged++
+			if time.Now().After(deadline) {
+				t.Fatalf("the restarted agent did not judge three VMs healthy in the rollout's 6m: %s", describe(f))
+			}
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		rejudging = nil
 		if c.settled {
 			samples++
 			if c.healthy < 3 || c.serving < 3 {
@@ -198,6 +220,12 @@ func rollVMs(t *testing.T, e *env) {
 		}
 		if newUp == 1 && !crashed {
 			// Mid-rollout: one new VM up, old ones still to go.
+			rejudging = map[string]string{}
+			for _, in := range f.Instances {
+				if in.State == "healthy" {
+					rejudging[in.ID] = in.Address
+				}
+			}
 			e.kill9()
 			crashed = true
 			t.Logf("agent killed with SIGKILL mid-rollout: %s", describe(f))
@@ -234,7 +262,7 @@ func rollVMs(t *testing.T, e *env) {
 			t.Fatalf("VM %s launched %d times", id, n)
 		}
 	}
-	t.Logf("rolled to v2 across an agent crash: %d settled samples (%d with a new VM up), at most %d VMs", samples, midway, maxVMs)
+	t.Logf("rolled to v2 across an agent crash: %d settled samples (%d with a new VM up), at most %d VMs; %d samples while the restarted agent re-probed", samples, midway, maxVMs, rejudged)
 }
 
 func post(t testing.TB, url, body string) {
