@@ -108,7 +108,7 @@ func (a *Agent) publishPass(s *leader.Snapshot) {
 func (a *Agent) Judge(now time.Time) map[string]leader.Judgement {
 	voters := a.node.VoterIDs()
 	a.votes.forget(voters)
-	local := a.prober.Brief()
+	local := a.prober.Verdicts()
 	out := a.votes.aggregate(a.cfg.NodeName, a.node.ID(), local, voters, a.quorum, newSubset(a.probeAgents, voters), now)
 	for id, j := range out {
 		j.Since = local[id].Since

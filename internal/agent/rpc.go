@@ -466,7 +466,7 @@ func (a *Agent) reportVerdicts(ctx context.Context) error {
 
 func (a *Agent) localReport() VerdictReport {
 	rep := VerdictReport{NodeID: a.node.ID(), NodeName: a.cfg.NodeName, At: time.Now(), Verdicts: map[string]ReportedVerdict{}}
-	for id, v := range a.prober.Brief() {
+	for id, v := range a.prober.Verdicts() {
 		rep.Verdicts[id] = ReportedVerdict{State: string(v.State), Since: v.Since, Evidence: clipAll(v.Evidence, maxReportedEvidence, maxReportedEvidenceSz)}
 	}
 	return rep

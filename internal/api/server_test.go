@@ -55,22 +55,27 @@ func (f *fakeBackend) RolloutStep(context.Context, string, RolloutRequest) error
 func (f *fakeBackend) Token() string                                             { return f.token }
 func (f *fakeBackend) TokenFile() string                                         { return "/data/api-token" }
 
+// call sends a request with auth as its Authorization header (none when
+// empty) and returns the status.
+func call(t *testing.T, method, url, auth string) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 func TestStateChangesNeedTheToken(t *testing.T) {
 	b := &fakeBackend{token: "s3cret-token-0123456789"}
 	srv := httptest.NewServer(New(b, prometheus.NewRegistry(), zap.NewNop()).Handler())
 	defer srv.Close()
-	post := func(path, auth string) int {
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+path, nil)
-		if auth != "" {
-			req.Header.Set("Authorization", auth)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	post := func(path, auth string) int { return call(t, http.MethodPost, srv.URL+path, auth) }
 	for _, path := range []string{"/v1/fleets/web/drain", "/v1/fleets/web/resolve", "/v1/cluster/leave", "/v1/cluster/join?addr=x", "/v1/cluster/remove?node=x"} {
 		if code := post(path, ""); code != http.StatusUnauthorized {
 			t.Errorf("%s without token: %d", path, code)
@@ -133,18 +138,7 @@ func TestProfilesNeedTheToken(t *testing.T) {
 	b := &fakeBackend{token: "s3cret-token-0123456789"}
 	srv := httptest.NewServer(New(b, prometheus.NewRegistry(), zap.NewNop()).Handler())
 	defer srv.Close()
-	get := func(path, auth string) int {
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
-		if auth != "" {
-			req.Header.Set("Authorization", auth)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	get := func(path, auth string) int { return call(t, http.MethodGet, srv.URL+path, auth) }
 	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/goroutine?debug=1", "/debug/pprof/profile?seconds=1", "/debug/pprof/trace?seconds=1"} {
 		if code := get(path, ""); code != http.StatusUnauthorized {
 			t.Errorf("%s without token: %d", path, code)

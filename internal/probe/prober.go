@@ -616,21 +616,11 @@ func (p *Prober) Verdict(instanceID string) (Verdict, bool) {
 	return t.verdict(), true
 }
 
-// Verdicts returns the current verdicts of all targets, by instance id.
+// Verdicts returns the current verdict of every target, by instance id,
+// without the per-check states (Checks is nil; Verdict has them): what a
+// leader's pass and a verdict report need, cheap for thousands of
+// instances.
 func (p *Prober) Verdicts() map[string]Verdict {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[string]Verdict, len(p.targets))
-	for id, t := range p.targets {
-		out[id] = t.verdict()
-	}
-	return out
-}
-
-// Brief returns the verdict of every instance without its per-check
-// states (Checks is nil): what a leader's pass and a verdict report need,
-// at a fraction of Verdicts' cost for thousands of instances.
-func (p *Prober) Brief() map[string]Verdict {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make(map[string]Verdict, len(p.targets))
